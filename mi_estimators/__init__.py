@@ -1,0 +1,72 @@
+"""mi_estimators: variational mutual-information bounds as pure functions of critic scores.
+
+    import mi_estimators as mie
+    mie.available()                       # registered estimator names
+    est = mie.make("nwj")                 # by name
+    s = mie.Scores.from_matrix(S)         # [N, N] critic scores -> positive / negative
+    est.bound(s), est.loss(s)             # estimate (nats) and training loss
+    hist = mie.estimate("infonce", mie.tasks.CorrelatedGaussian(dim=5, mi=2.0), steps=2000)
+"""
+
+from . import bounds, critics, proposals, tasks
+from ._math import logmeanexp
+from .bounds import (
+    ba_bound,
+    club_bound,
+    dv_bound,
+    infonce_bound,
+    interpolated_bound,
+    js_objective,
+    nwj_bound,
+    smile_bound,
+    tuba_bound,
+)
+from .critics import (
+    BilinearCritic,
+    ConcatCritic,
+    SeparableCritic,
+    all_pairs_scores,
+    contrastive_scores,
+    score_matrix,
+)
+from .estimate import History, estimate
+from .proposals import DiagGaussian, GaussianProposal, TanhDiagGaussian, TanhGaussianProposal
+from .registry import Estimator, available, make, register, unregister
+from .scores import Scores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BilinearCritic",
+    "ConcatCritic",
+    "DiagGaussian",
+    "Estimator",
+    "GaussianProposal",
+    "History",
+    "Scores",
+    "SeparableCritic",
+    "TanhDiagGaussian",
+    "TanhGaussianProposal",
+    "all_pairs_scores",
+    "available",
+    "ba_bound",
+    "bounds",
+    "club_bound",
+    "contrastive_scores",
+    "critics",
+    "dv_bound",
+    "estimate",
+    "infonce_bound",
+    "interpolated_bound",
+    "js_objective",
+    "logmeanexp",
+    "make",
+    "nwj_bound",
+    "proposals",
+    "register",
+    "score_matrix",
+    "smile_bound",
+    "tasks",
+    "tuba_bound",
+    "unregister",
+]

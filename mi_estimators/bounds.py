@@ -1,0 +1,281 @@
+"""Variational MI bounds as pure functions of `Scores`, and the estimators that wrap them.
+
+Every function here takes `Scores` (`positive [N]`, `negative [N, K]`) and returns a 0-d tensor in nats. The
+negatives of `dv`, `nwj`, `tuba`, `smile` and `js` must be draws from the product of marginals p(x)p(y); those of
+`infonce` and `interpolated` are the other members of the contrastive set (e.g. the off-diagonal of an all-pairs
+matrix). All reductions of exponentials run through log-sum-exp, so float32 scores of +-1e4 give finite values wherever
+the true value is finite.
+
+References: Poole et al. 2019 (On variational bounds of MI), Belghazi et al. 2018 (MINE), Nguyen-Wainwright-Jordan
+2010 (NWJ), van den Oord et al. 2018 (InfoNCE), Song & Ermon 2020 (SMILE), Barber & Agakov 2003.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import softplus
+
+from ._math import exp_minus_one_mean, logmeanexp
+from .registry import Estimator, register
+from .scores import Scores
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure bounds
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def dv_bound(s: Scores) -> Tensor:
+    """Donsker-Varadhan: `E_p[T] - log E_{p(x)p(y)}[e^T]`, nats. Invariant to adding a constant to all scores.
+    Always finite for finite scores (log-mean-exp)."""
+    return s.positive.mean() - logmeanexp(s.negative)
+
+
+def nwj_bound(s: Scores) -> Tensor:
+    """NWJ / f-divergence (MINE-f): `E_p[T] - E_{p(x)p(y)}[e^(T-1)]`, nats; `<= dv_bound` for the same scores.
+
+    The exponential mean is taken as `exp(logmeanexp(T) - 1)`, so no summand overflows; when the mean itself
+    exceeds float range (scores beyond ~+88 in float32) the result is `-inf`, which is the honest value of the bound
+    in that precision (the true bound is hugely negative), never NaN."""
+    return s.positive.mean() - exp_minus_one_mean(s.negative)
+
+
+def infonce_bound(s: Scores) -> Tensor:
+    """InfoNCE (CPC): `E_i[T_ii - log mean_{j in {i} + negatives_i} e^{T_ij}]`, nats; never above `log(K+1)`."""
+    all_scores = s.all_scores()
+    return (s.positive - logmeanexp(all_scores, dim=1)).mean()
+
+
+def tuba_bound(s: Scores, log_baseline: Tensor | float = 0.0) -> Tensor:
+    """TUBA: `1 + E_p[T - a] - E_{p(x)p(y)}[e^{T - a}]` with log-baseline `a` (a number, or `[N]` per x), nats.
+    `a = 1` gives NWJ; the optimal constant `a = log E e^T` gives DV."""
+    b = torch.as_tensor(log_baseline, dtype=s.positive.dtype, device=s.positive.device)
+    if b.dim() == 1 and b.shape[0] != s.n:
+        raise ValueError(f"log_baseline must be a number or have shape [N] = [{s.n}]; got shape {tuple(b.shape)}")
+    neg = s.negative - (b.unsqueeze(-1) if b.dim() == 1 else b)
+    return 1.0 + (s.positive - b).mean() - torch.exp(logmeanexp(neg))
+
+
+def js_objective(s: Scores) -> Tensor:
+    """The f-GAN Jensen-Shannon objective `E_p[-softplus(-T)] - E_q[softplus(T)]` (not an MI bound: a training
+    objective whose optimal critic is the log density ratio)."""
+    return (-softplus(-s.positive)).mean() - softplus(s.negative).mean()
+
+
+def smile_bound(s: Scores, tau: float = 5.0) -> Tensor:
+    """SMILE: DV with the partition term's scores clipped to `[-tau, tau]`, nats; `tau=inf` is exactly DV."""
+    neg = s.negative if math.isinf(tau) else s.negative.clamp(-tau, tau)
+    return s.positive.mean() - logmeanexp(neg)
+
+
+def _leave_one_out_logsumexp(all_scores: Tensor) -> Tensor:
+    """`[N, 1+K]` -> `[N, K]`: for each negative k, log-sum-exp of the row without column k (exact and stable,
+    from forward and backward cumulative log-sum-exps; no subtraction of exponentials)."""
+    n = all_scores.shape[0]
+    pad = all_scores.new_full((n, 1), -math.inf)
+    fwd = torch.cat([pad, torch.logcumsumexp(all_scores, dim=1)], dim=1)  # fwd[:, j] = lse(cols < j)
+    bwd = torch.cat([torch.logcumsumexp(all_scores.flip(1), dim=1).flip(1), pad], dim=1)  # bwd[:, j] = lse(cols >= j)
+    cols = torch.arange(1, all_scores.shape[1], device=all_scores.device)
+    return torch.logaddexp(fwd[:, cols], bwd[:, cols + 1])
+
+
+def interpolated_bound(s: Scores, alpha: float = 0.5, log_baseline: Tensor | float = 0.0) -> Tensor:
+    """Poole et al.'s alpha-interpolated bound between InfoNCE (`alpha=1`) and TUBA/NWJ (`alpha=0`), nats.
+
+    `I_alpha = 1 + E_p[T - log(alpha m + (1-alpha) e^a)] - E_{p(x)p(y)}[e^T / (alpha m + (1-alpha) e^a)]`, where `m`
+    is the mean of `e^T` over K contrastive samples of the same x: for the joint term the positive plus K-1 negatives
+    (averaged over which negative is left out), for the marginal term the K negatives. With `alpha=1` the bound is
+    at most `log K`; with `alpha=0` and `a=1` it is NWJ.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
+    if s.k < 2 and alpha > 0:
+        raise ValueError(f"interpolated bound with alpha > 0 needs K >= 2 negatives; got K={s.k}")
+    dtype, device = s.positive.dtype, s.positive.device
+    a = torch.as_tensor(log_baseline, dtype=dtype, device=device)
+    a_col = a.unsqueeze(-1) if a.dim() == 1 else a
+    log_k = math.log(s.k)
+
+    def mix(log_m: Tensor) -> Tensor:  # log(alpha e^log_m + (1-alpha) e^a), computed in log space
+        if alpha == 1.0:
+            return log_m
+        if alpha == 0.0:
+            return torch.zeros_like(log_m) + a_col
+        return torch.logaddexp(log_m + math.log(alpha), a_col + math.log1p(-alpha))
+
+    joint_m = _leave_one_out_logsumexp(s.all_scores()) - log_k if alpha > 0 else s.negative
+    joint = (s.positive.unsqueeze(1) - mix(joint_m)).mean()
+    marg_m = torch.logsumexp(s.negative, dim=1, keepdim=True) - log_k if alpha > 0 else s.negative
+    marginal = torch.exp(logmeanexp(s.negative - mix(marg_m)))
+    return 1.0 + joint - marginal
+
+
+def ba_bound(s: Scores) -> Tensor:
+    """Barber-Agakov: `E_p[log q(y|x)] + H(Y)`, nats. Reads `log_proposal` and `marginal_entropy` only."""
+    return s.log_proposal_or_raise("ba").mean() + s.entropy_or_raise("ba")
+
+
+def club_bound(s: Scores) -> Tensor:
+    """CLUB (an UPPER bound when the critic is the log-density `log q(y|x)` of a good variational conditional):
+    `E_p[log q(y|x)] - E_{p(x)p(y)}[log q(y|x)]`, nats."""
+    return s.positive.mean() - s.negative.mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Estimators (registered by name)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@register("dv")
+class DV(Estimator):
+    """Donsker-Varadhan (MINE without the moving average): trains and reports `dv_bound`."""
+
+    def bound(self, s: Scores) -> Tensor:
+        return dv_bound(s)
+
+
+@register("mine")
+class MINE(Estimator):
+    """MINE (Belghazi et al. 2018): reports `dv_bound`; trains with the bias-corrected gradient in which the
+    partition term's gradient `grad E e^T / E e^T` uses a moving average of `E e^T` in the denominator.
+
+    The moving average lives in log space (`ema_log_z`, a buffer, so `state_dict` round-trips it); the ratio
+    `E e^T / ema` is therefore at most `1 / ema_rate` after each update and never overflows.
+
+    Args:
+        ema_rate: weight of the newest batch in the moving average (MINE's `1 - alpha`), in (0, 1].
+    """
+
+    ema_log_z: Tensor
+
+    def __init__(self, ema_rate: float = 0.01) -> None:
+        super().__init__()
+        if not 0.0 < ema_rate <= 1.0:
+            raise ValueError(f"ema_rate must lie in (0, 1]; got {ema_rate}")
+        self.ema_rate = ema_rate
+        self.register_buffer("ema_log_z", torch.tensor(math.nan))
+
+    def bound(self, s: Scores) -> Tensor:
+        return dv_bound(s)
+
+    def loss(self, s: Scores) -> Tensor:
+        log_z = logmeanexp(s.negative)
+        with torch.no_grad():
+            batch = log_z.detach().to(self.ema_log_z.dtype)
+            if torch.isnan(self.ema_log_z):
+                self.ema_log_z.copy_(batch)
+            else:
+                self.ema_log_z.copy_(
+                    torch.logaddexp(self.ema_log_z + math.log1p(-self.ema_rate), batch + math.log(self.ema_rate))
+                    if self.ema_rate < 1.0
+                    else batch
+                )
+            ratio = torch.exp(log_z.detach() - self.ema_log_z.to(log_z.dtype))
+        # d/dθ [ratio * log_z] = (E e^T / ema) * grad log E e^T = grad E e^T / ema: MINE's corrected gradient.
+        return -(s.positive.mean() - ratio * log_z)
+
+
+@register("nwj")
+class NWJ(Estimator):
+    """NWJ (MINE-f, f-GAN KL): trains and reports `nwj_bound`."""
+
+    def bound(self, s: Scores) -> Tensor:
+        return nwj_bound(s)
+
+
+@register("infonce")
+class InfoNCE(Estimator):
+    """InfoNCE / CPC: trains and reports `infonce_bound` (low variance, capped at `log(K+1)`)."""
+
+    def bound(self, s: Scores) -> Tensor:
+        return infonce_bound(s)
+
+
+@register("js")
+class JS(Estimator):
+    """Trains the critic with the Jensen-Shannon f-GAN objective and reports NWJ on the shifted critic `T + 1`
+    (the JS-optimal critic is the log density ratio, the NWJ-optimal one is `1 + ` that)."""
+
+    def bound(self, s: Scores) -> Tensor:
+        return s.positive.mean() + 1.0 - torch.exp(logmeanexp(s.negative))
+
+    def loss(self, s: Scores) -> Tensor:
+        return -js_objective(s)
+
+
+@register("tuba")
+class TUBA(Estimator):
+    """TUBA with a constant log-baseline `a`: fixed (`log_baseline`), or learned jointly with the critic
+    (`learned_baseline=True`, a scalar parameter initialised at `log_baseline`; its optimum makes TUBA equal DV)."""
+
+    def __init__(self, log_baseline: float = 0.0, learned_baseline: bool = False) -> None:
+        super().__init__()
+        if learned_baseline:
+            self.log_baseline = nn.Parameter(torch.tensor(float(log_baseline)))
+        else:
+            self.register_buffer("log_baseline", torch.tensor(float(log_baseline)))
+
+    def bound(self, s: Scores) -> Tensor:
+        return tuba_bound(s, self.log_baseline.to(s.positive.dtype))
+
+
+@register("smile")
+class SMILE(Estimator):
+    """SMILE (Song & Ermon 2020): reports DV with the partition's scores clipped to `[-tau, tau]`; trains the critic
+    with the JS objective, as in the paper. `tau=float('inf')` reports exactly DV."""
+
+    def __init__(self, tau: float = 5.0) -> None:
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0; got {tau}")
+        self.tau = float(tau)
+
+    def bound(self, s: Scores) -> Tensor:
+        return smile_bound(s, self.tau)
+
+    def loss(self, s: Scores) -> Tensor:
+        return -js_objective(s)
+
+
+@register("interpolated")
+class Interpolated(Estimator):
+    """Poole et al.'s alpha-interpolated InfoNCE/NWJ bound with a learned (or fixed) constant log-baseline."""
+
+    def __init__(self, alpha: float = 0.5, log_baseline: float = 0.0, learned_baseline: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
+        self.alpha = float(alpha)
+        if learned_baseline:
+            self.log_baseline = nn.Parameter(torch.tensor(float(log_baseline)))
+        else:
+            self.register_buffer("log_baseline", torch.tensor(float(log_baseline)))
+
+    def bound(self, s: Scores) -> Tensor:
+        return interpolated_bound(s, self.alpha, self.log_baseline.to(s.positive.dtype))
+
+
+@register("ba")
+class BarberAgakov(Estimator):
+    """Barber-Agakov: `E_p[log q(y|x)] + H(Y)`; needs a proposal (variational conditional) q and H(Y)."""
+
+    needs_proposal = True
+
+    def bound(self, s: Scores) -> Tensor:
+        return ba_bound(s)
+
+
+@register("club")
+class CLUB(Estimator):
+    """CLUB (Cheng et al. 2020), an upper bound: the critic must be a variational log-density `log q(y|x)`. Its
+    loss trains q by maximum likelihood on the positives (CLUB's recipe) rather than moving the bound."""
+
+    lower_bound = False
+
+    def bound(self, s: Scores) -> Tensor:
+        return club_bound(s)
+
+    def loss(self, s: Scores) -> Tensor:
+        return -s.positive.mean()

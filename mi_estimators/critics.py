@@ -1,0 +1,138 @@
+"""Critics: modules producing scores `T(x, y)` that broadcast over leading axes.
+
+A critic is any callable `critic(x [..., dx], y [..., dy]) -> [...]` whose leading axes broadcast, so
+`critic(x[:, None], y[None, :])` is the `[N, N]` all-pairs matrix and `critic(x[:, None], y_samples)` with
+`y_samples [N, K, dy]` scores K contrastive samples per x. A task's `log_density_ratio` is such a callable (the
+optimal critic). `score_matrix` and `contrastive_scores` build `Scores` from any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .scores import Scores
+
+Critic = Callable[[Tensor, Tensor], Tensor]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
+    """A plain MLP `sizes[0] -> ... -> sizes[-1]` with `activation` between layers (none after the last)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def _check_dims(x: Tensor, y: Tensor, x_dim: int, y_dim: int) -> None:
+    if x.shape[-1] != x_dim:
+        raise ValueError(f"critic expected x with last dimension {x_dim}; got shape {tuple(x.shape)}")
+    if y.shape[-1] != y_dim:
+        raise ValueError(f"critic expected y with last dimension {y_dim}; got shape {tuple(y.shape)}")
+
+
+class SeparableCritic(nn.Module):
+    """`T(x, y) = f(x) . g(y)` with MLP embeddings f, g of width `embed_dim`; the all-pairs `[N, N]` matrix is one
+    matmul of the embeddings (`matrix`)."""
+
+    def __init__(
+        self, x_dim: int, y_dim: int, hidden: tuple[int, ...] = (256,), embed_dim: int = 32, activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        self.x_dim, self.y_dim = x_dim, y_dim
+        self.f = mlp([x_dim, *hidden, embed_dim], activation)
+        self.g = mlp([y_dim, *hidden, embed_dim], activation)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """`x [..., dx]`, `y [..., dy]` (broadcastable leading axes) -> scores `[...]`."""
+        _check_dims(x, y, self.x_dim, self.y_dim)
+        return (self.f(x) * self.g(y)).sum(-1)
+
+    def matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """All pairs: `x [N, dx]`, `y [M, dy]` -> `[N, M]`, `S[i, j] = T(x_i, y_j)`."""
+        _check_dims(x, y, self.x_dim, self.y_dim)
+        return self.f(x) @ self.g(y).T
+
+
+class ConcatCritic(nn.Module):
+    """Joint critic `T(x, y) = MLP([x, y])`. The first layer is split as `W_x x + W_y y`, so pairs broadcast without
+    materialising the concatenation: the all-pairs matrix costs one `[N, M, hidden]` activation, not a Python loop."""
+
+    def __init__(
+        self, x_dim: int, y_dim: int, hidden: tuple[int, ...] = (256, 256), activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("ConcatCritic needs at least one hidden layer; use BilinearCritic for a linear critic")
+        self.x_dim, self.y_dim = x_dim, y_dim
+        self.x_in = nn.Linear(x_dim, hidden[0])
+        self.y_in = nn.Linear(y_dim, hidden[0], bias=False)
+        self.act = _ACTIVATIONS[activation]()
+        self.rest = mlp([*hidden, 1], activation)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """`x [..., dx]`, `y [..., dy]` (broadcastable leading axes) -> scores `[...]`."""
+        _check_dims(x, y, self.x_dim, self.y_dim)
+        return self.rest(self.act(self.x_in(x) + self.y_in(y))).squeeze(-1)
+
+    def matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """All pairs: `x [N, dx]`, `y [M, dy]` -> `[N, M]`."""
+        return self(x.unsqueeze(1), y.unsqueeze(0))
+
+
+class BilinearCritic(nn.Module):
+    """`T(x, y) = x^T W y + b`; the all-pairs matrix is `x W y^T`. Optimal for jointly Gaussian data up to the
+    quadratic self-terms, and the natural critic for a linear-Gaussian check."""
+
+    def __init__(self, x_dim: int, y_dim: int) -> None:
+        super().__init__()
+        self.x_dim, self.y_dim = x_dim, y_dim
+        self.weight = nn.Parameter(torch.zeros(x_dim, y_dim))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        _check_dims(x, y, self.x_dim, self.y_dim)
+        return ((x @ self.weight) * y).sum(-1) + self.bias
+
+    def matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        _check_dims(x, y, self.x_dim, self.y_dim)
+        return x @ self.weight @ y.T + self.bias
+
+
+def score_matrix(critic: Critic, x: Tensor, y: Tensor) -> Tensor:
+    """All-pairs scores `[N, M]` from any critic: its `matrix` method when it has one, else broadcasting."""
+    if x.dim() != 2 or y.dim() != 2:
+        raise ValueError(f"score_matrix needs x [N, dx] and y [M, dy]; got {tuple(x.shape)} and {tuple(y.shape)}")
+    matrix = getattr(critic, "matrix", None)
+    out = matrix(x, y) if callable(matrix) else critic(x.unsqueeze(1), y.unsqueeze(0))
+    if out.shape != (x.shape[0], y.shape[0]):
+        raise ValueError(f"critic returned shape {tuple(out.shape)} for all pairs; expected {(x.shape[0], y.shape[0])}")
+    return out
+
+
+def all_pairs_scores(critic: Critic, x: Tensor, y: Tensor) -> Scores:
+    """`Scores` from the all-pairs matrix of a batch of joint samples `x [N, dx]`, `y [N, dy]`: positive the
+    diagonal, negatives the `N - 1` other y of the batch for each x."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of rows; got {x.shape[0]} and {y.shape[0]}")
+    return Scores.from_matrix(score_matrix(critic, x, y))
+
+
+def contrastive_scores(critic: Critic, x: Tensor, y: Tensor, y_negative: Tensor, **fields: object) -> Scores:
+    """`Scores` from explicit negatives: `x [N, dx]`, `y [N, dy]`, `y_negative [N, K, dy]` (one batched critic call
+    for the K negatives). Extra keyword fields (`log_proposal`, `marginal_entropy`, `tilted`) pass to `Scores`."""
+    if y_negative.dim() != 3 or y_negative.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y_negative must have shape [N, K, dy] with N={x.shape[0]}; got shape {tuple(y_negative.shape)}"
+        )
+    positive = critic(x, y)
+    negative = critic(x.unsqueeze(1), y_negative)
+    return Scores(positive, negative, **fields)  # type: ignore[arg-type]

@@ -1,0 +1,320 @@
+"""The MISA family: Barber-Agakov bounds with an energy-based variational law (Ma et al. 2022).
+
+With a proposal `q(y|x)` and a critic `T`, the variational law `q(y|x) e^{T(x,y)} / Z(x)` gives
+
+    I(X; Y) >= E_p[log q(y|x) + T(x, y)] - (partition term) + H(Y)            (nats)
+
+with the partition term, for negatives `y'_ik ~ q(.|x_i)` (the scores `negative [N, K]`):
+
+* `misa`:        `E_x log E_q e^T`, one log partition per x                 (tightest)
+* `misa-dv`:     `log E_x E_q e^T`, one global log partition (Donsker-Varadhan form)
+* `misa-f`:      `E_x E_q e^{T - 1}`, the NWJ (f-divergence) form            (loosest)
+* `misa-biased`: the `misa` bound, whose gradient wrt the proposal runs through the log-mean-exp of
+  reparameterised negatives (as CQL does), instead of the MCMC estimate.
+
+On the same scores `misa >= misa-dv >= misa-f` (Jensen across x, then `log z <= z / e`). Each bound is a short pure
+function of `Scores` (`misa_bound`, `misa_dv_bound`, `misa_f_bound`); the `log_z` argument picks the gradient of the
+partition term: `"mc"` differentiates the Monte Carlo value (SNIS), `"mcmc"` uses `Scores.tilted` (samples of the
+tilted law drawn by MCMC: the unbiased `E_tilted[grad(log q + T)]`) while keeping the Monte Carlo value, `"auto"` is
+"mcmc" when `Scores.tilted` is present. The values are log-sum-exp stable in float32 for scores of +-1e4; `misa-f`
+is `-inf` when `mean e^{T-1}` overflows float (the honest value of that bound).
+
+The registered estimators own a learned proposal (`GaussianProposal`, or any module mapping `x [N, dx]` to a batched
+law) and build their scores with `est.scores(x, y, critic, generator)`; that is how `mie.estimate` and the RL layer
+use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._math import exp_minus_one_mean, logmeanexp
+from .partition import (
+    LogZEstimate,
+    MCMCLogZ,
+    MonteCarloLogZ,
+    PartitionError,
+    make_log_z,
+    mcmc_log_z_surrogate,
+)
+from .proposals import GaussianProposal, TanhGaussianProposal
+from .registry import Estimator, register
+from .scores import Scores
+
+__all__ = [
+    "MISA",
+    "MISABiased",
+    "MISADV",
+    "MISAF",
+    "misa_bound",
+    "misa_dv_bound",
+    "misa_f_bound",
+]
+
+_MODES = ("auto", "mc", "mcmc")
+
+
+def _mode(s: Scores, log_z: str, name: str) -> str:
+    if log_z not in _MODES:
+        raise ValueError(f"{name}: log_z must be one of {_MODES}; got {log_z!r}")
+    if log_z == "auto":
+        return "mcmc" if s.tilted is not None else "mc"
+    if log_z == "mcmc" and s.tilted is None:
+        raise ValueError(
+            f"estimator {name!r} with log_z='mcmc' needs Scores.tilted ([N, S] scores on MCMC samples of the tilted "
+            "law); it is missing"
+        )
+    return log_z
+
+
+def _data_term(s: Scores, name: str) -> Tensor:
+    """`E[log q(y|x) + T(x, y)] + H(Y)`, nats."""
+    lq = s.log_proposal_or_raise(name)
+    h = s.entropy_or_raise(name)
+    return (lq + s.positive).mean() + h
+
+
+def misa_bound(s: Scores, log_z: str = "auto") -> Tensor:
+    """MISA: `E[log q + T] - E_x logmeanexp_k T(x, y'_k) + H(Y)`, per-x log partition. Nats, 0-d.
+
+    Needs `log_proposal` and `marginal_entropy`; `log_z="mcmc"` (or "auto" with `tilted` present) gives the
+    partition term the MCMC gradient of `Scores.tilted`."""
+    data = _data_term(s, "misa")
+    if _mode(s, log_z, "misa") == "mcmc":
+        per_x = mcmc_log_z_surrogate(s.negative, s.tilted)  # type: ignore[arg-type]
+    else:
+        per_x = logmeanexp(s.negative, 1)
+    return data - per_x.mean()
+
+
+def _tilted_mean(s: Scores) -> Tensor:
+    m = s.tilted.mean(1)  # type: ignore[union-attr]
+    return m - m.detach()  # zero value, gradient of the per-x surrogate
+
+
+def misa_dv_bound(s: Scores, log_z: str = "auto") -> Tensor:
+    """MISA-DV: `E[log q + T] - log mean_{x,k} e^{T(x, y'_k)} + H(Y)`, one global log partition. Nats, 0-d.
+
+    With `log_z="mcmc"` the gradient of the global `log Z = log mean_x Z(x)` is `sum_x w_x grad log Z(x)` with
+    `w = softmax_x log Z(x)` (Monte Carlo weights, detached) and `grad log Z(x)` from the tilted samples."""
+    data = _data_term(s, "misa-dv")
+    value = logmeanexp(s.negative)
+    if _mode(s, log_z, "misa-dv") == "mcmc":
+        w = torch.softmax(logmeanexp(s.negative.detach(), 1), 0)
+        return data - (value.detach() + (w * _tilted_mean(s)).sum())
+    return data - value
+
+
+def misa_f_bound(s: Scores, log_z: str = "auto") -> Tensor:
+    """MISA-f: `E[log q + T] - mean_{x,k} e^{T(x, y'_k) - 1} + H(Y)`, the NWJ form. Nats, 0-d.
+
+    `-inf` when the mean overflows float (scores beyond ~88 + log K in float32): the honest value. With
+    `log_z="mcmc"` the gradient of `mean_x Z(x)/e` is `mean_x (Z(x)/e) grad log Z(x)` from the tilted samples."""
+    data = _data_term(s, "misa-f")
+    value = exp_minus_one_mean(s.negative)
+    if _mode(s, log_z, "misa-f") == "mcmc":
+        c = torch.exp(logmeanexp(s.negative.detach(), 1) - 1.0)
+        # Rows whose Z overflowed carry no finite gradient; keep their surrogate out instead of producing inf * 0.
+        term = torch.where(torch.isfinite(c), c * _tilted_mean(s), torch.zeros_like(c))
+        return data - (value.detach() + term.mean())
+    return data - value
+
+
+class _MISAFamily(Estimator):
+    """Shared machinery: a learned proposal, a partition function, and `scores(x, y, critic, generator)`.
+
+    Options (all keyword, all optional):
+        log_z: "mc", "mcmc", or a `MonteCarloLogZ`/`MCMCLogZ` instance; None = the estimator's default.
+        sampler: MCMC sampler name ("hmc", "mala", "ula", "pyro-hmc", "pyro-nuts") or a `Sampler` (log_z="mcmc").
+        n_samples, burn_in, thin, chains: the chain's retained samples per x, burn-in, thinning, chains per x.
+        k: proposal draws per x for the Monte Carlo value of log Z (the negatives).
+        step_size, n_leapfrog, adapt, target_accept: sampler options (None = the sampler's default; `adapt` may
+            be "simple", "dual_averaging" or "none").
+        precondition: run the chain whitened by the proposal's scale (step size in proposal std units).
+        init: chain start, "data" (the positive y, as the official MISA code starts at the dataset action) or
+            "proposal" (a proposal draw).
+        proposal: a module mapping `x [N, dx]` to a batched law (`GaussianProposal`, an RL policy); else one is
+            built from `x_dim`, `y_dim`, `hidden` (and `squashed` for a tanh-Gaussian on (-1, 1)^dy).
+        marginal_entropy: H(Y) in nats, when the caller of `scores` does not pass it.
+    """
+
+    needs_proposal = True
+    default_log_z = "mc"
+
+    def __init__(
+        self,
+        log_z: str | MonteCarloLogZ | MCMCLogZ | None = None,
+        sampler: Any = "hmc",
+        n_samples: int = 50,
+        burn_in: int = 5,
+        thin: int = 1,
+        chains: int = 1,
+        k: int = 50,
+        step_size: float | None = None,
+        n_leapfrog: int | None = None,
+        adapt: str | None = None,
+        target_accept: float | None = None,
+        precondition: bool = True,
+        init: str = "data",
+        proposal: nn.Module | None = None,
+        x_dim: int | None = None,
+        y_dim: int | None = None,
+        hidden: tuple[int, ...] = (),
+        squashed: bool = False,
+        marginal_entropy: float | None = None,
+    ) -> None:
+        super().__init__()
+        if init not in ("data", "proposal"):
+            raise ValueError(f"init must be 'data' or 'proposal'; got {init!r}")
+        self.init, self.hidden, self.squashed = init, tuple(hidden), squashed
+        self.marginal_entropy = marginal_entropy
+        spec = self.default_log_z if log_z is None else log_z
+        self.partition = self._make_partition(
+            spec,
+            k=k,
+            sampler=sampler,
+            n_samples=n_samples,
+            burn_in=burn_in,
+            thin=thin,
+            chains=chains,
+            precondition=precondition,
+            sampler_options={
+                "step_size": step_size,
+                "n_leapfrog": n_leapfrog,
+                "adapt": adapt,
+                "target_accept": target_accept,
+            },
+        )
+        self.proposal = proposal
+        if proposal is None and (x_dim is not None or y_dim is not None):
+            if x_dim is None or y_dim is None:
+                raise ValueError(
+                    f"{self.name}: give both x_dim and y_dim to build the proposal; got {x_dim}, {y_dim}"
+                )
+            self.ensure_proposal(x_dim, y_dim)
+        #: the last `LogZEstimate` built by `scores` (acceptance rates and step sizes for logging), or None
+        self.last_log_z: LogZEstimate | None = None
+
+    @staticmethod
+    def _make_partition(
+        spec: Any, k: int, sampler: Any, sampler_options: dict[str, Any], **mcmc: Any
+    ) -> MonteCarloLogZ | MCMCLogZ:
+        if spec != "mcmc":
+            return make_log_z(spec, k=k)
+        opts = {name: v for name, v in sampler_options.items() if v is not None}
+        if opts and not isinstance(sampler, str):
+            raise ValueError(f"sampler options {sorted(opts)} only apply when sampler is given by name")
+        return MCMCLogZ(sampler, k=k, **mcmc, **opts)
+
+    def ensure_proposal(self, x_dim: int, y_dim: int) -> nn.Module:
+        """Build the learned Gaussian proposal `q(y|x)` for `x [N, x_dim]`, `y [N, y_dim]` if there is none yet (call
+        before creating the optimizer, so its parameters are trained). Returns the proposal."""
+        if self.proposal is None:
+            cls = TanhGaussianProposal if self.squashed else GaussianProposal
+            self.proposal = cls(x_dim, y_dim, hidden=self.hidden)
+        return self.proposal
+
+    def scores(
+        self,
+        x: Tensor,
+        y: Tensor,
+        critic: Any,
+        generator: torch.Generator | None = None,
+        marginal_entropy: float | Tensor | None = None,
+    ) -> Scores:
+        """Scores of a joint batch for this bound: positive `T(x_i, y_i)` `[N]`, `log q(y_i|x_i)` `[N]`, K proposal
+        negatives `[N, K]` (one batched critic call `critic(x[:, None], y' [N, K, dy])`), and for `log_z="mcmc"` the
+        tilted scores `[N, S]` on MCMC samples started at `y` (or at proposal draws).
+
+        Args:
+            x: `[N, dx]`, y: `[N, dy]` joint samples.
+            critic: `critic(x [..., dx], y [..., dy]) -> [...]` with broadcasting leading axes, nats.
+            generator: every draw (negatives, chains).
+            marginal_entropy: H(Y) in nats (defaults to the constructor's option).
+        """
+        if self.proposal is None:
+            raise ValueError(
+                f"estimator {self.name!r} has no proposal: pass proposal=..., or x_dim/y_dim, or call "
+                "ensure_proposal(x_dim, y_dim) before building the optimizer"
+            )
+        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x and y must be [N, dx] and [N, dy] with the same N; got {tuple(x.shape)}, {tuple(y.shape)}"
+            )
+        law = self.proposal(x)
+        x_k = x.unsqueeze(1)
+
+        def critic_k(y_k: Tensor) -> Tensor:
+            return critic(x_k, y_k)
+
+        positive = critic(x, y)
+        log_proposal = law.log_prob(y)
+        init = y if self.init == "data" else None
+        est = self.partition(law, critic_k, generator, init=init)
+        self.last_log_z = est
+        h = self.marginal_entropy if marginal_entropy is None else marginal_entropy
+        return Scores(
+            positive, est.negative, log_proposal=log_proposal, marginal_entropy=h, tilted=est.tilted
+        )
+
+    @property
+    def log_z_mode(self) -> str:
+        """ "mcmc" when the partition function is `MCMCLogZ`, else "mc"."""
+        return "mcmc" if isinstance(self.partition, MCMCLogZ) else "mc"
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, partition={self.partition!r}"
+
+
+@register("misa")
+class MISA(_MISAFamily):
+    """MISA: per-x log partition, MCMC gradient by default (`log_z="mcmc"`, HMC with 2 leapfrog steps, 5 burn-in,
+    50 samples, as the official code); `log_z="mc"` uses the log-mean-exp (SNIS) gradient. See `misa_bound`."""
+
+    default_log_z = "mcmc"
+
+    def bound(self, s: Scores) -> Tensor:
+        return misa_bound(s, log_z=self.log_z_mode)
+
+
+@register("misa-biased")
+class MISABiased(_MISAFamily):
+    """MISA with the biased gradient: negatives by `rsample`, backprop through their log-mean-exp (the CQL-style
+    estimator of `grad log Z`). `log_z` may only be "mc" (or a `MonteCarloLogZ` with `grad="reparam"`)."""
+
+    default_log_z = "mc"
+
+    @staticmethod
+    def _make_partition(
+        spec: Any, k: int, sampler: Any, sampler_options: dict[str, Any], **mcmc: Any
+    ) -> MonteCarloLogZ | MCMCLogZ:
+        if isinstance(spec, MonteCarloLogZ) and spec.grad == "reparam":
+            return spec
+        if spec != "mc":
+            raise PartitionError(
+                "misa-biased differentiates the log-mean-exp of reparameterised samples; log_z must be 'mc' "
+                f"(use 'misa' for the MCMC gradient); got {spec!r}"
+            )
+        return MonteCarloLogZ(k, grad="reparam")
+
+    def bound(self, s: Scores) -> Tensor:
+        return misa_bound(s, log_z="mc")
+
+
+@register("misa-dv")
+class MISADV(_MISAFamily):
+    """MISA-DV: one global log partition over all x and negatives (`misa_dv_bound`); `log_z="mc"` by default."""
+
+    def bound(self, s: Scores) -> Tensor:
+        return misa_dv_bound(s, log_z=self.log_z_mode)
+
+
+@register("misa-f")
+class MISAF(_MISAFamily):
+    """MISA-f: the NWJ form `mean e^{T-1}` of the partition term (`misa_f_bound`); `log_z="mc"` by default."""
+
+    def bound(self, s: Scores) -> Tensor:
+        return misa_f_bound(s, log_z=self.log_z_mode)

@@ -1,0 +1,270 @@
+"""Log partition functions `log Z(x) = log E_{q(y|x)} e^{T(x,y)}` (nats), the hard term of the MISA bounds.
+
+Two estimators with one contract, `log_z(law, critic, generator=None, init=None) -> LogZEstimate`:
+
+* `MonteCarloLogZ(k)`: `log (1/K) sum_k e^{T(x, y_k)}` over K proposal draws `y_k ~ q(.|x)`. Its value is biased
+  low (Jensen, O(1/K)); its gradient is self-normalised importance sampling (SNIS): wrt the critic
+  `sum_k w_k grad T(y_k)`, and wrt the proposal either the SNIS score-function form `sum_k w_k grad log q(y_k)`
+  (`grad="snis"`, default) or the pathwise gradient through reparameterised draws (`grad="reparam"`, the
+  `misa-biased` estimator), with `w = softmax_k T(x, y_k)`.
+* `MCMCLogZ(sampler)`: the same Monte Carlo value, but the gradient `grad log Z(x) = E_tilted[grad (log q + T)]`
+  is estimated from S samples `y~` of the tilted law `q(y|x) e^T / Z(x)` drawn by MCMC (a `Sampler` from
+  `samplers.py`, started at given points such as the data y), through the surrogate
+  `mean_s [T(x, y~_s) + log q(y~_s|x)]` evaluated on detached samples: its gradient flows into the critic's and
+  the proposal's parameters only. This is `Scores.tilted`.
+
+`LogZEstimate.log_z [N]` carries the value and the chosen gradient in one tensor (value + surrogate - surrogate
+detached), so `log_z.mean().backward()` gives the estimator's gradient; `negative [N, K]` and `tilted [N, S]` are
+what an estimator puts in `Scores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._math import logmeanexp
+from .proposals import tanh_log_abs_det_jacobian
+from .samplers import Sampler, SampleResult, _PyroSampler, make_sampler, sample_tilted
+
+__all__ = ["LogZEstimate", "MCMCLogZ", "MonteCarloLogZ", "PartitionError", "mcmc_log_z_surrogate"]
+
+Critic = Callable[[Tensor], Tensor]
+
+
+class PartitionError(ValueError):
+    """Bad input to a partition function (a count of zero, wrong shapes); the message names what was wrong."""
+
+
+@dataclass(frozen=True, eq=False)
+class LogZEstimate:
+    """A log partition estimate for N rows.
+
+    Attributes:
+        log_z: `[N]` nats: the Monte Carlo value, carrying the partition function's gradient.
+        negative: `[N, K]` critic scores `T(x_i, y_ik)` on the K proposal draws (the MC value's summands).
+        tilted: `[N, S]` `T(x_i, y~_is) + log q(y~_is|x_i)` on detached MCMC samples of the tilted law (graph into
+            critic and proposal), or None for Monte Carlo.
+        samples: `[N, S, d]` the detached tilted samples (constrained space), or None.
+        result: the sampler's `SampleResult` (acceptance, step sizes, non-finite counts), or None.
+    """
+
+    log_z: Tensor
+    negative: Tensor
+    tilted: Tensor | None = None
+    samples: Tensor | None = None
+    result: SampleResult | None = None
+
+
+def _check_law(law: Any) -> tuple[int, int]:
+    mean = getattr(law, "mean", None)
+    if not isinstance(mean, Tensor) or mean.dim() != 2:
+        raise PartitionError(
+            f"law must be a batched proposal law with mean of shape [N, d] (e.g. DiagGaussian); got {type(law).__name__}"
+        )
+    return mean.shape[0], mean.shape[1]
+
+
+def _score(critic: Critic, y: Tensor, what: str) -> Tensor:
+    """`critic(y [N, K, d]) -> [N, K]`, with the shape checked (named error otherwise)."""
+    t = critic(y)
+    if not isinstance(t, Tensor) or t.shape != y.shape[:-1]:
+        got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise PartitionError(
+            f"critic must map {what} y of shape {tuple(y.shape)} to shape {tuple(y.shape[:-1])}; got {got}"
+        )
+    return t
+
+
+def _check_count(name: str, k: Any) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise PartitionError(f"{name} must be a positive int; got {k!r}")
+    return k
+
+
+def mcmc_log_z_surrogate(negative: Tensor, tilted: Tensor) -> Tensor:
+    """`[N]` log Z whose value is the Monte Carlo `logmeanexp(negative)` and whose gradient is that of the MCMC
+    surrogate `mean_s tilted[:, s]` (the unbiased `E_tilted[grad(log q + T)]`); no gradient flows through
+    `negative`. Shapes: `negative [N, K]`, `tilted [N, S]`."""
+    if negative.dim() != 2 or tilted.dim() != 2 or tilted.shape[0] != negative.shape[0]:
+        raise PartitionError(
+            f"need negative [N, K] and tilted [N, S] with the same N; got {tuple(negative.shape)} and "
+            f"{tuple(tilted.shape)}"
+        )
+    surrogate = tilted.mean(1)
+    return logmeanexp(negative.detach(), 1) + (surrogate - surrogate.detach())
+
+
+class MonteCarloLogZ:
+    """`log Z(x) ≈ log mean_k e^{T(x, y_k)}`, `y_k ~ q(.|x)`, K draws per row.
+
+    Args:
+        k: draws per row K (>= 1).
+        grad: how the gradient reaches the proposal: `"snis"` (detached draws; the score-function SNIS term
+            `sum_k w_k grad log q(y_k)` rides on the negatives with zero value) or `"reparam"` (draws by `rsample`,
+            the pathwise gradient through the log-mean-exp: MISA-biased). Both give SNIS wrt the critic.
+    """
+
+    def __init__(self, k: int = 50, grad: str = "snis") -> None:
+        self.k = _check_count("k", k)
+        if grad not in ("snis", "reparam"):
+            raise PartitionError(f"grad must be 'snis' or 'reparam'; got {grad!r}")
+        self.grad = grad
+
+    def __repr__(self) -> str:
+        return f"MonteCarloLogZ(k={self.k}, grad={self.grad!r})"
+
+    def negatives(self, law: Any, critic: Critic, generator: torch.Generator | None = None) -> Tensor:
+        """`[N, K]` critic scores on K proposal draws per row, carrying the chosen proposal gradient."""
+        _check_law(law)
+        if self.grad == "reparam":
+            return _score(critic, law.rsample(self.k, generator), "proposal draws")
+        y = law.sample(self.k, generator)
+        t = _score(critic, y, "proposal draws")
+        log_q = law.log_prob(y)
+        # Zero in value, SNIS in gradient: d/dtheta logmeanexp(T + lq - lq.detach()) = sum_k w_k dlq_k/dtheta.
+        return t + (log_q - log_q.detach())
+
+    def __call__(
+        self, law: Any, critic: Critic, generator: torch.Generator | None = None, init: Tensor | None = None
+    ) -> LogZEstimate:
+        """Estimate `log Z` for the rows of `law` (`init` is ignored: no chain).
+
+        Args:
+            law: batched proposal law for N rows (`mean [N, d]`, `sample`/`rsample(k, generator)` -> `[N, K, d]`,
+                `log_prob`).
+            critic: `y [N, K, d] -> [N, K]`, `T(x_i, y)` with x closed over, nats.
+            generator: source of the draws.
+        """
+        neg = self.negatives(law, critic, generator)
+        return LogZEstimate(log_z=logmeanexp(neg, 1), negative=neg)
+
+    @staticmethod
+    def from_scores(negative: Tensor) -> Tensor:
+        """`[N]` log-mean-exp of precomputed scores `[N, K]` (nats)."""
+        if not isinstance(negative, Tensor) or negative.dim() != 2 or negative.shape[1] == 0:
+            shape = tuple(negative.shape) if isinstance(negative, Tensor) else type(negative).__name__
+            raise PartitionError(f"negative must have shape [N, K] with K >= 1; got {shape}")
+        return logmeanexp(negative, 1)
+
+
+class MCMCLogZ:
+    """Monte Carlo value of `log Z(x)`, MCMC (tilted-sample) gradient.
+
+    Args:
+        sampler: a `Sampler` instance or a name for `make_sampler` (`"hmc"` default, `"mala"`, `"ula"`,
+            `"pyro-hmc"`, `"pyro-nuts"`).
+        n_samples: retained tilted samples per chain S (the official MISA code: 50 consecutive states).
+        burn_in: discarded initial steps (official: 5).
+        thin: keep every `thin`-th state.
+        k: proposal draws per row for the Monte Carlo value; None = `n_samples`.
+        chains: chains per row C (samples pooled: `tilted` is `[N, C*S]`).
+        precondition: run the chain whitened by the proposal's mean and scale (step size in units of the proposal's
+            std); False runs on the raw (unconstrained) coordinates as the official code does.
+        **sampler_options: passed to `make_sampler` when `sampler` is a name (`step_size`, `n_leapfrog`, `adapt`,
+            `target_accept`, ...).
+
+    `__call__(law, critic, generator, init)` starts the chains at `init` (`[N, d]` constrained points, e.g. the
+    data y or the dataset action), or at proposal draws when `init` is None.
+    """
+
+    def __init__(
+        self,
+        sampler: str | Sampler | _PyroSampler = "hmc",
+        n_samples: int = 50,
+        burn_in: int = 5,
+        thin: int = 1,
+        k: int | None = None,
+        chains: int = 1,
+        precondition: bool = True,
+        **sampler_options: Any,
+    ) -> None:
+        self.n_samples = _check_count("n_samples", n_samples)
+        if not isinstance(burn_in, int) or isinstance(burn_in, bool) or burn_in < 0:
+            raise PartitionError(f"burn_in must be an int >= 0; got {burn_in!r}")
+        self.burn_in, self.thin = burn_in, _check_count("thin", thin)
+        self.k = self.n_samples if k is None else _check_count("k", k)
+        self.chains, self.precondition = _check_count("chains", chains), precondition
+        if isinstance(sampler, str):
+            sampler_options.setdefault("burn_in", burn_in)
+        self.sampler = make_sampler(sampler, **sampler_options)
+        self._mc = MonteCarloLogZ(self.k)
+
+    def __repr__(self) -> str:
+        return (
+            f"MCMCLogZ(sampler={self.sampler!r}, n_samples={self.n_samples}, burn_in={self.burn_in}, "
+            f"thin={self.thin}, k={self.k}, chains={self.chains})"
+        )
+
+    def sample(
+        self, law: Any, critic: Critic, generator: torch.Generator | None = None, init: Tensor | None = None
+    ) -> SampleResult:
+        """Run the chains on the tilted law of `law` and `critic`; samples `[N, C*S, d]`, detached."""
+        _check_law(law)
+        return sample_tilted(
+            self.sampler,
+            law,
+            critic,
+            self.n_samples,
+            init=init,
+            generator=generator,
+            chains=self.chains,
+            precondition=self.precondition,
+            burn_in=self.burn_in,
+            thin=self.thin,
+        )
+
+    @staticmethod
+    def tilted_scores(law: Any, critic: Critic, result: SampleResult) -> Tensor:
+        """`[N, S]` `T(x, y~) + log q(y~|x)` on the detached samples of `result`, with graph into `critic` and the
+        parameters of `law`. For bounded laws `log q(y~)` is computed from the unconstrained sample (no atanh of a
+        value near +-1)."""
+        y = result.samples.detach()
+        t = _score(critic, y, "tilted samples")
+        if getattr(law, "bounded", False):
+            u = result.unconstrained.detach()
+            log_q = law.log_prob_unconstrained(u) - tanh_log_abs_det_jacobian(u)
+        else:
+            log_q = law.log_prob(y)
+        return t + log_q
+
+    def __call__(
+        self, law: Any, critic: Critic, generator: torch.Generator | None = None, init: Tensor | None = None
+    ) -> LogZEstimate:
+        """Estimate `log Z` for the rows of `law`: MC value over `k` draws, gradient from `n_samples` tilted samples.
+
+        Args:
+            law: batched proposal law for N rows (`DiagGaussian` / `TanhDiagGaussian`).
+            critic: `y [N, K, d] -> [N, K]`, `T(x_i, y)` with x closed over, nats.
+            generator: source of every draw (proposal draws and the chains).
+            init: `[N, d]` or `[N, C, d]` chain starts in the constrained space; None = proposal draws.
+        """
+        with torch.no_grad():  # the value only: the gradient comes from the tilted surrogate
+            neg = _score(critic, law.sample(self.k, generator), "proposal draws")
+        res = self.sample(law, critic, generator, init)
+        tilted = self.tilted_scores(law, critic, res)
+        return LogZEstimate(
+            log_z=mcmc_log_z_surrogate(neg, tilted),
+            negative=neg,
+            tilted=tilted,
+            samples=res.samples,
+            result=res,
+        )
+
+
+def make_log_z(
+    spec: str | MonteCarloLogZ | MCMCLogZ, k: int = 50, **mcmc_options: Any
+) -> MonteCarloLogZ | MCMCLogZ:
+    """A partition function from a name: `"mc"` -> `MonteCarloLogZ(k)`, `"mcmc"` -> `MCMCLogZ(k=k, **mcmc_options)`;
+    an instance is returned as is."""
+    if isinstance(spec, (MonteCarloLogZ, MCMCLogZ)):
+        return spec
+    if spec == "mc":
+        return MonteCarloLogZ(k)
+    if spec == "mcmc":
+        return MCMCLogZ(k=k, **mcmc_options)
+    raise PartitionError(f"log_z must be 'mc', 'mcmc' or a MonteCarloLogZ/MCMCLogZ instance; got {spec!r}")

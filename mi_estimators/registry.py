@@ -1,0 +1,126 @@
+"""Estimators by name: `available()`, `make(name, **options)`, `register(name)`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from .scores import Scores
+
+_REGISTRY: dict[str, Callable[..., Estimator]] = {}
+
+
+class Estimator(nn.Module):
+    """An MI estimator: a bound on scores, and the loss that trains the critic (and proposal) through it.
+
+    `bound(s)` is the estimate in nats (a differentiable 0-d tensor); `loss(s)` is what to minimise, `-bound(s)`
+    unless the estimator trains with another objective (MINE's debiased gradient, JS). Estimators are
+    `nn.Module`s so that their state (MINE's moving average, TUBA's baseline, a proposal) moves with `.to()` and
+    round-trips through `state_dict()`.
+    """
+
+    name: str = "estimator"
+    #: what the estimator reads from `Scores` beyond positive/negative, and whether it needs a proposal q(y|x)
+    needs_proposal: bool = False
+    #: the estimator's critic term is a lower bound on MI (False for upper bounds such as CLUB)
+    lower_bound: bool = True
+
+    def bound(self, s: Scores) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, s: Scores) -> Tensor:
+        return -self.bound(s)
+
+    def forward(self, s: Scores) -> Tensor:
+        return self.bound(s)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+class FunctionEstimator(Estimator):
+    """Wraps a pure function `fn(scores, **options) -> Tensor` as an estimator (its loss is `-fn`)."""
+
+    def __init__(self, fn: Callable[..., Tensor], name: str, **options: Any) -> None:
+        super().__init__()
+        self.fn, self.name, self.options = fn, name, options
+
+    def bound(self, s: Scores) -> Tensor:
+        return self.fn(s, **self.options)
+
+
+def register(name: str) -> Callable[[Any], Any]:
+    """Decorator registering an `Estimator` subclass, or a function `fn(scores, **options) -> bound`, under `name`.
+
+    >>> @register("my-dv")
+    ... def my_dv(s, scale=1.0): ...
+    >>> make("my-dv", scale=2.0)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register needs a non-empty string name; got {name!r}")
+
+    def deco(obj: Any) -> Any:
+        if name in _REGISTRY:
+            raise ValueError(f"estimator name {name!r} is already registered")
+        if inspect.isclass(obj):
+            if not issubclass(obj, Estimator):
+                raise TypeError(f"register({name!r}) needs an Estimator subclass or a function; got class {obj!r}")
+            obj.name = name
+            _REGISTRY[name] = obj
+        elif callable(obj):
+            def factory(**options: Any) -> Estimator:
+                return FunctionEstimator(obj, name, **options)
+
+            factory.__wrapped__ = obj  # type: ignore[attr-defined]
+            _REGISTRY[name] = factory
+        else:
+            raise TypeError(f"register({name!r}) needs an Estimator subclass or a function; got {obj!r}")
+        return obj
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a user-registered name (mainly for tests)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown estimator {name!r}; available: {available()}")
+    del _REGISTRY[name]
+
+
+def available() -> list[str]:
+    """Sorted names of every registered estimator."""
+    return sorted(_REGISTRY)
+
+
+def _accepted_options(factory: Callable[..., Any]) -> tuple[set[str], bool]:
+    target = getattr(factory, "__wrapped__", None)
+    if target is not None:
+        params = list(inspect.signature(target).parameters.values())[1:]  # first is the scores
+    else:
+        params = list(inspect.signature(factory.__init__).parameters.values())[1:]  # type: ignore[misc]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, var_kw
+
+
+def make(name: str, **options: Any) -> Estimator:
+    """Build the estimator registered as `name` with its keyword options.
+
+    Raises:
+        ValueError: unknown name (the message lists `available()`), or an option the estimator does not take (the
+            message names the option, the estimator and the options it does take).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown estimator {name!r}; available: {', '.join(available())}")
+    factory = _REGISTRY[name]
+    accepted, var_kw = _accepted_options(factory)
+    if not var_kw:
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ValueError(
+                f"estimator {name!r} got unknown option(s) {unknown}; it takes: {sorted(accepted) or 'no options'}"
+            )
+    return factory(**options)

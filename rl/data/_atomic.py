@@ -1,0 +1,79 @@
+"""Atomic writes (temp name in the same directory, then rename) and JSON-safe metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["atomic_file", "atomic_dir_replace", "jsonable"]
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success move it onto `path`, on any exception delete it.
+
+    Same directory, so the final ``os.replace`` is a rename on one file system: readers see either the old
+    file or the complete new one, never a partial file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:  # flush to disk before the rename makes the file visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_dir_replace(src: Path, dst: Path, overwrite: bool) -> None:
+    """Move the finished directory `src` to `dst` (same file system).
+
+    With `overwrite`, an existing `dst` is first renamed aside and deleted only after the new one is in
+    place; if the final rename fails, the old one is put back.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
+    aside = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+    os.replace(dst, aside / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(aside / dst.name, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def jsonable(value: Any) -> Any:
+    """`value` made JSON-serialisable: numpy scalars/arrays become Python numbers/lists, tuples lists,
+    paths and unknown objects strings, non-finite floats strings (JSON has no nan)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)

@@ -1,0 +1,155 @@
+"""D4RL-format HDF5 files: read (`read_hdf5`) and write atomically (`to_hdf5`).
+
+The format is D4RL's: top-level datasets ``observations [N, do]``, ``actions [N, da]``, ``rewards [N]``,
+``terminals [N]``, ``timeouts [N]``, optionally ``next_observations [N, do]``, plus optional ``infos/*`` and
+``metadata/*`` groups. We write all six arrays (``next_observations`` included, so a reader never has to
+rebuild it), the action bounds as ``metadata/action_space/low|high``, each scalar metadata entry as a
+``metadata/<key>`` dataset (readable by D4RL tools), and the whole metadata dict as a JSON string in
+``metadata/metadata_json`` (what `read_hdf5` prefers, so metadata round-trips exactly when JSON-able; a
+dataset rather than an attribute, because HDF5 attributes are limited to 64 KiB).
+``infos/*`` (qpos, qvel, log-probs in D4RL files) is not loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl.data._atomic import atomic_file, jsonable
+from rl.data.dataset import REQUIRED_D4RL_KEYS, OfflineDataset, from_d4rl_dict
+
+__all__ = ["read_hdf5", "to_hdf5"]
+
+_JSON_KEY = "metadata_json"
+_ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
+def _scalar_metadata(group) -> dict[str, Any]:
+    """Scalar entries of a D4RL ``metadata`` group (nested names joined by '/'); arrays such as the policy
+    weights some D4RL files store there are skipped."""
+    import h5py
+
+    out: dict[str, Any] = {}
+
+    def visit(name: str, obj) -> None:
+        if not isinstance(obj, h5py.Dataset) or name.startswith("action_space/") or name == _JSON_KEY:
+            return
+        if obj.shape not in ((), (1,)):
+            return
+        value = obj[()]
+        if isinstance(value, np.ndarray):
+            value = value.reshape(-1)[0]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[name] = value
+
+    group.visititems(visit)
+    return out
+
+
+def read_hdf5(
+    path: str | os.PathLike,
+    *,
+    action_low: np.ndarray | float | None = None,
+    action_high: np.ndarray | float | None = None,
+    max_episode_steps: int | None = None,
+) -> OfflineDataset:
+    """Load a D4RL-format HDF5 file as an `OfflineDataset`.
+
+    Action bounds come from the arguments, else from ``metadata/action_space/low|high`` if the file has them
+    (files written by `to_hdf5` do), else the dataset is unbounded. A missing ``next_observations`` is rebuilt
+    by `rl.data.from_d4rl_dict`'s rule (d4rl's ``qlearning_dataset``: rows that end by timeout are dropped).
+
+    Raises ``FileNotFoundError`` if the file does not exist, and ``ValueError`` naming the file for a
+    truncated or corrupt file, a missing key (named), or any invalid row (field and index named).
+    """
+    import h5py
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such HDF5 file: {path}")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"cannot open {path} as an HDF5 file (truncated or corrupt?): {err}") from err
+    with handle as f:
+        for key in REQUIRED_D4RL_KEYS:
+            if key not in f and not (key == "timeouts" and max_episode_steps is not None):
+                raise ValueError(
+                    f"{path} has no {key!r} dataset (a D4RL-format file needs "
+                    f"{', '.join(REQUIRED_D4RL_KEYS)}; next_observations is optional); it has: {sorted(f.keys())}"
+                )
+        data: dict[str, np.ndarray] = {}
+        try:
+            for key in _ARRAY_KEYS:
+                if key in f:
+                    data[key] = f[key][()]
+            meta_group = f.get("metadata")
+            metadata: dict[str, Any]
+            if meta_group is not None and _JSON_KEY in meta_group:
+                raw = meta_group[_JSON_KEY][()]
+                metadata = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+            else:
+                metadata = _scalar_metadata(meta_group) if meta_group is not None else {}
+                metadata.setdefault("source", str(path))
+            if action_low is None and action_high is None and meta_group is not None:
+                if "action_space/low" in meta_group and "action_space/high" in meta_group:
+                    action_low = meta_group["action_space/low"][()]
+                    action_high = meta_group["action_space/high"][()]
+        except Exception as err:  # only I/O happens in this block
+            # h5py raises these when the data blocks behind an intact header are missing (a cut-off file).
+            raise ValueError(f"cannot read {path} (truncated or corrupt HDF5 file?): {err}") from err
+    return from_d4rl_dict(
+        data,
+        action_low=action_low,
+        action_high=action_high,
+        metadata=metadata,
+        max_episode_steps=max_episode_steps,
+        where=str(path),
+    )
+
+
+def to_hdf5(
+    dataset: OfflineDataset,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    compression: str | None = None,
+) -> Path:
+    """Write `dataset` to `path` as a D4RL-format HDF5 file, atomically; returns the path.
+
+    The file is written to a temporary name in the same directory and moved into place with ``os.replace``
+    only once complete, so a reader never sees a partial file and a failed write leaves nothing behind.
+    An existing file is replaced only with ``overwrite=True`` (else ``FileExistsError``). ``compression``
+    is passed to h5py (e.g. ``"gzip"``; default none, which is fastest to read).
+    """
+    import h5py
+
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    metadata = jsonable(dataset.metadata)
+    with atomic_file(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key in _ARRAY_KEYS:
+                f.create_dataset(key, data=getattr(dataset, key), compression=compression)
+            meta = f.create_group("metadata")
+            for key, value in metadata.items():
+                if (
+                    isinstance(value, (str, int, float, bool))
+                    and "/" not in key
+                    and key not in ("action_space", _JSON_KEY)
+                ):
+                    meta.create_dataset(key, data=value)
+            if dataset.action_low is not None:
+                meta.create_dataset("action_space/low", data=dataset.action_low)
+                meta.create_dataset("action_space/high", data=dataset.action_high)
+            meta.create_dataset(_JSON_KEY, data=json.dumps(metadata))
+            f.attrs["format"] = "d4rl"
+    return path

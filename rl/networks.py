@@ -1,0 +1,322 @@
+"""Networks shared by every agent of the RL layer: a stacked Q ensemble and a tanh-Gaussian policy.
+
+Shapes follow DESIGN.md ("Speed by design"):
+
+* `EnsembleLinear` holds `E` linear layers as one stacked weight `[E, in, out]` and runs them with one
+  `torch.baddbmm`, so a twin Q (or an ensemble of any size) costs one call per layer.
+* `QEnsemble(obs [B, do], act [B, K, da]) -> [E, B, K]` computes the state part of the first layer `W_s s` once per
+  state and broadcasts it over the `K` actions; the `K` actions are one `[B*K, .]` batch through the rest.
+* `TanhGaussianPolicy(obs) -> TanhDiagGaussian` (from `mi_estimators.proposals`): the mean and scale at a state are
+  computed once and reused for all samples; it also serves as a conditional proposal (`sample`, `rsample`,
+  `log_prob`) for the MI estimators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mi_estimators.proposals import DiagGaussian, TanhDiagGaussian, tanh_log_abs_det_jacobian
+
+__all__ = [
+    "EnsembleLinear",
+    "QEnsemble",
+    "TanhGaussianPolicy",
+    "mlp",
+    "variance_scaling_",
+]
+
+_ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu}
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+def _activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
+    hidden = tuple(int(h) for h in hidden)
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty sequence of positive layer widths; got {hidden!r}")
+    return hidden
+
+
+def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
+    """nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+        if bias is not None:
+            bias.uniform_(-bound, bound)
+
+
+def variance_scaling_(weight: Tensor, bias: Tensor | None, fan_in: int, scale: float) -> None:
+    """JAX `variance_scaling(scale, "fan_in", "uniform")` for the weight, zeros for the bias (as the official MISA)."""
+    if scale <= 0:
+        raise ValueError(f"output_init_scale must be > 0; got {scale}")
+    limit = math.sqrt(3.0 * scale / fan_in)
+    with torch.no_grad():
+        weight.uniform_(-limit, limit)
+        if bias is not None:
+            bias.zero_()
+
+
+def mlp(
+    sizes: Sequence[int], activation: str = "relu", output_init_scale: float | None = None
+) -> nn.Sequential:
+    """Plain MLP `sizes[0] -> ... -> sizes[-1]` with `activation` between layers and none at the end."""
+    act = _ACTIVATION_MODULES.get(activation)
+    if act is None:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATION_MODULES)}")
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    if output_init_scale is not None:
+        last = layers[-1]
+        assert isinstance(last, nn.Linear)
+        variance_scaling_(last.weight, last.bias, last.in_features, output_init_scale)
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """`E` independent linear layers stored as one weight `[E, in, out]` and bias `[E, 1, out]`.
+
+    `forward(x [E, B, in]) -> [E, B, out]` is one `torch.baddbmm`. Each member is initialised like `nn.Linear`
+    (`U(-1/sqrt(in), 1/sqrt(in))`); member `e` computes `x[e] @ weight[e] + bias[e]`, i.e. `nn.Linear` with
+    `linear.weight = weight[e].T`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, ensemble_size: int) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1 or ensemble_size < 1:
+            raise ValueError(
+                "in_features, out_features and ensemble_size must be >= 1; got "
+                f"{in_features}, {out_features}, {ensemble_size}"
+            )
+        self.in_features, self.out_features, self.ensemble_size = in_features, out_features, ensemble_size
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_features))
+        _linear_init_(self.weight, self.bias, in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[0] != self.ensemble_size or x.shape[2] != self.in_features:
+            raise ValueError(
+                f"EnsembleLinear expects input [E={self.ensemble_size}, B, {self.in_features}]; "
+                f"got shape {tuple(x.shape)}"
+            )
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, ensemble_size={self.ensemble_size}"
+
+
+class QEnsemble(nn.Module):
+    """Ensemble of `E` Q-networks `Q_e(s, a)`, MLP on `[s, a]`, stacked weights.
+
+    `forward(obs [B, do], act [B, da]) -> [E, B]`; `forward(obs [B, do], act [B, K, da]) -> [E, B, K]`.
+    The first layer's weight is split into a state block `[E, do, h]` and an action block `[E, da, h]`, so
+    `W_s s + b` is computed once per state and broadcast over the `K` actions (no copy of `obs` K times).
+    `output_init_scale` re-initialises the last layer with variance scaling (official MISA: 1e-2).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        ensemble_size: int = 2,
+        activation: str = "relu",
+        output_init_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1; got obs_dim={obs_dim}, act_dim={act_dim}")
+        hidden = _check_hidden(hidden)
+        self.obs_dim, self.act_dim, self.ensemble_size = obs_dim, act_dim, ensemble_size
+        self.hidden, self.activation = hidden, activation
+        self._act = _activation(activation)
+        e, h0 = ensemble_size, hidden[0]
+        # First layer, split: nn.Linear init over the full fan-in do + da.
+        self.w_obs = nn.Parameter(torch.empty(e, obs_dim, h0))
+        self.w_act = nn.Parameter(torch.empty(e, act_dim, h0))
+        self.b0 = nn.Parameter(torch.empty(e, 1, h0))
+        w0 = torch.empty(e, obs_dim + act_dim, h0)
+        _linear_init_(w0, self.b0, obs_dim + act_dim)
+        with torch.no_grad():
+            self.w_obs.copy_(w0[:, :obs_dim])
+            self.w_act.copy_(w0[:, obs_dim:])
+        sizes = [*hidden, 1]
+        self.layers = nn.ModuleList(EnsembleLinear(a, b, e) for a, b in zip(sizes[:-1], sizes[1:]))
+        if output_init_scale is not None:
+            last = self.layers[-1]
+            variance_scaling_(last.weight, last.bias, last.in_features, output_init_scale)
+
+    def _check(self, obs: Tensor, act: Tensor) -> None:
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must have shape [B, {self.obs_dim}]; got shape {tuple(obs.shape)}")
+        b = obs.shape[0]
+        ok = (act.dim() == 2 and act.shape[0] == b and act.shape[1] == self.act_dim) or (
+            act.dim() == 3 and act.shape[0] == b and act.shape[2] == self.act_dim
+        )
+        if not ok:
+            raise ValueError(
+                f"act must have shape [B, {self.act_dim}] or [B, K, {self.act_dim}] with B={b} (the batch of obs); "
+                f"got shape {tuple(act.shape)}"
+            )
+
+    def forward(self, obs: Tensor, act: Tensor) -> Tensor:
+        """Q values: `act [B, da]` -> `[E, B]`; `act [B, K, da]` -> `[E, B, K]`."""
+        self._check(obs, act)
+        single = act.dim() == 2
+        b = obs.shape[0]
+        k = 1 if single else act.shape[1]
+        e, h0 = self.ensemble_size, self.hidden[0]
+        # State part once per state: [B, do] @ [E, do, h] -> [E, B, h] (+ bias).
+        hs = torch.baddbmm(self.b0, obs.unsqueeze(0).expand(e, b, self.obs_dim), self.w_obs)
+        # Action part for all B*K actions: [E, B*K, da] @ [E, da, h].
+        a = act.reshape(1, b * k, self.act_dim).expand(e, b * k, self.act_dim)
+        h = torch.bmm(a, self.w_act)
+        if single:
+            h = h + hs
+        else:
+            h = (h.view(e, b, k, h0) + hs.unsqueeze(2)).view(e, b * k, h0)
+        for layer in self.layers:
+            h = layer(self._act(h))
+        q = h.squeeze(-1)  # [E, B*K]
+        return q if single else q.view(e, b, k)
+
+    @staticmethod
+    def min(q: Tensor) -> Tensor:
+        """Minimum over the ensemble axis: `[E, ...] -> [...]` (twin-Q / clipped double Q)."""
+        return q.min(dim=0).values
+
+    def q_min(self, obs: Tensor, act: Tensor) -> Tensor:
+        """`min_e Q_e(s, a)`: `[B]` or `[B, K]`."""
+        return self.min(self(obs, act))
+
+
+class TanhGaussianPolicy(nn.Module):
+    """Tanh-squashed Gaussian policy `pi(a|s)` on `(-1, 1)^da`; `forward(obs [B, do]) -> TanhDiagGaussian`.
+
+    `log_std_mode="state"`: standard SAC, the network outputs mean and log-std, log-std clipped to
+    `log_std_bounds`. `log_std_mode="misa"`: the official MISA/CQL-JAX head, `log_std = m * raw + c` with learnable
+    scalars `m` (init 1) and `c` (init -1), then clipped. The mean is clipped to `[-mean_clip, mean_clip]`
+    (`None`: no clip). `output_init_scale` re-initialises the last layer with variance scaling (MISA: 1e-2).
+
+    Also a conditional proposal for the MI estimators: `sample(obs, k, generator)`, `rsample(obs, k, generator)`
+    -> `[B, K, da]`; `log_prob(obs, act)` with `act [B, da]` -> `[B]`, `[B, K, da]` -> `[B, K]` (nats).
+    """
+
+    squashed = True
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        log_std_mode: str = "state",
+        log_std_bounds: tuple[float, float] = (-5.0, 2.0),
+        mean_clip: float | None = 9.0,
+        output_init_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if obs_dim < 1 or act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1; got obs_dim={obs_dim}, act_dim={act_dim}")
+        if log_std_mode not in ("state", "misa"):
+            raise ValueError(f"log_std_mode must be 'state' or 'misa'; got {log_std_mode!r}")
+        lo, hi = log_std_bounds
+        if not lo < hi:
+            raise ValueError(f"log_std_bounds must be (low, high) with low < high; got {log_std_bounds}")
+        hidden = _check_hidden(hidden)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.log_std_mode, self.log_std_bounds, self.mean_clip = (
+            log_std_mode,
+            (float(lo), float(hi)),
+            mean_clip,
+        )
+        self.net = mlp([obs_dim, *hidden, 2 * act_dim], activation, output_init_scale)
+        if log_std_mode == "misa":
+            self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
+            self.log_std_offset = nn.Parameter(torch.tensor(-1.0))
+
+    def forward(self, obs: Tensor) -> TanhDiagGaussian:
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must have shape [B, {self.obs_dim}]; got shape {tuple(obs.shape)}")
+        mean, raw = self.net(obs).chunk(2, dim=-1)
+        if self.mean_clip is not None:
+            mean = mean.clamp(-self.mean_clip, self.mean_clip)
+        if self.log_std_mode == "misa":
+            raw = self.log_std_multiplier * raw + self.log_std_offset
+        log_std = raw.clamp(*self.log_std_bounds)
+        return TanhDiagGaussian(mean, log_std)
+
+    # --- proposal interface -------------------------------------------------------------------------------
+    def sample(self, obs: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """`k` actions per state, `[B, K, da]`, detached."""
+        return self(obs).sample(k, generator)
+
+    def rsample(self, obs: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """`k` reparameterised actions per state, `[B, K, da]`."""
+        return self(obs).rsample(k, generator)
+
+    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        """`log pi(a|s)`: `act [B, da]` -> `[B]`; `act [B, K, da]` -> `[B, K]`. Nats; `-inf` outside (-1, 1)^da."""
+        return self(obs).log_prob(act)
+
+    # --- SAC helpers -------------------------------------------------------------------------------------
+    @staticmethod
+    def rsample_with_log_prob(
+        dist: TanhDiagGaussian, k: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterised actions `[B, K, da]` and their exact `log pi` `[B, K]` computed from `u = atanh(a)`.
+
+        `log pi(tanh u) = log N(u; mean, std) - sum log(1 - tanh(u)^2)`, evaluated on the pre-squash draw `u`
+        (no round trip through `atanh`, so it stays exact when `tanh(u)` rounds to +-1).
+        """
+        u = dist.rsample_unconstrained(k, generator)
+        log_n = DiagGaussian.log_prob_unconstrained(dist, u)
+        return dist.to_constrained(u), log_n - tanh_log_abs_det_jacobian(u)
+
+    def sample_with_log_prob(
+        self, obs: Tensor, k: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """`(actions [B, K, da], log_prob [B, K])`, reparameterised (gradients reach the policy)."""
+        return self.rsample_with_log_prob(self(obs), k, generator)
+
+    def deterministic(self, obs: Tensor) -> Tensor:
+        """`tanh(mean)`, `[B, da]`: the evaluation action."""
+        return torch.tanh(self(obs).mean)
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray, deterministic: bool = True, generator: torch.Generator | None = None
+    ) -> np.ndarray:
+        """Environment action(s) in (-1, 1)^da for `obs [do]` -> `[da]` or `[B, do]` -> `[B, da]` (float32 numpy).
+
+        `deterministic=True` gives `tanh(mean)`; otherwise one draw from the policy (seeded by `generator`).
+        """
+        p = next(self.parameters())
+        x = torch.as_tensor(np.asarray(obs), dtype=p.dtype, device=p.device)
+        single = x.dim() == 1
+        if single:
+            x = x.unsqueeze(0)
+        dist = self(x)
+        a = torch.tanh(dist.mean) if deterministic else dist.sample(1, generator).squeeze(1)
+        out = a.float().cpu().numpy()
+        return out[0] if single else out

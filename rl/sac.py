@@ -1,0 +1,637 @@
+"""Online Soft Actor-Critic (Haarnoja et al. 2018, "SAC v2": twin Q, auto-entropy) for gymnasium MuJoCo.
+
+Trains the behaviour policies from which `rl.collect` makes the D4RL-style datasets. Defaults follow the paper:
+twin Q, Polyak tau 5e-3, automatic entropy with target `-|A|`, Adam lr 3e-4, batch 256, gamma 0.99, 256x256 ReLU,
+5000 uniform-random start steps, one update per environment step. Timeouts (time-limit truncation) are not
+terminal in the TD target; only `terminated` is.
+
+The loss pieces (`td_target`, `critic_loss`, `actor_loss`, `alpha_loss`, `soft_update_`) are small pure functions
+that the offline agents reuse.
+
+Everything is seeded: network init by `torch.manual_seed(seed)`, every later draw (random start actions,
+exploration noise, minibatch indices) by one `torch.Generator`, environment resets by `reset(seed=...)`.
+A checkpoint (written atomically every `checkpoint_every` steps) holds networks, targets, optimisers, log-alpha,
+the filled part of the replay buffer (`np.savez`), the generator state, the MuJoCo physics state and the step count,
+so `--resume` continues exactly where the run stopped. Every `eval_every` steps, 10 deterministic episodes are run and
+a policy-only float32 snapshot (`snapshots/step_XXXXXXX.pt`, a few hundred KB) is saved with its eval return.
+
+CLI::
+
+    python -m rl.sac --env Hopper-v5 --steps 300000 --seed 0 --run-dir runs/sac/Hopper-v5 [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rl.networks import QEnsemble, TanhGaussianPolicy
+
+__all__ = [
+    "SACConfig",
+    "SAC",
+    "ReplayBuffer",
+    "td_target",
+    "critic_loss",
+    "actor_loss",
+    "alpha_loss",
+    "soft_update_",
+    "evaluate",
+    "load_policy_snapshot",
+    "save_policy_snapshot",
+    "atomic_write",
+    "make_adam",
+    "main",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss pieces (shared with the offline agents)
+# ----------------------------------------------------------------------------------------------------------------
+def td_target(
+    rewards: Tensor,
+    terminals: Tensor,
+    next_q: Tensor,
+    gamma: float,
+    next_log_prob: Tensor | None = None,
+    alpha: Tensor | float | None = None,
+) -> Tensor:
+    """Soft TD target `r + gamma (1 - d) (Q'(s', a') - alpha log pi(a'|s'))`, `[B]`, no gradient.
+
+    `rewards`, `terminals` (1.0 where terminated; timeouts are NOT terminals) and `next_q` (e.g. the min over
+    target critics) are `[B]`; with `next_log_prob=None` or `alpha=None` there is no entropy term (MISA, CQL-JAX).
+    """
+    with torch.no_grad():
+        v = next_q
+        if next_log_prob is not None and alpha is not None:
+            v = v - alpha * next_log_prob
+        return rewards + gamma * (1.0 - terminals) * v
+
+
+def critic_loss(q: Tensor, target: Tensor) -> Tensor:
+    """Sum over ensemble members of the mean squared TD error: `q [E, B]`, `target [B]` -> scalar."""
+    if q.dim() != 2 or target.shape != q.shape[1:]:
+        raise ValueError(f"q must be [E, B] and target [B]; got {tuple(q.shape)} and {tuple(target.shape)}")
+    return (q - target.detach()).square().mean(dim=1).sum()
+
+
+def actor_loss(log_prob: Tensor, q: Tensor, alpha: Tensor | float) -> Tensor:
+    """SAC policy loss `mean(alpha log pi(a~|s) - min Q(s, a~))` over reparameterised actions; `[B]`/`[B, K]`."""
+    return (alpha * log_prob - q).mean()
+
+
+def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
+    """Temperature loss `-mean(log_alpha (log pi + target_entropy))` (log pi detached)."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+@torch.no_grad()
+def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging in place: `target <- (1 - tau) target + tau source` (one fused foreach call)."""
+    tp = [p for p in target.parameters()]
+    sp = [p for p in source.parameters()]
+    torch._foreach_lerp_(tp, sp, tau)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small utilities
+# ----------------------------------------------------------------------------------------------------------------
+def make_adam(params, lr: float, **kwargs: Any) -> torch.optim.Adam:
+    """Adam with the fused implementation (one kernel for all parameters; ~4x faster on CPU than the default)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # fused not supported for these tensors/device
+        return torch.optim.Adam(params, lr=lr, **kwargs)
+
+
+def atomic_write(path: str | os.PathLike, write_fn) -> None:
+    """Call `write_fn(tmp_path)` on a temporary file in the same directory, then `os.replace` it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _scale_action(a: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map policy actions in [-1, 1] to the environment's box."""
+    return low + (a + 1.0) * 0.5 * (high - low)
+
+
+class ReplayBuffer:
+    """Fixed-capacity numpy replay buffer of `(obs, act, rew, next_obs, terminated)`; actions in policy space [-1, 1].
+
+    `sample(batch_size, generator)` draws indices with a torch generator and returns float32 tensors:
+    `obs [B, do], act [B, da], rew [B], next_obs [B, do], terminals [B]` (1.0 where terminated).
+    """
+
+    FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1; got {capacity}")
+        self.capacity, self.size, self.ptr = capacity, 0, 0
+        self.observations = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, act_dim), np.float32)
+        self.rewards = np.zeros((capacity,), np.float32)
+        self.next_observations = np.zeros((capacity, obs_dim), np.float32)
+        self.terminals = np.zeros((capacity,), np.float32)
+
+    def add(
+        self, obs: np.ndarray, act: np.ndarray, rew: float, next_obs: np.ndarray, terminated: bool
+    ) -> None:
+        i = self.ptr
+        self.observations[i], self.actions[i], self.rewards[i] = obs, act, rew
+        self.next_observations[i], self.terminals[i] = next_obs, float(terminated)
+        self.ptr = (self.ptr + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = torch.randint(self.size, (batch_size,), generator=generator).numpy()
+        return {k: torch.from_numpy(getattr(self, k)[idx]) for k in self.FIELDS}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The filled part, for `np.savez`."""
+        n = self.size
+        out = {k: getattr(self, k)[:n] for k in self.FIELDS}
+        out["ptr"] = np.array(self.ptr)
+        return out
+
+    def load_state(self, state: Any) -> None:
+        n = int(state["rewards"].shape[0])
+        if n > self.capacity:
+            raise ValueError(f"saved buffer holds {n} transitions, more than the capacity {self.capacity}")
+        for k in self.FIELDS:
+            getattr(self, k)[:n] = state[k]
+        self.size, self.ptr = n, int(state["ptr"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config and agent
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class SACConfig:
+    """Hyperparameters of online SAC (defaults: Haarnoja et al. 2018 v2)."""
+
+    env: str = "Hopper-v5"
+    steps: int = 300_000
+    seed: int = 0
+    hidden: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 5e-3
+    start_steps: int = 5_000
+    updates_per_step: int = 1
+    init_log_alpha: float = 0.0
+    target_entropy: float | None = None  # None: -|A|
+    buffer_size: int | None = None  # None: steps
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    checkpoint_every: int = 20_000
+    eval_seed: int = 1_000_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        for name in (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "eval_episodes",
+            "checkpoint_every",
+            "updates_per_step",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SACConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"SACConfig.tau must be in (0, 1]; got {self.tau}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"SACConfig.gamma must be in [0, 1]; got {self.gamma}")
+
+
+def _make_env(env_id: str) -> gym.Env:
+    try:
+        env = gym.make(env_id)
+    except Exception as exc:  # noqa: BLE001 -- re-raised with the name
+        raise ValueError(f"cannot make gymnasium environment {env_id!r}: {exc}") from exc
+    if not isinstance(env.action_space, gym.spaces.Box) or not isinstance(
+        env.observation_space, gym.spaces.Box
+    ):
+        raise ValueError(f"SAC needs Box observation and action spaces; {env_id} has {env.action_space}")
+    return env
+
+
+def _physics_state(env: gym.Env) -> dict[str, Any] | None:
+    """Full MuJoCo integration state + time-limit counter + reset RNG, for exact resume (None if not MuJoCo)."""
+    u = env.unwrapped
+    if not hasattr(u, "model") or not hasattr(u, "data"):
+        return None
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    st = np.empty(mujoco.mj_stateSize(u.model, spec), np.float64)
+    mujoco.mj_getState(u.model, u.data, st, spec)
+    return {
+        "mj_state": st,
+        "elapsed_steps": getattr(env, "_elapsed_steps", None),
+        "np_random": u.np_random.bit_generator.state,
+    }
+
+
+def _restore_physics(env: gym.Env, saved: dict[str, Any]) -> None:
+    import mujoco
+
+    u = env.unwrapped
+    mujoco.mj_setState(
+        u.model, u.data, np.asarray(saved["mj_state"], np.float64), mujoco.mjtState.mjSTATE_INTEGRATION
+    )
+    mujoco.mj_forward(u.model, u.data)
+    if saved.get("elapsed_steps") is not None:
+        env._elapsed_steps = saved["elapsed_steps"]
+    u.np_random.bit_generator.state = saved["np_random"]
+
+
+class SAC:
+    """Online SAC agent: `policy` (TanhGaussianPolicy), `critic`/`critic_target` (QEnsemble, E=2), `log_alpha`."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig) -> None:
+        self.cfg = cfg
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        torch.manual_seed(cfg.seed)
+        self.policy = TanhGaussianPolicy(
+            obs_dim, act_dim, cfg.hidden, log_std_mode="state", log_std_bounds=(-5, 2)
+        )
+        self.critic = QEnsemble(obs_dim, act_dim, cfg.hidden, ensemble_size=2)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(float(cfg.init_log_alpha), requires_grad=True)
+        self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
+        self.policy_opt = make_adam(self.policy.parameters(), cfg.lr)
+        self.critic_opt = make_adam(self.critic.parameters(), cfg.lr)
+        self.alpha_opt = make_adam([self.log_alpha], cfg.lr)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One SAC update (critic, then actor and alpha, then targets). Returns detached losses (no `.item()`)."""
+        cfg, g = self.cfg, self.generator
+        obs, act, rew = batch["observations"], batch["actions"], batch["rewards"]
+        nobs, term = batch["next_observations"], batch["terminals"]
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            na, nlogp = self.policy.sample_with_log_prob(nobs, 1, g)
+            nq = self.critic_target.q_min(nobs, na.squeeze(1))
+            y = td_target(rew, term, nq, cfg.gamma, nlogp.squeeze(1), alpha)
+        q_loss = critic_loss(self.critic(obs, act), y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+
+        a, logp = self.policy.sample_with_log_prob(obs, 1, g)
+        self.critic.requires_grad_(False)
+        q_pi = self.critic.q_min(obs, a.squeeze(1))
+        self.critic.requires_grad_(True)
+        pi_loss = actor_loss(logp.squeeze(1), q_pi, alpha)
+        self.policy_opt.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.policy_opt.step()
+
+        a_loss = alpha_loss(self.log_alpha, logp, self.target_entropy)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.alpha_opt.step()
+
+        soft_update_(self.critic_target, self.critic, cfg.tau)
+        return {
+            "critic_loss": q_loss.detach(),
+            "actor_loss": pi_loss.detach(),
+            "alpha": alpha,
+            "entropy": -logp.detach().mean(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "policy_opt": self.policy_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.policy.load_state_dict(sd["policy"])
+        self.critic.load_state_dict(sd["critic"])
+        self.critic_target.load_state_dict(sd["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(sd["log_alpha"])
+        self.policy_opt.load_state_dict(sd["policy_opt"])
+        self.critic_opt.load_state_dict(sd["critic_opt"])
+        self.alpha_opt.load_state_dict(sd["alpha_opt"])
+        self.generator.set_state(sd["generator"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Snapshots and evaluation
+# ----------------------------------------------------------------------------------------------------------------
+def save_policy_snapshot(
+    path: str | os.PathLike,
+    policy: TanhGaussianPolicy,
+    meta: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Policy-only snapshot: `{"state_dict", "obs_dim", "act_dim", "hidden", "log_std_mode", "meta"}`, atomic."""
+    sd = {k: v.detach().to(dtype).clone() for k, v in policy.state_dict().items()}
+    hidden = [m.out_features for m in policy.net if isinstance(m, nn.Linear)][:-1]
+    blob = {
+        "state_dict": sd,
+        "obs_dim": policy.obs_dim,
+        "act_dim": policy.act_dim,
+        "hidden": hidden,
+        "log_std_mode": policy.log_std_mode,
+        "log_std_bounds": list(policy.log_std_bounds),
+        "mean_clip": policy.mean_clip,
+        "meta": meta,
+    }
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+
+def load_policy_snapshot(path: str | os.PathLike) -> tuple[TanhGaussianPolicy, dict[str, Any]]:
+    """Load a policy snapshot (any stored float dtype) into a float32 `TanhGaussianPolicy`; returns `(policy, meta)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"policy snapshot not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "obs_dim", "act_dim", "hidden"):
+        if key not in blob:
+            raise ValueError(f"{path} is not a policy snapshot: missing key {key!r}")
+    policy = TanhGaussianPolicy(
+        blob["obs_dim"],
+        blob["act_dim"],
+        tuple(blob["hidden"]),
+        log_std_mode=blob.get("log_std_mode", "state"),
+        log_std_bounds=tuple(blob.get("log_std_bounds", (-5.0, 2.0))),
+        mean_clip=blob.get("mean_clip", 9.0),
+    )
+    policy.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    policy.eval()
+    return policy, dict(blob.get("meta", {}))
+
+
+@torch.no_grad()
+def evaluate(
+    policy: TanhGaussianPolicy,
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 1_000_000,
+    deterministic: bool = True,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """Undiscounted returns of `episodes` episodes, `[episodes]`; episode `i` resets with `seed + i`.
+
+    Episodes run in lockstep (one batched policy call per step across all unfinished episodes).
+    """
+    envs = [_make_env(env_id) for _ in range(episodes)]
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
+    returns = np.zeros(episodes)
+    alive = np.ones(episodes, bool)
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        a = policy.act(obs[idx], deterministic=deterministic, generator=generator)
+        for j, i in enumerate(idx):
+            o, r, term, trunc, _ = envs[i].step(_scale_action(a[j], low, high))
+            returns[i] += r
+            obs[i] = o
+            if term or trunc:
+                alive[i] = False
+    for e in envs:
+        e.close()
+    return returns
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------------------------
+class Trainer:
+    """Runs SAC on one environment with checkpoints, evaluations and snapshots in `run_dir`."""
+
+    def __init__(self, cfg: SACConfig, run_dir: str | os.PathLike, quiet: bool = False) -> None:
+        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.env = _make_env(cfg.env)
+        obs_dim = int(np.prod(self.env.observation_space.shape))
+        act_dim = int(np.prod(self.env.action_space.shape))
+        self.low, self.high = self.env.action_space.low, self.env.action_space.high
+        self.agent = SAC(obs_dim, act_dim, cfg)
+        self.buffer = ReplayBuffer(obs_dim, act_dim, cfg.buffer_size or cfg.steps)
+        self.step = 0
+        self.episode = 0
+        self.ep_return, self.ep_len = 0.0, 0
+        self.obs = self.env.reset(seed=cfg.seed)[0].astype(np.float32)
+        self.evals: list[dict[str, Any]] = []
+
+    # -- checkpointing --------------------------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        """Atomic: the buffer file (named by step) first, then the checkpoint that names it, then old buffers go."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        buf_name = f"buffer_{self.step:08d}.npz"
+        buf_state = self.buffer.state()
+
+        def write_npz(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **buf_state)
+
+        atomic_write(self.run_dir / buf_name, write_npz)
+        blob = {
+            "config": dataclasses.asdict(self.cfg),
+            "agent": self.agent.state_dict(),
+            "step": self.step,
+            "episode": self.episode,
+            "ep_return": self.ep_return,
+            "ep_len": self.ep_len,
+            "obs": self.obs,
+            "physics": _physics_state(self.env),
+            "buffer_file": buf_name,
+            "evals": self.evals,
+        }
+        atomic_write(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
+        for p in self.run_dir.glob("buffer_*.npz"):
+            if p.name != buf_name:
+                p.unlink()
+
+    def load_checkpoint(self) -> None:
+        blob = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        saved_cfg = blob["config"]
+        for key in ("env", "seed"):
+            if saved_cfg[key] != getattr(self.cfg, key):
+                raise ValueError(
+                    f"--resume: checkpoint {self.ckpt_path} was made with {key}={saved_cfg[key]!r}, "
+                    f"but this run asks for {key}={getattr(self.cfg, key)!r}"
+                )
+        self.agent.load_state_dict(blob["agent"])
+        with np.load(self.run_dir / blob["buffer_file"]) as z:
+            self.buffer.load_state(z)
+        self.step, self.episode = blob["step"], blob["episode"]
+        self.ep_return, self.ep_len = blob["ep_return"], blob["ep_len"]
+        self.obs = np.asarray(blob["obs"], np.float32)
+        self.evals = list(blob["evals"])
+        if blob["physics"] is not None:
+            _restore_physics(self.env, blob["physics"])
+
+    # -- main loop ------------------------------------------------------------------------------------------------
+    def _log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def _evaluate_and_snapshot(self) -> None:
+        cfg = self.cfg
+        rets = evaluate(self.agent.policy, cfg.env, cfg.eval_episodes, seed=cfg.eval_seed)
+        rec = {
+            "step": self.step,
+            "return_mean": float(rets.mean()),
+            "return_std": float(rets.std()),
+            "episodes": int(cfg.eval_episodes),
+            "time": time.time(),
+        }
+        self.evals.append(rec)
+        meta = {
+            "env": cfg.env,
+            "seed": cfg.seed,
+            "step": self.step,
+            "eval_return": rec["return_mean"],
+            "eval_return_std": rec["return_std"],
+            "eval_episodes": cfg.eval_episodes,
+            "eval": f"deterministic tanh(mean), episode i reset with seed {cfg.eval_seed}+i",
+        }
+        save_policy_snapshot(self.run_dir / "snapshots" / f"step_{self.step:07d}.pt", self.agent.policy, meta)
+        evals_json = json.dumps(self.evals, indent=1)
+        atomic_write(self.run_dir / "evals.json", lambda tmp: Path(tmp).write_text(evals_json))
+        self._log(
+            f"[{cfg.env}] step {self.step}: eval return {rec['return_mean']:.1f} +- {rec['return_std']:.1f}"
+        )
+
+    def train(self, until: int | None = None) -> None:
+        """Run until `until` (default `cfg.steps`) environment steps, checkpointing on the way and at the end."""
+        cfg, agent, g = self.cfg, self.agent, self.agent.generator
+        until = cfg.steps if until is None else min(until, cfg.steps)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        if self.step == 0 and not self.evals:
+            self._evaluate_and_snapshot()  # the initial policy, step 0
+        log_path = self.run_dir / "train_log.csv"
+        new_log = not log_path.exists()
+        t0, s0 = time.time(), self.step
+        with open(log_path, "a", newline="") as lf:
+            writer = csv.writer(lf)
+            if new_log:
+                writer.writerow(["step", "episode", "episode_return", "episode_length", "steps_per_s"])
+            while self.step < until:
+                if self.step < cfg.start_steps:
+                    a = (torch.rand(agent.act_dim, generator=g) * 2.0 - 1.0).numpy()
+                else:
+                    a = agent.policy.act(self.obs, deterministic=False, generator=g)
+                nobs, r, term, trunc, _ = self.env.step(_scale_action(a, self.low, self.high))
+                nobs = nobs.astype(np.float32)
+                self.buffer.add(self.obs, a, float(r), nobs, bool(term))
+                self.ep_return += float(r)
+                self.ep_len += 1
+                self.step += 1
+                if term or trunc:
+                    rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+                    writer.writerow(
+                        [self.step, self.episode, f"{self.ep_return:.3f}", self.ep_len, f"{rate:.1f}"]
+                    )
+                    self.episode += 1
+                    self.ep_return, self.ep_len = 0.0, 0
+                    nobs = self.env.reset()[0].astype(np.float32)
+                self.obs = nobs
+                if self.step >= cfg.start_steps:
+                    for _ in range(cfg.updates_per_step):
+                        agent.update(self.buffer.sample(cfg.batch_size, g))
+                if self.step % cfg.eval_every == 0:
+                    self._evaluate_and_snapshot()
+                if self.step % cfg.checkpoint_every == 0 or self.step == until:
+                    lf.flush()
+                    self.save_checkpoint()
+                    rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+                    self._log(f"[{cfg.env}] step {self.step}/{cfg.steps} checkpoint ({rate:.0f} steps/s)")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rl.sac", description=__doc__.split("\n")[0])
+    p.add_argument("--env", default="Hopper-v5")
+    p.add_argument("--steps", type=int, default=300_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None, help="default runs/sac/<env>")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint.pt if present")
+    p.add_argument("--eval-every", type=int, default=10_000)
+    p.add_argument("--checkpoint-every", type=int, default=20_000)
+    p.add_argument("--start-steps", type=int, default=5_000)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir or f"runs/sac/{args.env}")
+    cfg = SACConfig(
+        env=args.env,
+        steps=args.steps,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        start_steps=args.start_steps,
+    )
+    trainer = Trainer(cfg, run_dir)
+    if (run_dir / "checkpoint.pt").exists():
+        if not args.resume:
+            print(
+                f"{run_dir}/checkpoint.pt exists; pass --resume to continue it or choose another --run-dir",
+                file=sys.stderr,
+            )
+            return 2
+        trainer.load_checkpoint()
+        print(f"resumed {cfg.env} at step {trainer.step}", flush=True)
+    trainer.train()
+    best = max(trainer.evals, key=lambda r: r["return_mean"]) if trainer.evals else None
+    if best is not None:
+        print(
+            f"[{cfg.env}] done at step {trainer.step}; best eval {best['return_mean']:.1f} at step {best['step']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

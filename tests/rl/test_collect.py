@@ -1,0 +1,156 @@
+"""Tests of the D4RL-style collector: seeding, sizes, medium-replay composition, caching, CLI, shipped checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rl import collect
+from rl.networks import TanhGaussianPolicy
+from rl.sac import load_policy_snapshot, save_policy_snapshot
+
+FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+EVALS = [10.0, 20.0, 100.0, 200.0, 300.0, 600.0, 900.0, 800.0, 1000.0, 1200.0, 900.0]  # steps 0, 10, ..., 100
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> Path:
+    """A fake SAC run (tiny random-init policies) shipped with `ship_checkpoints` into a temp checkpoint dir."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("run")
+    cfg = {"env": "Hopper-v5", "steps": 100, "seed": 0, "start_steps": 10, "eval_every": 10}
+    cfg |= {"checkpoint_every": 50, "eval_seed": 1_000_000}
+    (run / "config.json").write_text(json.dumps(cfg))
+    evals = []
+    for i, r in enumerate(EVALS):
+        torch.manual_seed(i)
+        pol = TanhGaussianPolicy(11, 3, hidden=(8,))
+        save_policy_snapshot(run / "snapshots" / f"step_{10 * i:07d}.pt", pol, {"step": 10 * i, "eval_return": r})
+        evals.append({"step": 10 * i, "return_mean": r, "return_std": 1.0, "episodes": 10})
+    (run / "evals.json").write_text(json.dumps(evals))
+    out = tmp_path_factory.mktemp("ckpt")
+    collect.ship_checkpoints(run, out, max_replay_snapshots=4)
+    return out
+
+
+def test_ship_selects_expert_medium_and_replay(ckpt_dir: Path) -> None:
+    man = collect.manifest("Hopper-v5", ckpt_dir)
+    assert man["expert"]["step"] == 90 and man["expert"]["eval_return"] == 1200.0
+    assert man["medium"]["step"] == 40  # earlier snapshot closest to 1200 / 3 = 400
+    assert [s["step"] for s in man["medium_replay"]["snapshots"]] == [20, 30, 40]
+    assert man["medium_replay"]["snapshots"][0]["dtype"] == "float16"
+    assert "python -m rl.sac --env Hopper-v5" in man["command"]
+    segs = collect.replay_segments("Hopper-v5", ckpt_dir)
+    assert [(s["from_step"], s["to_step"]) for s in segs] == [(0, 10), (10, 20), (20, 30), (30, 40)]
+    assert segs[0]["file"] is None
+
+
+def test_float16_snapshot_keeps_actions(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    pol = TanhGaussianPolicy(11, 3)
+    save_policy_snapshot(tmp_path / "p.pt", pol, {}, dtype=torch.float16)
+    half, _ = load_policy_snapshot(tmp_path / "p.pt")
+    obs = np.random.default_rng(0).normal(size=(256, 11)).astype(np.float32)
+    assert np.abs(half.act(obs) - pol.act(obs)).max() < 5e-3
+    assert (tmp_path / "p.pt").stat().st_size < 200_000
+
+
+def _make(name: str, ckpt_dir: Path, size: int, seed: int):
+    return collect.make_dataset(name, size, seed, n_envs=4, progress=False, checkpoint_dir=ckpt_dir)
+
+
+def test_same_seed_same_arrays_other_seed_differs(ckpt_dir: Path) -> None:
+    a = _make("hopper-medium-v5", ckpt_dir, 600, 0)
+    b = _make("hopper-medium-v5", ckpt_dir, 600, 0)
+    c = _make("hopper-medium-v5", ckpt_dir, 600, 1)
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert not np.array_equal(a.observations, c.observations)
+    assert len(a) == 600 and a.metadata["policy"]["step"] == 40
+
+
+@pytest.mark.parametrize("level", ["random", "expert"])
+def test_rollout_structure(ckpt_dir: Path, level: str) -> None:
+    ds = _make(f"hopper-{level}-v5", ckpt_dir, 700, 3)
+    assert len(ds) == 700
+    assert ds.terminals[-1] or ds.timeouts[-1]
+    assert not (ds.terminals & ds.timeouts).any()
+    inside = ~(ds.terminals | ds.timeouts)[:-1]
+    np.testing.assert_array_equal(ds.next_observations[:-1][inside], ds.observations[1:][inside])
+    assert np.abs(ds.actions).max() <= 1.0
+    assert ds.num_episodes > 1 and ds.episode_lengths().max() <= 1000
+
+
+def test_medium_replay_composition(ckpt_dir: Path) -> None:
+    default = _make("hopper-medium-replay-v5", ckpt_dir, None, 0)
+    assert len(default) == 40  # the medium agent's step count: what its buffer held
+    ds = _make("hopper-medium-replay-v5", ckpt_dir, 401, 0)
+    segs = ds.metadata["segments"]
+    assert [s["transitions"] for s in segs] == [101, 100, 100, 100]  # proportional, sums exactly
+    assert [s["file"] for s in segs] == [None, "replay_0000020.pt", "replay_0000030.pt", "medium.pt"]
+    bounds = np.cumsum([0] + [s["transitions"] for s in segs])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):  # each segment ends an episode (cut with a timeout)
+        assert ds.terminals[hi - 1] or ds.timeouts[hi - 1]
+    # the random segment is the uniform policy: same arrays as a random rollout of that stream
+    rand = collect.rollout("Hopper-v5", None, 101, 0, (4, 0), n_envs=4)
+    np.testing.assert_array_equal(ds.actions[:101], rand["actions"])
+
+
+def test_load_or_make_caches_in_minari_and_loads_through_rl_data(ckpt_dir: Path, tmp_path: Path) -> None:
+    from rl import data
+
+    kw = {"checkpoint_dir": ckpt_dir, "n_envs": 4, "progress": False}
+    assert not collect.is_cached("hopper-medium-v5", 300, 0, tmp_path, ckpt_dir)
+    first = collect.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
+    did = collect.dataset_id("hopper-medium-v5", 300, 0, ckpt_dir)
+    assert did == "misa/hopper-medium-n300-v5"
+    assert (tmp_path / did / "data").is_dir()
+    assert collect.is_cached("hopper-medium-v5", 300, 0, tmp_path, ckpt_dir)
+    again = data.load("hopper-medium-v5", size=300, root=tmp_path, **kw)
+    for f in FIELDS:
+        np.testing.assert_array_equal(getattr(first, f), getattr(again, f), err_msg=f)
+    assert again.metadata["checkpoints_sha256"] == collect.manifest("Hopper-v5", ckpt_dir)["_sha256"]
+    me = collect.load_or_make("hopper-medium-expert-v5", 600, 0, tmp_path, **kw)
+    exp = collect.load_or_make("hopper-expert-v5", 300, 0, tmp_path, **kw)
+    np.testing.assert_array_equal(me.observations, np.concatenate([first.observations, exp.observations]))
+
+
+def test_names_and_errors() -> None:
+    assert collect.parse_name("walker2d-medium-replay-v5").env_id == "Walker2d-v5"
+    assert len(collect.all_names()) == 15
+    with pytest.raises(ValueError, match="unknown level"):
+        collect.parse_name("hopper-mediocre-v5")
+    with pytest.raises(ValueError, match="unknown env"):
+        collect.parse_name("ant-medium-v5")
+    with pytest.raises(ValueError, match="form"):
+        collect.parse_name("hopper-medium-v2")
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoints"):
+        collect.manifest("Hopper-v5", "/nonexistent")
+
+
+def test_cli_make_list_info(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MISA_DATA_DIR", str(tmp_path))
+    assert collect.data_root() == tmp_path
+    assert collect.main(["make", "hopper-random-v5", "--size", "300", "--n-envs", "4"]) == 0
+    assert collect.main(["info", "hopper-random-v5", "--size", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "transitions: 300" in out and "return:" in out and "normalised:" in out
+    assert collect.main(["list"]) == 0
+    assert "hopper-random-v5" in capsys.readouterr().out
+    assert collect.main(["info", "hopper-bogus-v5"]) == 2
+
+
+def test_write_references_merges_atomically(tmp_path: Path) -> None:
+    from rl.references import normalized_score
+
+    path = tmp_path / "v5.json"
+    collect.write_references("Hopper-v5", {"random": -10.0, "expert": 3000.0, "episodes": 100, "how": "x"}, path)
+    collect.write_references("Walker2d-v5", {"random": 0.0, "expert": 4000.0, "episodes": 100, "how": "y"}, path)
+    table = json.loads(path.read_text())
+    assert set(table) == {"Hopper-v5", "Walker2d-v5"}
+    assert normalized_score("hopper-medium-v5", 3000.0, path=path) == 100.0
+    assert normalized_score("Hopper-v5", -10.0, path=path) == 0.0

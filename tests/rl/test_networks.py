@@ -1,0 +1,166 @@
+"""Tests of the shared RL networks: stacked Q ensemble and tanh-Gaussian policy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mi_estimators.proposals import TanhDiagGaussian
+from rl.networks import EnsembleLinear, QEnsemble, TanhGaussianPolicy
+
+
+def _reference_mlp(q: QEnsemble, e: int) -> nn.Sequential:
+    """Member `e` of the ensemble rebuilt as a plain nn.Linear MLP with the same weights."""
+    act = nn.ReLU if q.activation == "relu" else nn.ELU
+    first = nn.Linear(q.obs_dim + q.act_dim, q.hidden[0])
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([q.w_obs[e], q.w_act[e]], 0).T)
+        first.bias.copy_(q.b0[e, 0])
+    layers: list[nn.Module] = [first]
+    for layer in q.layers:
+        lin = nn.Linear(layer.in_features, layer.out_features)
+        with torch.no_grad():
+            lin.weight.copy_(layer.weight[e].T)
+            lin.bias.copy_(layer.bias[e, 0])
+        layers += [act(), lin]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("activation", ["relu", "elu"])
+def test_qensemble_members_equal_separate_mlps(activation: str) -> None:
+    torch.manual_seed(0)
+    q = QEnsemble(5, 3, hidden=(16, 8), ensemble_size=3, activation=activation)
+    obs, act = torch.randn(7, 5), torch.rand(7, 3) * 2 - 1
+    out = q(obs, act)
+    assert out.shape == (3, 7)
+    for e in range(3):
+        ref = _reference_mlp(q, e)(torch.cat([obs, act], -1)).squeeze(-1)
+        torch.testing.assert_close(out[e], ref, rtol=1e-5, atol=1e-5)
+    # members are initialised independently, so they differ
+    assert not torch.allclose(out[0], out[1])
+    assert not torch.allclose(q.layers[0].weight[0], q.layers[0].weight[1])
+
+
+def test_qensemble_k_actions_equal_loop_over_actions() -> None:
+    torch.manual_seed(1)
+    q = QEnsemble(4, 2, hidden=(32, 32), ensemble_size=2, activation="elu")
+    obs, acts = torch.randn(6, 4), torch.rand(6, 5, 2) * 2 - 1
+    out = q(obs, acts)
+    assert out.shape == (2, 6, 5)
+    loop = torch.stack([q(obs, acts[:, k]) for k in range(5)], dim=-1)
+    torch.testing.assert_close(out, loop, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(QEnsemble.min(out), loop.min(0).values)
+    # gradients flow to the actions in the K-path as in the loop
+    a1 = acts.clone().requires_grad_(True)
+    a2 = acts.clone().requires_grad_(True)
+    q(obs, a1).sum().backward()
+    torch.stack([q(obs, a2[:, k]) for k in range(5)], -1).sum().backward()
+    torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_qensemble_shape_errors_name_the_argument() -> None:
+    q = QEnsemble(4, 2, hidden=(8,))
+    with pytest.raises(ValueError, match="obs must have shape"):
+        q(torch.randn(3, 5), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="act must have shape"):
+        q(torch.randn(3, 4), torch.randn(2, 2))
+    with pytest.raises(ValueError, match="activation"):
+        QEnsemble(4, 2, activation="swishy")
+
+
+def test_ensemble_linear_is_nn_linear_per_member() -> None:
+    torch.manual_seed(2)
+    layer = EnsembleLinear(6, 4, 3)
+    x = torch.randn(3, 5, 6)
+    y = layer(x)
+    bound = 1 / math.sqrt(6)
+    assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+    for e in range(3):
+        torch.testing.assert_close(y[e], x[e] @ layer.weight[e] + layer.bias[e, 0])
+    with pytest.raises(ValueError, match="EnsembleLinear expects"):
+        layer(torch.randn(2, 5, 6))
+
+
+def test_output_init_scale_is_small_variance_scaling() -> None:
+    torch.manual_seed(3)
+    q = QEnsemble(10, 3, hidden=(64, 64), output_init_scale=1e-2)
+    last = q.layers[-1]
+    limit = math.sqrt(3 * 1e-2 / 64)
+    assert last.weight.abs().max() <= limit and last.weight.abs().max() > 0.5 * limit
+    assert torch.all(last.bias == 0)
+    pi = TanhGaussianPolicy(10, 3, hidden=(64, 64), output_init_scale=1e-2)
+    assert pi.net[-1].weight.abs().max() <= limit
+
+
+def _reference_log_prob(mean: torch.Tensor, log_std: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Change of variables in float64: log N(atanh a; mean, std) - sum log(1 - a^2)."""
+    mean, log_std, a = mean.double(), log_std.double(), a.double()
+    u = torch.atanh(a)
+    std = log_std.exp()
+    log_n = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return log_n - torch.log1p(-(a**2)).sum(-1)
+
+
+@pytest.mark.parametrize("mode", ["state", "misa"])
+def test_policy_log_prob_matches_change_of_variables(mode: str) -> None:
+    torch.manual_seed(4)
+    pi = TanhGaussianPolicy(5, 3, hidden=(32, 32), log_std_mode=mode)
+    obs = torch.randn(8, 5)
+    dist = pi(obs)
+    assert isinstance(dist, TanhDiagGaussian)
+    g = torch.Generator().manual_seed(0)
+    a = pi.sample(obs, 4, g)
+    assert a.shape == (8, 4, 3) and a.abs().max() < 1
+    ref = _reference_log_prob(dist.mean.unsqueeze(1), dist.log_std.unsqueeze(1), a)
+    torch.testing.assert_close(pi.log_prob(obs, a).double(), ref, rtol=1e-4, atol=1e-3)
+    ref1 = _reference_log_prob(dist.mean, dist.log_std, a[:, 0])
+    torch.testing.assert_close(pi.log_prob(obs, a[:, 0]).double(), ref1, rtol=1e-4, atol=1e-3)
+    # the SAC path (log-prob from the pre-squash draw) agrees with it
+    acts, logp = pi.sample_with_log_prob(obs, 4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(acts.detach(), a)
+    torch.testing.assert_close(logp.detach().double(), ref, rtol=1e-4, atol=1e-3)
+
+
+def test_policy_misa_log_std_head() -> None:
+    torch.manual_seed(5)
+    pi = TanhGaussianPolicy(4, 2, hidden=(16,), log_std_mode="misa", log_std_bounds=(-5, 2))
+    obs = torch.randn(3, 4)
+    raw = pi.net(obs).chunk(2, -1)[1]
+    torch.testing.assert_close(pi(obs).log_std, (raw - 1.0).clamp(-5, 2))
+    with torch.no_grad():
+        pi.log_std_multiplier.fill_(100.0)
+    ls = pi(obs).log_std
+    assert ls.min() >= -5 and ls.max() <= 2
+    assert {n for n, _ in pi.named_parameters()} >= {"log_std_multiplier", "log_std_offset"}
+
+
+def test_policy_sampling_is_seeded_and_rsample_has_gradients() -> None:
+    torch.manual_seed(6)
+    pi = TanhGaussianPolicy(4, 2, hidden=(16, 16))
+    obs = torch.randn(5, 4)
+    s1 = pi.sample(obs, 3, torch.Generator().manual_seed(7))
+    s2 = pi.sample(obs, 3, torch.Generator().manual_seed(7))
+    s3 = pi.sample(obs, 3, torch.Generator().manual_seed(8))
+    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+    r = pi.rsample(obs, 3, torch.Generator().manual_seed(7))
+    assert r.shape == (5, 3, 2) and r.requires_grad
+    r.sum().backward()
+    assert pi.net[0].weight.grad is not None
+
+
+def test_policy_act_numpy() -> None:
+    torch.manual_seed(7)
+    pi = TanhGaussianPolicy(4, 2, hidden=(16,))
+    o = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    a = pi.act(o)
+    assert a.shape == (3, 2) and a.dtype == np.float32
+    np.testing.assert_allclose(a, torch.tanh(pi(torch.from_numpy(o)).mean).detach().numpy(), rtol=1e-6)
+    assert pi.act(o[0]).shape == (2,)
+    st = pi.act(o, deterministic=False, generator=torch.Generator().manual_seed(0))
+    assert st.shape == (3, 2) and np.all(np.abs(st) < 1) and not np.allclose(st, a)
+    with pytest.raises(ValueError, match="obs must have shape"):
+        pi(torch.randn(3, 5))
