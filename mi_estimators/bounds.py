@@ -71,14 +71,18 @@ def smile_bound(s: Scores, tau: float = 5.0) -> Tensor:
 
 
 def _leave_one_out_logsumexp(all_scores: Tensor) -> Tensor:
-    """`[N, 1+K]` -> `[N, K]`: for each negative k, log-sum-exp of the row without column k (exact and stable,
-    from forward and backward cumulative log-sum-exps; no subtraction of exponentials)."""
-    n = all_scores.shape[0]
-    pad = all_scores.new_full((n, 1), -math.inf)
-    fwd = torch.cat([pad, torch.logcumsumexp(all_scores, dim=1)], dim=1)  # fwd[:, j] = lse(cols < j)
-    bwd = torch.cat([torch.logcumsumexp(all_scores.flip(1), dim=1).flip(1), pad], dim=1)  # bwd[:, j] = lse(cols >= j)
-    cols = torch.arange(1, all_scores.shape[1], device=all_scores.device)
-    return torch.logaddexp(fwd[:, cols], bwd[:, cols + 1])
+    """`[N, 1+K]` -> `[N, K]`: for each negative k (columns 1..K), log-sum-exp of the row without column k.
+
+    Stable without cumulative scans: removing a column that is not the row's maximum removes at most half of the
+    total, so `lse + log1p(-e^(s_k - lse))` has no cancellation; the maximum's own entry is the log-sum-exp of the
+    row with the maximum masked out."""
+    lse = torch.logsumexp(all_scores, dim=1, keepdim=True)
+    top = all_scores.argmax(dim=1, keepdim=True)
+    is_top = torch.zeros_like(all_scores, dtype=torch.bool).scatter_(1, top, True)
+    without_top = torch.logsumexp(all_scores.masked_fill(is_top, -math.inf), dim=1, keepdim=True)
+    share = torch.exp(all_scores - lse).masked_fill(is_top, 0.0)  # masked so the unused branch has no inf gradient
+    loo = torch.where(is_top, without_top, lse + torch.log1p(-share))
+    return loo[:, 1:]
 
 
 def interpolated_bound(s: Scores, alpha: float = 0.5, log_baseline: Tensor | float = 0.0) -> Tensor:

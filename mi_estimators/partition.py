@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._math import logmeanexp
 from .proposals import tanh_log_abs_det_jacobian
-from .samplers import Sampler, SampleResult, _PyroSampler, make_sampler, sample_tilted
+from .samplers import Sampler, SampleResult, _PyroSampler, log_prob_unconstrained, make_sampler, sample_tilted
 
 __all__ = ["LogZEstimate", "MCMCLogZ", "MonteCarloLogZ", "PartitionError", "mcmc_log_z_surrogate"]
 
@@ -165,6 +165,9 @@ class MCMCLogZ:
         chains: chains per row C (samples pooled: `tilted` is `[N, C*S]`).
         precondition: run the chain whitened by the proposal's mean and scale (step size in units of the proposal's
             std); False runs on the raw (unconstrained) coordinates as the official code does.
+        critic_value_and_grad: optional `y [N, C, d] -> (T, dT/dy)` for the chain instead of autograd through the
+            critic (a compiled or hand-written input gradient); it must close over the same x as `critic`, so pass
+            it when the partition function is built per batch, or leave None.
         **sampler_options: passed to `make_sampler` when `sampler` is a name (`step_size`, `n_leapfrog`, `adapt`,
             `target_accept`, ...).
 
@@ -181,6 +184,7 @@ class MCMCLogZ:
         k: int | None = None,
         chains: int = 1,
         precondition: bool = True,
+        critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
         **sampler_options: Any,
     ) -> None:
         self.n_samples = _check_count("n_samples", n_samples)
@@ -189,6 +193,7 @@ class MCMCLogZ:
         self.burn_in, self.thin = burn_in, _check_count("thin", thin)
         self.k = self.n_samples if k is None else _check_count("k", k)
         self.chains, self.precondition = _check_count("chains", chains), precondition
+        self.critic_value_and_grad = critic_value_and_grad
         if isinstance(sampler, str):
             sampler_options.setdefault("burn_in", burn_in)
         self.sampler = make_sampler(sampler, **sampler_options)
@@ -214,6 +219,7 @@ class MCMCLogZ:
             generator=generator,
             chains=self.chains,
             precondition=self.precondition,
+            critic_value_and_grad=self.critic_value_and_grad,
             burn_in=self.burn_in,
             thin=self.thin,
         )
@@ -227,7 +233,7 @@ class MCMCLogZ:
         t = _score(critic, y, "tilted samples")
         if getattr(law, "bounded", False):
             u = result.unconstrained.detach()
-            log_q = law.log_prob_unconstrained(u) - tanh_log_abs_det_jacobian(u)
+            log_q = log_prob_unconstrained(law, u) - tanh_log_abs_det_jacobian(u)
         else:
             log_q = law.log_prob(y)
         return t + log_q

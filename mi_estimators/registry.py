@@ -99,6 +99,8 @@ def _accepted_options(factory: Callable[..., Any]) -> tuple[set[str], bool]:
     target = getattr(factory, "__wrapped__", None)
     if target is not None:
         params = list(inspect.signature(target).parameters.values())[1:]  # first is the scores
+    elif factory.__init__ is nn.Module.__init__:  # type: ignore[misc]
+        return set(), False  # no own __init__: nn.Module's (*args, **kwargs) would swallow any option
     else:
         params = list(inspect.signature(factory.__init__).parameters.values())[1:]  # type: ignore[misc]
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from ._math import logmeanexp
+from .proposals import DiagGaussian, TanhDiagGaussian
 
 LogDensity = Callable[[Tensor], Tensor]
 ValueAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -66,6 +67,7 @@ __all__ = [
     "available_samplers",
     "autograd_value_and_grad",
     "make_sampler",
+    "log_prob_unconstrained",
     "sample_tilted",
 ]
 
@@ -167,6 +169,8 @@ class Sampler:
     grads_per_step = 1
     #: whether the sampler has an MH correction (and so acceptance to adapt on)
     metropolis = True
+    #: relative step-size jitter: each step uses h * U(1 - jitter, 1 + jitter) per chain (0 = fixed h)
+    jitter = 0.0
 
     def __init__(
         self,
@@ -318,7 +322,13 @@ class Sampler:
                 noise_block = torch.randn((m, *u.shape), generator=generator, dtype=u.dtype, device=u.device)
                 if self.metropolis:
                     unif_block = torch.rand((m, *batch), generator=generator, dtype=u.dtype, device=u.device)
-            u_new, lp_new, g_new, log_ratio = self._propose(u, lp, g, h, noise_block[j], value_and_grad)
+                if self.jitter > 0.0:
+                    jit_block = torch.rand(
+                        (m, *batch, 1), generator=generator, dtype=u.dtype, device=u.device
+                    )
+                    jit_block = 1.0 + self.jitter * (2.0 * jit_block - 1.0)
+            h_step = h * jit_block[j] if self.jitter > 0.0 else h
+            u_new, lp_new, g_new, log_ratio = self._propose(u, lp, g, h_step, noise_block[j], value_and_grad)
             ok = torch.isfinite(lp_new) & torch.isfinite(g_new).all(-1) & torch.isfinite(u_new).all(-1)
             if self.metropolis:
                 # NaN-safe: a non-finite proposal has log ratio -inf (probability 0), whatever its arithmetic gave.
@@ -475,6 +485,11 @@ class HMC(Sampler):
     Defaults follow the official MISA code: 2 leapfrog steps, `h = 1`, simple adaptation towards 0.75 acceptance
     at rate 0.01 over `int(0.8 * burn_in)` steps. The gradient at the current state is cached, so one step costs
     `n_leapfrog` gradient evaluations.
+
+    `jitter > 0` draws each step's size from `h * U(1 - jitter, 1 + jitter)`, per chain (Neal 2011, sec. 5.4.2.2):
+    with a fixed short trajectory, a near-Gaussian target whose scale puts the trajectory near half a period makes
+    HMC flip the chain's deviation from the mean instead of forgetting it, which slows the burn-in of second
+    moments; jitter breaks that resonance at no cost per step.
     """
 
     name = "hmc"
@@ -491,12 +506,16 @@ class HMC(Sampler):
         adapt_steps: int | None = None,
         per_chain: bool = True,
         on_nonfinite: str = "reject",
+        jitter: float = 0.0,
     ) -> None:
         super().__init__(
             step_size, burn_in, thin, adapt, target_accept, adapt_rate, adapt_steps, per_chain, on_nonfinite
         )
         self.n_leapfrog = _check_int("n_leapfrog", n_leapfrog, 1)
         self.grads_per_step = self.n_leapfrog
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1); got {jitter!r}")
+        self.jitter = float(jitter)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", n_leapfrog={self.n_leapfrog})"
@@ -759,6 +778,17 @@ def make_sampler(name: str | Sampler | _PyroSampler, **options: Any) -> Sampler 
     return cls(**options)
 
 
+def log_prob_unconstrained(law: Any, u: Tensor) -> Tensor:
+    """Log density of the unconstrained variable `u` (`[N, d]` -> `[N]`, `[N, K, d]` -> `[N, K]`, nats):
+    `log q(tanh u) + log |d tanh(u)/du|` for a tanh law, which is the Gaussian `log N(u; mean, std^2)`.
+
+    For the library's own laws this evaluates the Gaussian in `u` directly (the base `DiagGaussian` method), which
+    is exact for `TanhDiagGaussian` too; other laws answer with their own `log_prob_unconstrained`."""
+    if isinstance(law, DiagGaussian):
+        return DiagGaussian.log_prob_unconstrained(law, u)
+    return law.log_prob_unconstrained(u)
+
+
 def _detached_law(law: Any) -> Any:
     """The same law with detached parameters: the chain needs no graph into the proposal's weights."""
     mean, log_std = getattr(law, "mean", None), getattr(law, "log_std", None)
@@ -777,6 +807,7 @@ def sample_tilted(
     *,
     chains: int = 1,
     precondition: bool = True,
+    critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     **options: Any,
 ) -> SampleResult:
     """Sample the tilted law `q(y|x_i) e^{T(x_i, y)} / Z(x_i)`, one (or `chains`) chain(s) per row i.
@@ -795,6 +826,9 @@ def sample_tilted(
         precondition: run the chain in whitened coordinates `z = (u - mean) / std` of the law (a diagonal mass
             matrix), so that `step_size` is in units of the proposal's scale; False runs on `u` directly (as the
             official MISA code runs on the action).
+        critic_value_and_grad: optional `y [N, C, d] -> (T [N, C], dT/dy [N, C, d])` replacing autograd through
+            the critic (e.g. a compiled or hand-written input gradient of a Q network); the sampler composes it with
+            the law's own (closed-form) terms. Only for `DiagGaussian`/`TanhDiagGaussian` laws and our samplers.
         **options: passed to `sampler.sample` (`burn_in`, `thin`, `step_size`).
 
     Returns:
@@ -805,6 +839,7 @@ def sample_tilted(
     q = _detached_law(law)
     mean, log_std = q.mean, q.log_std
     n, d = mean.shape
+    single_chain = chains == 1 and (init is None or init.dim() == 2)
     if init is None:
         u0 = q.rsample_unconstrained(chains, generator) if hasattr(q, "rsample_unconstrained") else None
         if u0 is None:
@@ -822,26 +857,68 @@ def sample_tilted(
             y0 = y0.clamp(-edge, edge)
         u0 = q.to_unconstrained(y0)
     m, s = mean.unsqueeze(1), torch.exp(log_std).unsqueeze(1)  # [N, 1, d], broadcast over chains
+    if critic_value_and_grad is not None:
+        if type(q) not in (DiagGaussian, TanhDiagGaussian) or not isinstance(sampler, Sampler):
+            raise ValueError(
+                "critic_value_and_grad needs a DiagGaussian/TanhDiagGaussian law and one of our samplers "
+                f"(got {type(q).__name__}, {type(sampler).__name__})"
+            )
+        bounded = bool(q.bounded)
+
+        def _critic_terms(_: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+            """T at y = to_constrained(u) and dT/du (chain rule through tanh: dy/du = 1 - y^2)."""
+            y = q.to_constrained(u)
+            t, g_y = critic_value_and_grad(y)
+            return t, g_y * (1.0 - y.square()) if bounded else g_y
 
     def log_density_u(u: Tensor) -> Tensor:
-        return q.log_prob_unconstrained(u) + critic(q.to_constrained(u))
+        return log_prob_unconstrained(q, u) + critic(q.to_constrained(u))
 
     if precondition:
-        # u = m + s z; the Jacobian |s| is constant in z, so it is left out of the (unnormalised) density.
-        def log_density(z: Tensor) -> Tensor:
-            return log_density_u(m + s * z)
+        # u = m + s z. In u the law is N(m, s^2) for Gaussian and tanh-Gaussian laws alike (the tanh Jacobian
+        # cancels: q_u(u) = q(tanh u) |d tanh/du|). The Jacobian |s| of z -> u is constant, so the unnormalised
+        # whitened density is -|z|^2/2 + T: no division by s, no normalising constants in the hot loop.
+        if type(q) in (DiagGaussian, TanhDiagGaussian):
 
-        res = sampler.sample(log_density, (u0 - m) / s, n_samples, generator, **options)
+            def log_density(z: Tensor) -> Tensor:
+                return -0.5 * z.square().sum(-1) + critic(q.to_constrained(m + s * z))
+
+        else:
+
+            def log_density(z: Tensor) -> Tensor:
+                return log_density_u(m + s * z)
+
+        vg = None
+        if critic_value_and_grad is not None:
+
+            def vg(z: Tensor) -> tuple[Tensor, Tensor]:
+                t, g_u = _critic_terms(z, m + s * z)
+                return -0.5 * z.square().sum(-1) + t, s * g_u - z
+
+        res = sampler.sample(log_density, (u0 - m) / s, n_samples, generator, value_and_grad=vg, **options)
         u_samples = m + s * res.unconstrained
     else:
-        res = sampler.sample(log_density_u, u0, n_samples, generator, **options)
+        vg = None
+        if critic_value_and_grad is not None:
+            inv_var = torch.exp(-2.0 * log_std).unsqueeze(1)
+
+            def vg(u: Tensor) -> tuple[Tensor, Tensor]:
+                t, g_u = _critic_terms(u, u)
+                return log_prob_unconstrained(q, u) + t, g_u - (u - m) * inv_var
+
+        res = sampler.sample(log_density_u, u0, n_samples, generator, value_and_grad=vg, **options)
         u_samples = res.unconstrained
+    squeeze = single_chain and res.accept_rate.dim() == 2
+
+    def per_row(t: Tensor | None) -> Tensor | None:
+        return t.squeeze(1) if squeeze and t is not None else t
+
     return SampleResult(
         samples=q.to_constrained(u_samples),
         unconstrained=u_samples,
-        accept_rate=res.accept_rate,
-        accept_prob=res.accept_prob,
-        step_size=res.step_size,
-        n_nonfinite=res.n_nonfinite,
+        accept_rate=per_row(res.accept_rate),  # type: ignore[arg-type]
+        accept_prob=per_row(res.accept_prob),  # type: ignore[arg-type]
+        step_size=per_row(res.step_size),  # type: ignore[arg-type]
+        n_nonfinite=per_row(res.n_nonfinite),
         n_grad_evals=res.n_grad_evals,
     )

@@ -26,8 +26,8 @@ Datasets are stored in Minari format (via ``rl.data.to_minari``) under a cache r
 ``$MISA_DATA_DIR``, else ``~/.cache/misa-toolkit/datasets``) with id ``misa/<name>`` (size/seed other than the defaults
 are part of the id) and read back with ``rl.data.load("minari:<id>", root=...)``.
 
-The policies live in ``rl/checkpoints/<Env-v5>/`` with a ``manifest.json`` (command, seed, step and eval return of
-each snapshot); the project's reference returns in ``rl/references/v5.json`` (``python -m rl.collect references``).
+The policies live in ``rl/checkpoints/`` as ``<Env-v5>-expert.pt``, ``<Env-v5>-medium.pt``, ``<Env-v5>-replay_*.pt``
+with a manifest ``<Env-v5>.json`` (command, seed, step and eval return of each snapshot); the project's reference returns in ``rl/references/v5.json`` (``python -m rl.collect references``).
 
 CLI::
 
@@ -80,6 +80,7 @@ __all__ = [
     "measure_references",
     "write_references",
     "ship_checkpoints",
+    "markdown_tables",
     "main",
 ]
 
@@ -140,8 +141,8 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def manifest(env_id: str, checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The manifest of the shipped checkpoints of `env_id` (``rl/checkpoints/<env_id>/manifest.json``)."""
-    path = Path(checkpoint_dir or CHECKPOINT_DIR) / env_id / "manifest.json"
+    """The manifest of the shipped checkpoints of `env_id` (``rl/checkpoints/<env_id>.json``)."""
+    path = Path(checkpoint_dir or CHECKPOINT_DIR) / f"{env_id}.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"no shipped checkpoints for {env_id}: {path} does not exist (train with `python -m rl.sac --env "
@@ -580,7 +581,7 @@ def measure_references(
         "how": (
             f"mean undiscounted return over {episodes} full episodes (gymnasium {gym.__version__}, time limit "
             f"{gym.spec(env_id).max_episode_steps}); random: uniform actions in the action box; expert: the "
-            f"stochastic policy of rl/checkpoints/{env_id}/{entry['file']} (SAC step {entry['step']}), the policy "
+            f"stochastic policy of rl/checkpoints/{entry['file']} (SAC step {entry['step']}), the policy "
             f"that generates the expert dataset; episode i reset with seed {seed}+i (random) / "
             f"{seed + 100_000}+i (expert); `python -m rl.collect references --env {env_id} --episodes {episodes}`"
         ),
@@ -606,13 +607,16 @@ def ship_checkpoints(
     checkpoint_dir: str | os.PathLike | None = None,
     max_replay_snapshots: int = 12,
     medium_fraction: float = 1.0 / 3.0,
+    stochastic_episodes: int = 20,
 ) -> dict[str, Any]:
-    """Copy the chosen snapshots of a `python -m rl.sac` run into ``<checkpoint_dir>/<env>/`` with a manifest.
+    """Copy the chosen snapshots of a `python -m rl.sac` run into `checkpoint_dir` with a manifest ``<env>.json``.
 
     expert: the snapshot with the best eval return; medium: among earlier snapshots, the one whose eval return is
     closest to `medium_fraction` of the expert's (D4RL's early-stopped agent); medium-replay: up to
     `max_replay_snapshots` snapshots after the random warm-up up to the medium one (evenly thinned, the medium
-    one always last). expert and medium are stored in float32, the replay snapshots in float16.
+    one always last). expert and medium are stored in float32, the replay snapshots in float16. The expert and
+    medium policies are also measured as they generate data (stochastic, `stochastic_episodes` episodes): mean,
+    std and the `dataset_return_range` (mean +- max(3 std / sqrt(5), 15 %)) a small dataset should fall in.
     """
     from rl.sac import save_policy_snapshot
 
@@ -622,7 +626,7 @@ def ship_checkpoints(
     if not evals:
         raise ValueError(f"{run_dir}/evals.json holds no evaluations")
     env_id = cfg["env"]
-    out = Path(checkpoint_dir or CHECKPOINT_DIR) / env_id
+    out = Path(checkpoint_dir or CHECKPOINT_DIR)
     snap = {int(e["step"]): run_dir / "snapshots" / f"step_{int(e['step']):07d}.pt" for e in evals}
     best = max(evals, key=lambda e: e["return_mean"])
     target = medium_fraction * best["return_mean"]
@@ -635,7 +639,7 @@ def ship_checkpoints(
         keep = np.unique(np.round(np.linspace(0, len(replay) - 1, max_replay_snapshots)).astype(int))
         replay = [replay[i] for i in keep]
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.pt"):
+    for old in out.glob(f"{env_id}-*.pt"):
         old.unlink()
 
     def put(e: dict, fname: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -665,15 +669,26 @@ def ship_checkpoints(
         "eval": f"{evals[0]['episodes']} deterministic episodes (tanh(mean)), episode i reset with seed "
         f"{cfg['eval_seed']}+i",
         "selection": f"expert: best eval return; medium: earlier snapshot closest to {medium_fraction:.3f} x expert",
-        "expert": put(best, "expert.pt", torch.float32),
-        "medium": put(medium, "medium.pt", torch.float32),
+        "expert": put(best, f"{env_id}-expert.pt", torch.float32),
+        "medium": put(medium, f"{env_id}-medium.pt", torch.float32),
     }
     snaps = []
     for e in replay:
         if e["step"] == medium["step"]:
             snaps.append({**man["medium"]})
         else:
-            snaps.append(put(e, f"replay_{int(e['step']):07d}.pt", torch.float16))
+            snaps.append(put(e, f"{env_id}-replay_{int(e['step']):07d}.pt", torch.float16))
+    for role in ("expert", "medium"):
+        if stochastic_episodes > 0:
+            policy, _ = load_policy_snapshot(out / man[role]["file"])
+            rets = _episode_returns(env_id, policy, stochastic_episodes, 2_000_000, True, False)
+            m, sd = float(rets.mean()), float(rets.std())
+            man[role]["stochastic_return_mean"] = round(m, 1)
+            man[role]["stochastic_return_std"] = round(sd, 1)
+            man[role]["stochastic_episodes"] = stochastic_episodes
+            # what a small dataset (>= 5 complete episodes) of this policy should show; tests check it
+            half = max(3.0 * sd / np.sqrt(5.0), 0.15 * abs(m))
+            man[role]["dataset_return_range"] = [round(m - half, 1), round(m + half, 1)]
     man["medium_replay"] = {
         "start_steps": int(cfg["start_steps"]),
         "snapshots": snaps,
@@ -683,7 +698,7 @@ def ship_checkpoints(
         {"step": int(e["step"]), "eval_return": round(float(e["return_mean"]), 1)} for e in evals
     ]
     text = json.dumps(man, indent=1) + "\n"
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / f"{env_id}.json", lambda tmp: Path(tmp).write_text(text))
     return man
 
 
@@ -709,6 +724,63 @@ def _info(name: str, size: int | None, seed: int, root: str | None, checkpoint_d
         lines.append(f"  normalised:  mean {float(np.mean(ns)):.1f} (v5 references, rl/references/v5.json)")
     except ValueError as err:
         lines.append(f"  normalised:  unavailable ({err})")
+    return "\n".join(lines)
+
+
+def markdown_tables(
+    root: str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None
+) -> str:
+    """Markdown tables (for docs/datasets.md): checkpoints, v5 references, and every cached default-seed dataset."""
+    from rl.references import load_v5_references, normalized_score
+
+    lines = [
+        "| env | snapshot | SAC step | eval return (10 det. episodes) | file |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for env_id in ENVS.values():
+        try:
+            man = manifest(env_id, checkpoint_dir)
+        except FileNotFoundError:
+            lines.append(f"| {env_id} | (not shipped yet) | | | |")
+            continue
+        for role in ("expert", "medium"):
+            e = man[role]
+            lines.append(
+                f"| {env_id} | {role} | {e['step']} | {e['eval_return']:.1f} | {e['file']} ({e['dtype']}) |"
+            )
+        steps = ", ".join(str(s["step"]) for s in man["medium_replay"]["snapshots"])
+        lines.append(f"| {env_id} | medium-replay | {steps} | | float16 except medium |")
+    refs = load_v5_references(None)
+    lines += ["", "| env | random return | expert return | episodes |", "| --- | ---: | ---: | ---: |"]
+    for env_id in ENVS.values():
+        r = refs.get(env_id)
+        if r:
+            lines.append(f"| {env_id} | {r['random']:.1f} | {r['expert']:.1f} | {r['episodes']} |")
+        else:
+            lines.append(f"| {env_id} | (not measured) | | |")
+    lines += [
+        "",
+        "| dataset | transitions | episodes | mean return | min | max | normalised (mean) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    root_path = data_root(root)
+    for name in all_names():
+        found = sorted(root_path.glob(f"misa/{name[:-3]}-v5")) + sorted(
+            root_path.glob(f"misa/{name[:-3]}-n*-v5")
+        )
+        for d in found:
+            if not (d / "data").is_dir() or "-seed" in d.name:
+                continue
+            ds = _read_cached(f"misa/{d.name}", root_path)
+            rets = ds.episode_returns()
+            try:
+                ns = f"{float(np.mean(normalized_score(name, rets))):.1f}"
+            except ValueError:
+                ns = "n/a"
+            lines.append(
+                f"| {d.name} | {len(ds)} | {ds.num_episodes} | {rets.mean():.1f} | {rets.min():.1f} | "
+                f"{rets.max():.1f} | {ns} |"
+            )
     return "\n".join(lines)
 
 
@@ -739,7 +811,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--episodes", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help=f"default {REFERENCES_PATH}")
-    s = sub.add_parser("ship", help="copy the chosen snapshots of a SAC run into rl/checkpoints/<env>/")
+    s = sub.add_parser("table", help="markdown tables of checkpoints, references and cached datasets")
+    s.add_argument("--root", default=None)
+    s = sub.add_parser("ship", help="copy the chosen snapshots of a SAC run into rl/checkpoints/")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--checkpoint-dir", default=None, help=f"default {CHECKPOINT_DIR}")
     s.add_argument("--max-replay-snapshots", type=int, default=12)
@@ -767,8 +841,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{args.env}: random {entry['random']:.1f}, expert {entry['expert']:.1f} ({args.episodes} episodes) -> {path}"
             )
+        elif args.cmd == "table":
+            print(markdown_tables(args.root))
         elif args.cmd == "ship":
             man = ship_checkpoints(args.run_dir, args.checkpoint_dir, args.max_replay_snapshots)
+            for role in ("expert", "medium"):
+                print(f"  {role}: {json.dumps({k: v for k, v in man[role].items() if k != 'sha256'})}")
             print(
                 f"{man['env']}: expert step {man['expert']['step']} (eval {man['expert']['eval_return']:.1f}), "
                 f"medium step {man['medium']['step']} (eval {man['medium']['eval_return']:.1f}), "

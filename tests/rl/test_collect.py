@@ -29,11 +29,13 @@ def ckpt_dir(tmp_path_factory) -> Path:
     for i, r in enumerate(EVALS):
         torch.manual_seed(i)
         pol = TanhGaussianPolicy(11, 3, hidden=(8,))
-        save_policy_snapshot(run / "snapshots" / f"step_{10 * i:07d}.pt", pol, {"step": 10 * i, "eval_return": r})
+        save_policy_snapshot(
+            run / "snapshots" / f"step_{10 * i:07d}.pt", pol, {"step": 10 * i, "eval_return": r}
+        )
         evals.append({"step": 10 * i, "return_mean": r, "return_std": 1.0, "episodes": 10})
     (run / "evals.json").write_text(json.dumps(evals))
     out = tmp_path_factory.mktemp("ckpt")
-    collect.ship_checkpoints(run, out, max_replay_snapshots=4)
+    collect.ship_checkpoints(run, out, max_replay_snapshots=4, stochastic_episodes=0)
     return out
 
 
@@ -91,9 +93,10 @@ def test_medium_replay_composition(ckpt_dir: Path) -> None:
     ds = _make("hopper-medium-replay-v5", ckpt_dir, 401, 0)
     segs = ds.metadata["segments"]
     assert [s["transitions"] for s in segs] == [101, 100, 100, 100]  # proportional, sums exactly
-    assert [s["file"] for s in segs] == [None, "replay_0000020.pt", "replay_0000030.pt", "medium.pt"]
+    files = [None, "Hopper-v5-replay_0000020.pt", "Hopper-v5-replay_0000030.pt", "Hopper-v5-medium.pt"]
+    assert [s["file"] for s in segs] == files
     bounds = np.cumsum([0] + [s["transitions"] for s in segs])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):  # each segment ends an episode (cut with a timeout)
+    for hi in bounds[1:]:  # each segment ends an episode (cut with a timeout)
         assert ds.terminals[hi - 1] or ds.timeouts[hi - 1]
     # the random segment is the uniform policy: same arrays as a random rollout of that stream
     rand = collect.rollout("Hopper-v5", None, 101, 0, (4, 0), n_envs=4)
@@ -148,9 +151,35 @@ def test_write_references_merges_atomically(tmp_path: Path) -> None:
     from rl.references import normalized_score
 
     path = tmp_path / "v5.json"
-    collect.write_references("Hopper-v5", {"random": -10.0, "expert": 3000.0, "episodes": 100, "how": "x"}, path)
-    collect.write_references("Walker2d-v5", {"random": 0.0, "expert": 4000.0, "episodes": 100, "how": "y"}, path)
+    collect.write_references(
+        "Hopper-v5", {"random": -10.0, "expert": 3000.0, "episodes": 100, "how": "x"}, path
+    )
+    collect.write_references(
+        "Walker2d-v5", {"random": 0.0, "expert": 4000.0, "episodes": 100, "how": "y"}, path
+    )
     table = json.loads(path.read_text())
     assert set(table) == {"Hopper-v5", "Walker2d-v5"}
     assert normalized_score("hopper-medium-v5", 3000.0, path=path) == 100.0
     assert normalized_score("Hopper-v5", -10.0, path=path) == 0.0
+
+
+SHIPPED = [e for e in collect.ENVS.values() if (collect.CHECKPOINT_DIR / f"{e}.json").is_file()]
+
+
+@pytest.mark.parametrize("env_id", SHIPPED or [pytest.param("none", marks=pytest.mark.skip("no shipped checkpoints"))])
+def test_shipped_medium_dataset_return_in_documented_range(env_id: str) -> None:
+    """A small dataset from the shipped medium checkpoint has the mean episode return documented in its manifest."""
+    torch.set_num_threads(1)
+    man = collect.manifest(env_id)
+    for entry in [man["expert"], man["medium"], *man["medium_replay"]["snapshots"]]:
+        assert (collect.CHECKPOINT_DIR / entry["file"]).stat().st_size < 400_000
+    lo, hi = man["medium"]["dataset_return_range"]
+    policy, _ = collect.load_role_policy(env_id, "medium")
+    arrays = collect.rollout(env_id, policy, 5000, seed=0, stream=(2,), n_envs=5)
+    ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    rets = np.add.reduceat(arrays["rewards"].astype(np.float64), starts)
+    if len(rets) > 5:
+        rets = rets[:-1]  # the last episode may be cut at the size limit
+    assert len(rets) >= 5
+    assert lo <= rets.mean() <= hi, f"{env_id} medium: mean return {rets.mean():.1f} outside [{lo}, {hi}]"
