@@ -30,6 +30,7 @@ from .critics import (
     score_matrix,
 )
 from .estimate import History, estimate
+from .nonparametric import ksg
 from .proposals import DiagGaussian, GaussianProposal, TanhDiagGaussian, TanhGaussianProposal
 from .registry import Estimator, available, make, register, unregister
 from .scores import Scores
@@ -58,6 +59,7 @@ __all__ = [
     "estimate",
     "infonce_bound",
     "interpolated_bound",
+    "ksg",
     "js_objective",
     "logmeanexp",
     "make",

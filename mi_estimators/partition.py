@@ -165,9 +165,6 @@ class MCMCLogZ:
         chains: chains per row C (samples pooled: `tilted` is `[N, C*S]`).
         precondition: run the chain whitened by the proposal's mean and scale (step size in units of the proposal's
             std); False runs on the raw (unconstrained) coordinates as the official code does.
-        critic_value_and_grad: optional `y [N, C, d] -> (T, dT/dy)` for the chain instead of autograd through the
-            critic (a compiled or hand-written input gradient); it must close over the same x as `critic`, so pass
-            it when the partition function is built per batch, or leave None.
         **sampler_options: passed to `make_sampler` when `sampler` is a name (`step_size`, `n_leapfrog`, `adapt`,
             `target_accept`, ...).
 
@@ -184,7 +181,6 @@ class MCMCLogZ:
         k: int | None = None,
         chains: int = 1,
         precondition: bool = True,
-        critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
         **sampler_options: Any,
     ) -> None:
         self.n_samples = _check_count("n_samples", n_samples)
@@ -193,7 +189,6 @@ class MCMCLogZ:
         self.burn_in, self.thin = burn_in, _check_count("thin", thin)
         self.k = self.n_samples if k is None else _check_count("k", k)
         self.chains, self.precondition = _check_count("chains", chains), precondition
-        self.critic_value_and_grad = critic_value_and_grad
         if isinstance(sampler, str):
             sampler_options.setdefault("burn_in", burn_in)
         self.sampler = make_sampler(sampler, **sampler_options)
@@ -206,9 +201,15 @@ class MCMCLogZ:
         )
 
     def sample(
-        self, law: Any, critic: Critic, generator: torch.Generator | None = None, init: Tensor | None = None
+        self,
+        law: Any,
+        critic: Critic,
+        generator: torch.Generator | None = None,
+        init: Tensor | None = None,
+        critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> SampleResult:
-        """Run the chains on the tilted law of `law` and `critic`; samples `[N, C*S, d]`, detached."""
+        """Run the chains on the tilted law of `law` and `critic`; samples `[N, C*S, d]`, detached.
+        `critic_value_and_grad` (optional, `y -> (T, dT/dy)`) replaces autograd through the critic in the chain."""
         _check_law(law)
         return sample_tilted(
             self.sampler,
@@ -219,7 +220,7 @@ class MCMCLogZ:
             generator=generator,
             chains=self.chains,
             precondition=self.precondition,
-            critic_value_and_grad=self.critic_value_and_grad,
+            critic_value_and_grad=critic_value_and_grad,
             burn_in=self.burn_in,
             thin=self.thin,
         )
@@ -239,7 +240,12 @@ class MCMCLogZ:
         return t + log_q
 
     def __call__(
-        self, law: Any, critic: Critic, generator: torch.Generator | None = None, init: Tensor | None = None
+        self,
+        law: Any,
+        critic: Critic,
+        generator: torch.Generator | None = None,
+        init: Tensor | None = None,
+        critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> LogZEstimate:
         """Estimate `log Z` for the rows of `law`: MC value over `k` draws, gradient from `n_samples` tilted samples.
 
@@ -248,10 +254,12 @@ class MCMCLogZ:
             critic: `y [N, K, d] -> [N, K]`, `T(x_i, y)` with x closed over, nats.
             generator: source of every draw (proposal draws and the chains).
             init: `[N, d]` or `[N, C, d]` chain starts in the constrained space; None = proposal draws.
+            critic_value_and_grad: optional `y [N, C, d] -> (T [N, C], dT/dy)` for the chain, replacing autograd
+                through `critic` (a compiled or hand-written input gradient of a Q network; same x as `critic`).
         """
         with torch.no_grad():  # the value only: the gradient comes from the tilted surrogate
             neg = _score(critic, law.sample(self.k, generator), "proposal draws")
-        res = self.sample(law, critic, generator, init)
+        res = self.sample(law, critic, generator, init, critic_value_and_grad)
         tilted = self.tilted_scores(law, critic, res)
         return LogZEstimate(
             log_z=mcmc_log_z_surrogate(neg, tilted),

@@ -306,3 +306,53 @@ def test_bad_input_named_errors():
         )
     assert {"hmc", "mala", "ula", "pyro-hmc", "pyro-nuts"} <= set(available_samplers())
     assert make_sampler("hmc", n_leapfrog=3, step_size=None).n_leapfrog == 3
+
+
+@pytest.mark.parametrize("precondition", [True, False])
+def test_critic_value_and_grad_hook_matches_autograd(precondition):
+    """An explicit critic input-gradient (as a compiled Q gradient would be) gives the autograd chain's numbers, on a
+    tanh law where the chain rule runs through the squashing."""
+    n, d = 32, 2
+    law = TanhDiagGaussian(0.3 * torch.ones(n, d), torch.full((n, d), -0.5))
+    w = torch.tensor([1.5, -0.7])
+
+    def critic(y):
+        return (y * w).sum(-1) - y.square().sum(-1)
+
+    def critic_vg(y):
+        return critic(y), w - 2 * y
+
+    init = torch.full((n, d), 0.2)
+    a = sample_tilted(
+        HMC(),
+        law,
+        critic,
+        20,
+        init=init,
+        generator=torch.Generator().manual_seed(0),
+        precondition=precondition,
+    )
+    b = sample_tilted(
+        HMC(), law, critic, 20, init=init, generator=torch.Generator().manual_seed(0), precondition=precondition,
+        critic_value_and_grad=critic_vg,
+    )  # fmt: skip
+    torch.testing.assert_close(a.samples, b.samples, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.accept_rate, b.accept_rate)
+
+
+def test_jitter_keeps_the_target():
+    """Step-size jitter (0.5) leaves the stationary law alone: quadratic tilt still matches at ALPHA."""
+    g, mu, _, s, law = _linear_case(n=400, d=2, seed=11)
+    a, c = 1.0, torch.tensor([0.5, -0.5])
+    res = sample_tilted(
+        HMC(jitter=0.5, adapt=None),
+        law,
+        lambda y: -0.5 * a * (y - c).square().sum(-1),
+        1,
+        generator=g,
+        burn_in=60,
+    )
+    prec = 1 / s**2 + a
+    _check_gaussian(res.samples[:, -1] - (mu / s**2 + a * c) / prec, torch.zeros(2), 1 / prec)
+    with pytest.raises(ValueError, match="jitter"):
+        HMC(jitter=1.5)
