@@ -307,12 +307,18 @@ def section_staircase(steps: int, out: Path, threads: int) -> list[dict[str, Any
         ("staircase.md", "partition_staircase.md"),
         ("staircase.png", "partition_staircase.png"),
     ):
-        os.replace(tmp / src, out / dst)
+        _publish(str(tmp / src), out / dst)
     with open(out / "partition_staircase.csv") as f:
         return list(csv.DictReader(f))
 
 
 # --------------------------------------------------------------------------------------------------------------
+def _publish(tmp: str, path: Path) -> None:
+    """Atomic replace with ordinary permissions (mkstemp makes 0600 files)."""
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -322,7 +328,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -392,7 +398,7 @@ def plot(out: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".partition.", suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out / "partition.png")
+    _publish(tmp, out / "partition.png")
 
 
 def markdown(out: Path, meta: str) -> None:
@@ -446,7 +452,7 @@ def markdown(out: Path, meta: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".partition.", suffix=".md")
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(md) + "\n")
-    os.replace(tmp, out / "partition.md")
+    _publish(tmp, out / "partition.md")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
     python benchmarks/staircase.py --quick               # 200 steps per level, two estimators: a smoke run
 
 True MI steps through 2, 4, 6, 8, 10 nats on `CorrelatedGaussian(dim=20)`; each step trains on a fresh batch of 64.
-Finished runs are cached in `--out/.cache`, so a rerun resumes. Writes `staircase.csv` (every step), `staircase_summary.csv` and `staircase.md` (bias, variance, MSE over the second
+Finished runs are cached in `--out/.cache`, so a rerun resumes. Writes `staircase.csv` (every `--csv-every`-th step), `staircase_summary.csv` and `staircase.md` (bias, variance, MSE over the second
 half of each level) and `staircase.png` (estimate vs step, truth as a staircase) into `--out`.
 """
 
@@ -38,7 +38,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run(estimator: str, critic: str, steps_per_level: int, dim: int, batch_size: int, seed: int) -> list[float]:
+def run(
+    estimator: str, critic: str, steps_per_level: int, dim: int, batch_size: int, seed: int
+) -> list[float]:
     schedule = functools.partial(staircase_task, dim=dim, steps_per_level=steps_per_level, levels=LEVELS)
     # Poole et al. use 256-wide critics; the concat critic is (128, 128) here because it evaluates all N x N pairs
     # and a CPU run of every estimator must fit in under an hour.
@@ -65,8 +67,15 @@ def summarise(estimates: list[float], steps_per_level: int) -> list[dict[str, fl
         finite = [v for v in seg if v == v and abs(v) != float("inf")]
         mean = statistics.fmean(finite) if finite else float("nan")
         var = statistics.pvariance(finite) if len(finite) > 1 else float("nan")
-        rows.append({"mi": mi, "bias": mean - mi, "variance": var, "mse": (mean - mi) ** 2 + var,
-                     "nonfinite": len(seg) - len(finite)})
+        rows.append(
+            {
+                "mi": mi,
+                "bias": mean - mi,
+                "variance": var,
+                "mse": (mean - mi) ** 2 + var,
+                "nonfinite": len(seg) - len(finite),
+            }
+        )
     return rows
 
 
@@ -110,15 +119,20 @@ def plot(per_run: dict[tuple[str, str], list[float]], steps_per_level: int, path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--estimators", nargs="+", default=DEFAULT_ESTIMATORS)
-    parser.add_argument("--critics", nargs="+", default=["separable", "concat"], choices=["separable", "concat"])
+    parser.add_argument(
+        "--critics", nargs="+", default=["separable", "concat"], choices=["separable", "concat"]
+    )
     parser.add_argument("--steps-per-level", type=int, default=4000)
     parser.add_argument("--dim", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="200 steps per level, nwj and infonce only")
+    parser.add_argument("--csv-every", type=int, default=10, help="keep every n-th step in staircase.csv")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -131,11 +145,16 @@ def main(argv: list[str] | None = None) -> int:
 
     per_run: dict[tuple[str, str], list[float]] = {}
     summary: list[dict[str, object]] = []
-    cache = args.out / ".cache"  # one file per finished run, so an interrupted benchmark resumes where it stopped
+    cache = (
+        args.out / ".cache"
+    )  # one file per finished run, so an interrupted benchmark resumes where it stopped
     cache.mkdir(exist_ok=True)
     for name in args.estimators:
         for critic in args.critics:
-            key = cache / f"{name}_{critic}_{args.steps_per_level}_{args.dim}_{args.batch_size}_{args.seed}.json"
+            key = (
+                cache
+                / f"{name}_{critic}_{args.steps_per_level}_{args.dim}_{args.batch_size}_{args.seed}.json"
+            )
             if key.exists():
                 cached = json.loads(key.read_text())
                 est, seconds = cached["estimates"], cached["seconds"]
@@ -147,13 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             per_run[(name, critic)] = est
             for row in summarise(est, args.steps_per_level):
                 summary.append({"estimator": name, "critic": critic, **row, "seconds": seconds})
-            print(f"{name:>13} {critic:>9}: {seconds:6.1f} s  " + "  ".join(
-                f"{r['mi']:.0f}:{r['bias']:+.2f}" for r in summarise(est, args.steps_per_level)), file=sys.stderr)
+            print(
+                f"{name:>13} {critic:>9}: {seconds:6.1f} s  "
+                + "  ".join(f"{r['mi']:.0f}:{r['bias']:+.2f}" for r in summarise(est, args.steps_per_level)),
+                file=sys.stderr,
+            )
 
     lines = ["estimator,critic,step,true_mi,estimate"]
     for (name, critic), est in per_run.items():
-        for t, v in enumerate(est):
-            lines.append(f"{name},{critic},{t},{LEVELS[min(t // args.steps_per_level, len(LEVELS) - 1)]},{v:.5g}")
+        for t, v in list(enumerate(est))[:: args.csv_every]:
+            lines.append(
+                f"{name},{critic},{t},{LEVELS[min(t // args.steps_per_level, len(LEVELS) - 1)]},{v:.5g}"
+            )
     _atomic_write_text(args.out / "staircase.csv", "\n".join(lines) + "\n")
 
     fields = ["estimator", "critic", "mi", "bias", "variance", "mse", "nonfinite", "seconds"]
@@ -169,15 +193,23 @@ def main(argv: list[str] | None = None) -> int:
         f"Staircase: CorrelatedGaussian(dim={args.dim}), batch {args.batch_size}, {args.steps_per_level} steps per "
         f"level, seed {args.seed}. Bias and variance (nats, nats^2) over the second half of each level.",
         "",
-        "| estimator | critic | " + " | ".join(f"bias@{m:.0f}" for m in LEVELS) + " | "
-        + " | ".join(f"var@{m:.0f}" for m in LEVELS) + " |",
+        "| estimator | critic | "
+        + " | ".join(f"bias@{m:.0f}" for m in LEVELS)
+        + " | "
+        + " | ".join(f"var@{m:.0f}" for m in LEVELS)
+        + " |",
         "|---|---|" + "---|" * (2 * len(LEVELS)),
     ]
     for name in args.estimators:
         for critic in args.critics:
             rows = [r for r in summary if r["estimator"] == name and r["critic"] == critic]
-            md.append(f"| {name} | {critic} | " + " | ".join(f"{r['bias']:+.2f}" for r in rows) + " | "
-                      + " | ".join(f"{r['variance']:.2f}" for r in rows) + " |")
+            md.append(
+                f"| {name} | {critic} | "
+                + " | ".join(f"{r['bias']:+.2f}" for r in rows)
+                + " | "
+                + " | ".join(f"{r['variance']:.2f}" for r in rows)
+                + " |"
+            )
     _atomic_write_text(args.out / "staircase.md", "\n".join(md) + "\n")
     plot(per_run, args.steps_per_level, args.out / "staircase.png")
     print(f"wrote {args.out}/staircase.{{csv,md,png}} and staircase_summary.csv", file=sys.stderr)

@@ -1,14 +1,14 @@
 """mi_estimators: variational mutual-information bounds as pure functions of critic scores.
 
-    import mi_estimators as mie
-    mie.available()                       # registered estimator names
-    est = mie.make("nwj")                 # by name
-    s = mie.Scores.from_matrix(S)         # [N, N] critic scores -> positive / negative
-    est.bound(s), est.loss(s)             # estimate (nats) and training loss
-    hist = mie.estimate("infonce", mie.tasks.CorrelatedGaussian(dim=5, mi=2.0), steps=2000)
+import mi_estimators as mie
+mie.available()                       # registered estimator names
+est = mie.make("nwj")                 # by name
+s = mie.Scores.from_matrix(S)         # [N, N] critic scores -> positive / negative
+est.bound(s), est.loss(s)             # estimate (nats) and training loss
+hist = mie.estimate("infonce", mie.tasks.CorrelatedGaussian(dim=5, mi=2.0), steps=2000)
 """
 
-from . import bounds, critics, proposals, tasks
+from . import bounds, critics, misa, partition, proposals, samplers, tasks
 from ._math import logmeanexp
 from .bounds import (
     ba_bound,
@@ -30,9 +30,22 @@ from .critics import (
     score_matrix,
 )
 from .estimate import History, estimate
+from .misa import MISA, MISADV, MISAF, MISABiased, misa_bound, misa_dv_bound, misa_f_bound
 from .nonparametric import ksg
+from .partition import LogZEstimate, MCMCLogZ, MonteCarloLogZ, PartitionError
 from .proposals import DiagGaussian, GaussianProposal, TanhDiagGaussian, TanhGaussianProposal
 from .registry import Estimator, available, make, register, unregister
+from .samplers import (
+    HMC,
+    MALA,
+    ULA,
+    NonFiniteChainError,
+    PyroHMC,
+    PyroNUTS,
+    SampleResult,
+    make_sampler,
+    sample_tilted,
+)
 from .scores import Scores
 
 __version__ = "0.1.0"
@@ -43,11 +56,26 @@ __all__ = [
     "DiagGaussian",
     "Estimator",
     "GaussianProposal",
+    "HMC",
     "History",
+    "LogZEstimate",
+    "MALA",
+    "MCMCLogZ",
+    "MISA",
+    "MISABiased",
+    "MISADV",
+    "MISAF",
+    "MonteCarloLogZ",
+    "NonFiniteChainError",
+    "PartitionError",
+    "PyroHMC",
+    "PyroNUTS",
+    "SampleResult",
     "Scores",
     "SeparableCritic",
     "TanhDiagGaussian",
     "TanhGaussianProposal",
+    "ULA",
     "all_pairs_scores",
     "available",
     "ba_bound",
@@ -59,13 +87,21 @@ __all__ = [
     "estimate",
     "infonce_bound",
     "interpolated_bound",
-    "ksg",
     "js_objective",
+    "ksg",
     "logmeanexp",
     "make",
+    "make_sampler",
+    "misa",
+    "misa_bound",
+    "misa_dv_bound",
+    "misa_f_bound",
     "nwj_bound",
+    "partition",
     "proposals",
     "register",
+    "sample_tilted",
+    "samplers",
     "score_matrix",
     "smile_bound",
     "tasks",

@@ -53,7 +53,9 @@ def tuba_bound(s: Scores, log_baseline: Tensor | float = 0.0) -> Tensor:
     `a = 1` gives NWJ; the optimal constant `a = log E e^T` gives DV."""
     b = torch.as_tensor(log_baseline, dtype=s.positive.dtype, device=s.positive.device)
     if b.dim() == 1 and b.shape[0] != s.n:
-        raise ValueError(f"log_baseline must be a number or have shape [N] = [{s.n}]; got shape {tuple(b.shape)}")
+        raise ValueError(
+            f"log_baseline must be a number or have shape [N] = [{s.n}]; got shape {tuple(b.shape)}"
+        )
     neg = s.negative - (b.unsqueeze(-1) if b.dim() == 1 else b)
     return 1.0 + (s.positive - b).mean() - torch.exp(logmeanexp(neg))
 
@@ -80,7 +82,9 @@ def _leave_one_out_logsumexp(all_scores: Tensor) -> Tensor:
     top = all_scores.argmax(dim=1, keepdim=True)
     is_top = torch.zeros_like(all_scores, dtype=torch.bool).scatter_(1, top, True)
     without_top = torch.logsumexp(all_scores.masked_fill(is_top, -math.inf), dim=1, keepdim=True)
-    share = torch.exp(all_scores - lse).masked_fill(is_top, 0.0)  # masked so the unused branch has no inf gradient
+    share = torch.exp(all_scores - lse).masked_fill(
+        is_top, 0.0
+    )  # masked so the unused branch has no inf gradient
     loo = torch.where(is_top, without_top, lse + torch.log1p(-share))
     return loo[:, 1:]
 
@@ -172,7 +176,9 @@ class MINE(Estimator):
                 self.ema_log_z.copy_(batch)
             else:
                 self.ema_log_z.copy_(
-                    torch.logaddexp(self.ema_log_z + math.log1p(-self.ema_rate), batch + math.log(self.ema_rate))
+                    torch.logaddexp(
+                        self.ema_log_z + math.log1p(-self.ema_rate), batch + math.log(self.ema_rate)
+                    )
                     if self.ema_rate < 1.0
                     else batch
                 )

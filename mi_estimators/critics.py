@@ -44,7 +44,12 @@ class SeparableCritic(nn.Module):
     matmul of the embeddings (`matrix`)."""
 
     def __init__(
-        self, x_dim: int, y_dim: int, hidden: tuple[int, ...] = (256,), embed_dim: int = 32, activation: str = "relu"
+        self,
+        x_dim: int,
+        y_dim: int,
+        hidden: tuple[int, ...] = (256,),
+        embed_dim: int = 32,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.x_dim, self.y_dim = x_dim, y_dim
@@ -71,7 +76,9 @@ class ConcatCritic(nn.Module):
     ) -> None:
         super().__init__()
         if not hidden:
-            raise ValueError("ConcatCritic needs at least one hidden layer; use BilinearCritic for a linear critic")
+            raise ValueError(
+                "ConcatCritic needs at least one hidden layer; use BilinearCritic for a linear critic"
+            )
         self.x_dim, self.y_dim = x_dim, y_dim
         self.x_in = nn.Linear(x_dim, hidden[0])
         self.y_in = nn.Linear(y_dim, hidden[0], bias=False)
@@ -85,6 +92,7 @@ class ConcatCritic(nn.Module):
 
     def matrix(self, x: Tensor, y: Tensor) -> Tensor:
         """All pairs: `x [N, dx]`, `y [M, dy]` -> `[N, M]`."""
+        _check_dims(x, y, self.x_dim, self.y_dim)
         return self(x.unsqueeze(1), y.unsqueeze(0))
 
 
@@ -110,11 +118,15 @@ class BilinearCritic(nn.Module):
 def score_matrix(critic: Critic, x: Tensor, y: Tensor) -> Tensor:
     """All-pairs scores `[N, M]` from any critic: its `matrix` method when it has one, else broadcasting."""
     if x.dim() != 2 or y.dim() != 2:
-        raise ValueError(f"score_matrix needs x [N, dx] and y [M, dy]; got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"score_matrix needs x [N, dx] and y [M, dy]; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     matrix = getattr(critic, "matrix", None)
     out = matrix(x, y) if callable(matrix) else critic(x.unsqueeze(1), y.unsqueeze(0))
     if out.shape != (x.shape[0], y.shape[0]):
-        raise ValueError(f"critic returned shape {tuple(out.shape)} for all pairs; expected {(x.shape[0], y.shape[0])}")
+        raise ValueError(
+            f"critic returned shape {tuple(out.shape)} for all pairs; expected {(x.shape[0], y.shape[0])}"
+        )
     return out
 
 

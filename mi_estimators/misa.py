@@ -283,7 +283,11 @@ class MISA(_MISAFamily):
 @register("misa-biased")
 class MISABiased(_MISAFamily):
     """MISA with the biased gradient: negatives by `rsample`, backprop through their log-mean-exp (the CQL-style
-    estimator of `grad log Z`). `log_z` may only be "mc" (or a `MonteCarloLogZ` with `grad="reparam"`)."""
+    estimator of `grad log Z`). `log_z` may only be "mc" (or a `MonteCarloLogZ` with `grad="reparam"`).
+
+    A baseline, not a reliable estimator: with a flexible critic the proposal and the critic can co-adapt so that
+    the K draws avoid the region where T is high, driving the Monte Carlo log Z (not the true one) to -inf and the
+    estimate to +inf (docs/partition.md, staircase)."""
 
     default_log_z = "mc"
 

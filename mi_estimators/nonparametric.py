@@ -15,7 +15,9 @@ def ksg(x: Tensor, y: Tensor, k: int = 3, chunk: int = 1024) -> Tensor:
     Consistent but biased low at high MI (it needs exponentially many samples), a classical reference point.
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"ksg needs x [N, dx] and y [N, dy] with the same N; got {tuple(x.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"ksg needs x [N, dx] and y [N, dy] with the same N; got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
     n = x.shape[0]
     if not isinstance(k, int) or k < 1 or k >= n:
         raise ValueError(f"k must be an int in [1, N-1] = [1, {n - 1}]; got {k!r}")

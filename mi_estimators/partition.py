@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._math import logmeanexp
 from .proposals import tanh_log_abs_det_jacobian
-from .samplers import Sampler, SampleResult, _PyroSampler, log_prob_unconstrained, make_sampler, sample_tilted
+from .samplers import Sampler, SampleResult, _PyroSampler, make_sampler, sample_tilted
 
 __all__ = ["LogZEstimate", "MCMCLogZ", "MonteCarloLogZ", "PartitionError", "mcmc_log_z_surrogate"]
 
@@ -234,7 +234,7 @@ class MCMCLogZ:
         t = _score(critic, y, "tilted samples")
         if getattr(law, "bounded", False):
             u = result.unconstrained.detach()
-            log_q = log_prob_unconstrained(law, u) - tanh_log_abs_det_jacobian(u)
+            log_q = law.log_prob_unconstrained(u) - tanh_log_abs_det_jacobian(u)
         else:
             log_q = law.log_prob(y)
         return t + log_q

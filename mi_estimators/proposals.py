@@ -8,7 +8,8 @@ Two layers, as in torch.distributions:
   map `x [N, dx]` to such a distribution, and expose `sample(x, k, generator)` / `log_prob(x, y)`.
 
 Bounded laws (`TanhDiagGaussian`) also expose the unconstrained coordinates `u = atanh(y)` with
-`log_prob_unconstrained(u) = log q(tanh u) + log |d tanh(u)/du|`, which is what MCMC samplers run on.
+`log_prob_unconstrained(u) = log q(tanh u) + log |d tanh(u)/du|` (the Gaussian density of u), which is what MCMC
+samplers run on.
 All log densities are in nats.
 """
 
@@ -138,8 +139,8 @@ class TanhDiagGaussian(DiagGaussian):
         # atanh(y) = (log(1+y) - log(1-y)) / 2; 1 - y is exact near 1 (Sterbenz), so no cancellation.
         return 0.5 * (torch.log1p(y) - torch.log1p(-y))
 
-    def log_prob_unconstrained(self, u: Tensor) -> Tensor:
-        return super().log_prob_unconstrained(u) + tanh_log_abs_det_jacobian(u)
+    # log_prob_unconstrained is inherited: the density of u = atanh(y) is the Gaussian itself,
+    # log q(tanh u) + log|d tanh u / du| = log N(u; mean, std^2).
 
     def log_prob(self, y: Tensor) -> Tensor:
         mean, log_std = self._params_like(y)
@@ -151,7 +152,9 @@ class TanhDiagGaussian(DiagGaussian):
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
     def entropy(self) -> Tensor:
-        raise NotImplementedError("a tanh-Gaussian has no closed-form entropy; estimate it with -log_prob(samples)")
+        raise NotImplementedError(
+            "a tanh-Gaussian has no closed-form entropy; estimate it with -log_prob(samples)"
+        )
 
 
 @runtime_checkable
@@ -182,7 +185,11 @@ class GaussianProposal(nn.Module):
     squashed = False
 
     def __init__(
-        self, x_dim: int, y_dim: int, hidden: tuple[int, ...] = (), log_std_bounds: tuple[float, float] = (-10.0, 4.0)
+        self,
+        x_dim: int,
+        y_dim: int,
+        hidden: tuple[int, ...] = (),
+        log_std_bounds: tuple[float, float] = (-10.0, 4.0),
     ) -> None:
         super().__init__()
         if x_dim < 1 or y_dim < 1:

@@ -67,10 +67,13 @@ def register(name: str) -> Callable[[Any], Any]:
             raise ValueError(f"estimator name {name!r} is already registered")
         if inspect.isclass(obj):
             if not issubclass(obj, Estimator):
-                raise TypeError(f"register({name!r}) needs an Estimator subclass or a function; got class {obj!r}")
+                raise TypeError(
+                    f"register({name!r}) needs an Estimator subclass or a function; got class {obj!r}"
+                )
             obj.name = name
             _REGISTRY[name] = obj
         elif callable(obj):
+
             def factory(**options: Any) -> Estimator:
                 return FunctionEstimator(obj, name, **options)
 

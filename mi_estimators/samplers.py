@@ -34,7 +34,7 @@ Step-size adaptation (per chain by default), during the first `adapt_steps` step
 
 `sample_tilted(sampler, law, critic, ...)` runs a sampler on the tilted law `q(y|x) e^{T(x,y)} / Z(x)` of a
 batched proposal law (`DiagGaussian` / `TanhDiagGaussian` from `proposals.py`): bounded laws run in the
-unconstrained space `u = atanh(y)` with the log-Jacobian (`log_prob_unconstrained(law, u) = log q(tanh u) +
+unconstrained space `u = atanh(y)` with the log-Jacobian (`law.log_prob_unconstrained(u) = log q(tanh u) +
 log|d tanh/du|`, which for a tanh-Gaussian is the Gaussian density of u), and by default the chain runs in
 coordinates whitened by the law's own mean and scale (a diagonal mass matrix), so that `h` is in units of the
 proposal's standard deviation. `HMC(jitter=...)` randomises the step per chain and step.
@@ -73,7 +73,6 @@ __all__ = [
     "available_samplers",
     "autograd_value_and_grad",
     "make_sampler",
-    "log_prob_unconstrained",
     "sample_tilted",
 ]
 
@@ -784,17 +783,6 @@ def make_sampler(name: str | Sampler | _PyroSampler, **options: Any) -> Sampler 
     return cls(**options)
 
 
-def log_prob_unconstrained(law: Any, u: Tensor) -> Tensor:
-    """Log density of the unconstrained variable `u` (`[N, d]` -> `[N]`, `[N, K, d]` -> `[N, K]`, nats):
-    `log q(tanh u) + log |d tanh(u)/du|` for a tanh law, which is the Gaussian `log N(u; mean, std^2)`.
-
-    For the library's own laws this evaluates the Gaussian in `u` directly (the base `DiagGaussian` method), which
-    is exact for `TanhDiagGaussian` too; other laws answer with their own `log_prob_unconstrained`."""
-    if isinstance(law, DiagGaussian):
-        return DiagGaussian.log_prob_unconstrained(law, u)
-    return law.log_prob_unconstrained(u)
-
-
 def _detached_law(law: Any) -> Any:
     """The same law with detached parameters: the chain needs no graph into the proposal's weights."""
     mean, log_std = getattr(law, "mean", None), getattr(law, "log_std", None)
@@ -878,7 +866,7 @@ def sample_tilted(
             return t, g_y * (1.0 - y.square()) if bounded else g_y
 
     def log_density_u(u: Tensor) -> Tensor:
-        return log_prob_unconstrained(q, u) + critic(q.to_constrained(u))
+        return q.log_prob_unconstrained(u) + critic(q.to_constrained(u))
 
     if precondition:
         # u = m + s z. In u the law is N(m, s^2) for Gaussian and tanh-Gaussian laws alike (the tanh Jacobian
@@ -910,7 +898,7 @@ def sample_tilted(
 
             def vg(u: Tensor) -> tuple[Tensor, Tensor]:
                 t, g_u = _critic_terms(u, u)
-                return log_prob_unconstrained(q, u) + t, g_u - (u - m) * inv_var
+                return q.log_prob_unconstrained(u) + t, g_u - (u - m) * inv_var
 
         res = sampler.sample(log_density_u, u0, n_samples, generator, value_and_grad=vg, **options)
         u_samples = res.unconstrained

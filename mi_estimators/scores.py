@@ -24,7 +24,9 @@ def _check_float(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"Scores.{name} must be a torch.Tensor; got {type(t).__name__}")
     if not t.is_floating_point():
-        raise TypeError(f"Scores.{name} must have a floating dtype; got {t.dtype} with shape {tuple(t.shape)}")
+        raise TypeError(
+            f"Scores.{name} must have a floating dtype; got {t.dtype} with shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -111,14 +113,18 @@ class Scores:
                     )
                 fields.append(("marginal_entropy", h))
             elif not isinstance(h, (int, float)) or isinstance(h, bool):
-                raise TypeError(f"Scores.marginal_entropy must be a float or a tensor; got {type(h).__name__}")
+                raise TypeError(
+                    f"Scores.marginal_entropy must be a float or a tensor; got {type(h).__name__}"
+                )
             elif not math.isfinite(h):
                 raise ValueError(f"Scores.marginal_entropy must be finite; got {h}")
         for name, t in fields[1:]:
             if t.device != pos.device:
                 raise ValueError(f"Scores.{name} is on {t.device} but Scores.positive is on {pos.device}")
             if t.dtype != pos.dtype:
-                raise TypeError(f"Scores.{name} has dtype {t.dtype} but Scores.positive has dtype {pos.dtype}")
+                raise TypeError(
+                    f"Scores.{name} has dtype {t.dtype} but Scores.positive has dtype {pos.dtype}"
+                )
         for name, t in fields:
             _check_finite(name, t)
 
@@ -163,7 +169,9 @@ class Scores:
 
     def entropy_or_raise(self, estimator: str) -> Tensor | float:
         if self.marginal_entropy is None:
-            raise ValueError(f"estimator {estimator!r} needs Scores.marginal_entropy (H(Y) in nats); it is missing")
+            raise ValueError(
+                f"estimator {estimator!r} needs Scores.marginal_entropy (H(Y) in nats); it is missing"
+            )
         return self.marginal_entropy
 
     def log_proposal_or_raise(self, estimator: str) -> Tensor:

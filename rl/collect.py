@@ -355,10 +355,10 @@ def _split(total: int, weights: Sequence[int]) -> list[int]:
     return parts.tolist()
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, unit: str = "step"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, mininterval=1.0, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, mininterval=1.0, file=sys.stderr)
 
 
 def make_dataset(
@@ -538,7 +538,7 @@ def _episode_returns(
     obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
     ret = np.zeros(episodes)
     alive = np.ones(episodes, bool)
-    bar = _progress(episodes, f"{env_id} {'random' if policy is None else 'expert'}", progress)
+    bar = _progress(episodes, f"{env_id} {'random' if policy is None else 'expert'}", progress, "episode")
     with torch.no_grad():
         while alive.any():
             idx = np.flatnonzero(alive)
@@ -608,6 +608,7 @@ def ship_checkpoints(
     max_replay_snapshots: int = 12,
     medium_fraction: float = 1.0 / 3.0,
     stochastic_episodes: int = 20,
+    check_float16: bool = True,
 ) -> dict[str, Any]:
     """Copy the chosen snapshots of a `python -m rl.sac` run into `checkpoint_dir` with a manifest ``<env>.json``.
 
@@ -617,6 +618,7 @@ def ship_checkpoints(
     one always last). expert and medium are stored in float32, the replay snapshots in float16. The expert and
     medium policies are also measured as they generate data (stochastic, `stochastic_episodes` episodes): mean,
     std and the `dataset_return_range` (mean +- max(3 std / sqrt(5), 15 %)) a small dataset should fall in.
+    With `check_float16`, each float16 snapshot is evaluated again as in training (`eval_return_float16`).
     """
     from rl.sac import save_policy_snapshot
 
@@ -677,7 +679,14 @@ def ship_checkpoints(
         if e["step"] == medium["step"]:
             snaps.append({**man["medium"]})
         else:
-            snaps.append(put(e, f"{env_id}-replay_{int(e['step']):07d}.pt", torch.float16))
+            entry = put(e, f"{env_id}-replay_{int(e['step']):07d}.pt", torch.float16)
+            if check_float16:  # the same deterministic evaluation as in training, on the float16 weights
+                from rl.sac import evaluate
+
+                half_policy, _ = load_policy_snapshot(out / entry["file"])
+                rets = evaluate(half_policy, env_id, int(evals[0]["episodes"]), seed=int(cfg["eval_seed"]))
+                entry["eval_return_float16"] = float(rets.mean())
+            snaps.append(entry)
     for role in ("expert", "medium"):
         if stochastic_episodes > 0:
             policy, _ = load_policy_snapshot(out / man[role]["file"])

@@ -83,19 +83,59 @@ def test_missing_optional_fields_are_named_by_the_estimator():
 
 BAD_INPUTS = [
     # wrong rank
-    ("positive rank 2", lambda: Scores(torch.zeros(3, 1), neg()), ValueError, r"Scores\.positive .*\[N\].*\(3, 1\)"),
-    ("positive rank 0", lambda: Scores(torch.tensor(0.0), neg()), ValueError, r"Scores\.positive .*shape \(\)"),
-    ("negative rank 1", lambda: Scores(pos(), torch.zeros(3)), ValueError, r"Scores\.negative .*\[N, K\].*\(3,\)"),
-    ("negative rank 3", lambda: Scores(pos(), torch.zeros(3, 2, 1)), ValueError, r"Scores\.negative .*\(3, 2, 1\)"),
+    (
+        "positive rank 2",
+        lambda: Scores(torch.zeros(3, 1), neg()),
+        ValueError,
+        r"Scores\.positive .*\[N\].*\(3, 1\)",
+    ),
+    (
+        "positive rank 0",
+        lambda: Scores(torch.tensor(0.0), neg()),
+        ValueError,
+        r"Scores\.positive .*shape \(\)",
+    ),
+    (
+        "negative rank 1",
+        lambda: Scores(pos(), torch.zeros(3)),
+        ValueError,
+        r"Scores\.negative .*\[N, K\].*\(3,\)",
+    ),
+    (
+        "negative rank 3",
+        lambda: Scores(pos(), torch.zeros(3, 2, 1)),
+        ValueError,
+        r"Scores\.negative .*\(3, 2, 1\)",
+    ),
     # sizes
     ("mismatched N", lambda: Scores(pos(3), neg(4)), ValueError, r"Scores\.negative .*N=3.*\(4, 2\)"),
     ("N = 0", lambda: Scores(pos(0), neg(0)), ValueError, r"Scores\.positive .*N >= 1.*\(0,\)"),
     ("K = 0", lambda: Scores(pos(), neg(k=0)), ValueError, r"Scores\.negative .*K >= 1.*\(3, 0\)"),
     # non-float dtypes
-    ("int positive", lambda: Scores(pos(dtype=torch.int64), neg()), TypeError, r"Scores\.positive .*floating.*int64"),
-    ("bool negative", lambda: Scores(pos(), neg(dtype=torch.bool)), TypeError, r"Scores\.negative .*floating.*bool"),
-    ("int negative", lambda: Scores(pos(), neg(dtype=torch.int32)), TypeError, r"Scores\.negative .*int32.*\(3, 2\)"),
-    ("list positive", lambda: Scores([0.0, 0.0, 0.0], neg()), TypeError, r"Scores\.positive must be a torch\.Tensor"),
+    (
+        "int positive",
+        lambda: Scores(pos(dtype=torch.int64), neg()),
+        TypeError,
+        r"Scores\.positive .*floating.*int64",
+    ),
+    (
+        "bool negative",
+        lambda: Scores(pos(), neg(dtype=torch.bool)),
+        TypeError,
+        r"Scores\.negative .*floating.*bool",
+    ),
+    (
+        "int negative",
+        lambda: Scores(pos(), neg(dtype=torch.int32)),
+        TypeError,
+        r"Scores\.negative .*int32.*\(3, 2\)",
+    ),
+    (
+        "list positive",
+        lambda: Scores([0.0, 0.0, 0.0], neg()),
+        TypeError,
+        r"Scores\.positive must be a torch\.Tensor",
+    ),
     (
         "int log_proposal",
         lambda: Scores(pos(), neg(), log_proposal=pos(dtype=torch.int64)),
@@ -116,8 +156,18 @@ BAD_INPUTS = [
         r"Scores\.negative .*float64.*Scores\.positive .*float32",
     ),
     # NaN / inf in each field, index named
-    ("NaN positive", lambda: Scores(with_value(pos(), (2,), math.nan), neg()), ValueError, r"Scores\.positive .*nan.*index \(2,\)"),
-    ("inf positive", lambda: Scores(with_value(pos(), (0,), math.inf), neg()), ValueError, r"Scores\.positive .*inf.*index \(0,\)"),
+    (
+        "NaN positive",
+        lambda: Scores(with_value(pos(), (2,), math.nan), neg()),
+        ValueError,
+        r"Scores\.positive .*nan.*index \(2,\)",
+    ),
+    (
+        "inf positive",
+        lambda: Scores(with_value(pos(), (0,), math.inf), neg()),
+        ValueError,
+        r"Scores\.positive .*inf.*index \(0,\)",
+    ),
     (
         "NaN negative",
         lambda: Scores(pos(), with_value(neg(), (1, 1), math.nan)),
@@ -166,8 +216,18 @@ BAD_INPUTS = [
         ValueError,
         r"Scores\.marginal_entropy .*1-element.*\(2,\)",
     ),
-    ("bool marginal_entropy", lambda: Scores(pos(), neg(), marginal_entropy=True), TypeError, r"marginal_entropy.*bool"),
-    ("str marginal_entropy", lambda: Scores(pos(), neg(), marginal_entropy="1"), TypeError, r"marginal_entropy.*str"),
+    (
+        "bool marginal_entropy",
+        lambda: Scores(pos(), neg(), marginal_entropy=True),
+        TypeError,
+        r"marginal_entropy.*bool",
+    ),
+    (
+        "str marginal_entropy",
+        lambda: Scores(pos(), neg(), marginal_entropy="1"),
+        TypeError,
+        r"marginal_entropy.*str",
+    ),
     # optional fields of the wrong shape
     (
         "log_proposal [N, 1]",
@@ -181,9 +241,24 @@ BAD_INPUTS = [
         ValueError,
         r"Scores\.log_proposal .*\(3,\).*\(4,\)",
     ),
-    ("tilted rank 1", lambda: Scores(pos(), neg(), tilted=torch.zeros(3)), ValueError, r"Scores\.tilted .*N=3.*\(3,\)"),
-    ("tilted wrong N", lambda: Scores(pos(), neg(), tilted=torch.zeros(2, 4)), ValueError, r"Scores\.tilted .*\(2, 4\)"),
-    ("tilted S = 0", lambda: Scores(pos(), neg(), tilted=torch.zeros(3, 0)), ValueError, r"Scores\.tilted .*\(3, 0\)"),
+    (
+        "tilted rank 1",
+        lambda: Scores(pos(), neg(), tilted=torch.zeros(3)),
+        ValueError,
+        r"Scores\.tilted .*N=3.*\(3,\)",
+    ),
+    (
+        "tilted wrong N",
+        lambda: Scores(pos(), neg(), tilted=torch.zeros(2, 4)),
+        ValueError,
+        r"Scores\.tilted .*\(2, 4\)",
+    ),
+    (
+        "tilted S = 0",
+        lambda: Scores(pos(), neg(), tilted=torch.zeros(3, 0)),
+        ValueError,
+        r"Scores\.tilted .*\(3, 0\)",
+    ),
     # mismatched devices (the meta device stands in for an accelerator)
     (
         "negative on another device",
@@ -212,7 +287,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("make_bad, exc, pattern", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "make_bad, exc, pattern", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
 def test_bad_input_raises_naming_field_and_shape_or_index(make_bad, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make_bad()
@@ -228,8 +305,16 @@ def test_bad_input_raises_naming_field_and_shape_or_index(make_bad, exc, pattern
         (torch.zeros(0, 0), ValueError, r"N >= 2.*\(0, 0\)"),
         (torch.zeros(3, 3, dtype=torch.int64), TypeError, r"matrix .*floating.*int64"),
         ([[0.0, 1.0], [1.0, 0.0]], TypeError, r"matrix must be a torch\.Tensor"),
-        (with_value(torch.zeros(3, 3), (0, 2), math.nan), ValueError, r"Scores\.negative .*nan.*index \(0, 1\)"),
-        (with_value(torch.zeros(3, 3), (1, 1), math.inf), ValueError, r"Scores\.positive .*inf.*index \(1,\)"),
+        (
+            with_value(torch.zeros(3, 3), (0, 2), math.nan),
+            ValueError,
+            r"Scores\.negative .*nan.*index \(0, 1\)",
+        ),
+        (
+            with_value(torch.zeros(3, 3), (1, 1), math.inf),
+            ValueError,
+            r"Scores\.positive .*inf.*index \(1,\)",
+        ),
     ],
 )
 def test_from_matrix_bad_input(matrix, exc, pattern):

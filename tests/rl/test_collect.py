@@ -35,7 +35,7 @@ def ckpt_dir(tmp_path_factory) -> Path:
         evals.append({"step": 10 * i, "return_mean": r, "return_std": 1.0, "episodes": 10})
     (run / "evals.json").write_text(json.dumps(evals))
     out = tmp_path_factory.mktemp("ckpt")
-    collect.ship_checkpoints(run, out, max_replay_snapshots=4, stochastic_episodes=0)
+    collect.ship_checkpoints(run, out, max_replay_snapshots=4, stochastic_episodes=0, check_float16=False)
     return out
 
 
@@ -166,7 +166,9 @@ def test_write_references_merges_atomically(tmp_path: Path) -> None:
 SHIPPED = [e for e in collect.ENVS.values() if (collect.CHECKPOINT_DIR / f"{e}.json").is_file()]
 
 
-@pytest.mark.parametrize("env_id", SHIPPED or [pytest.param("none", marks=pytest.mark.skip("no shipped checkpoints"))])
+@pytest.mark.parametrize(
+    "env_id", SHIPPED or [pytest.param("none", marks=pytest.mark.skip("no shipped checkpoints"))]
+)
 def test_shipped_medium_dataset_return_in_documented_range(env_id: str) -> None:
     """A small dataset from the shipped medium checkpoint has the mean episode return documented in its manifest."""
     torch.set_num_threads(1)

@@ -1,0 +1,224 @@
+"""YAML configs as dataclasses: load, save (round-trip), and command-line overrides.
+
+A config file is one flat YAML mapping whose `algo` key picks the dataclass (`rl.agents.config_class(algo)`);
+every other key must be a field of that dataclass, or the loader stops naming the key::
+
+    algo: mi
+    dataset: hopper-medium-v5
+    estimator: misa
+    steps: 1000000
+
+Overrides come from the command line as `--name value` (dashes or underscores, `--estimator nwj`,
+`--steps 5000`, `--run-dir DIR`) or, for dict fields, `--estimator-options.sampler mala`; values are parsed as
+YAML scalars (so `--hidden-q [256,256]`, `--target-entropy null` and `--normalize-observations true` work) and then
+coerced to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["RunConfig", "ConfigError", "to_dict", "from_dict", "load_yaml", "save_yaml", "apply_overrides"]
+
+
+class ConfigError(ValueError):
+    """A bad config: an unknown key, a value of the wrong type, an unknown algorithm. The message names it."""
+
+
+@dataclass
+class RunConfig:
+    """What every training run has, whatever the algorithm (the agent configs extend it).
+
+    Attributes:
+        algo: algorithm name (`mi`/`misa`, `cql`, `iql`, `td3bc`, `bc`).
+        dataset: an `rl.data.load` source (`hopper-medium-v5`, a `.hdf5` path, `minari:<id>`, `d4rl:<name>`).
+        dataset_size: transitions to generate for the project's own datasets (None: the collector's default).
+        env: gymnasium env id for evaluation (None: taken from the dataset's metadata or name).
+        steps: gradient updates in total.
+        seed: seeds network init (`torch.manual_seed`) and the agent's generator (every later draw).
+        device: "cpu" (default) or "cuda".
+        batch_size: transitions per update.
+        eval_every / eval_episodes / eval_seed: evaluation schedule (deterministic policy; episode i resets
+            with seed `eval_seed + i`); `eval_every: 0` turns periodic evaluation off (the final one still runs).
+        log_every: steps between CSV/TensorBoard rows (losses averaged since the last row).
+        checkpoint_every: steps between atomic checkpoints (and one at the end).
+        run_dir: where logs and checkpoints go (None: `runs/<algo>/<dataset>/seed<seed>`).
+        threads: torch intra-op threads (None: leave torch's default).
+        max_abs_loss: a logged term above this in magnitude counts as diverged (stops the run, names the term).
+        final_eval: evaluate once more at the end of the run (and print the normalised score).
+    """
+
+    algo: str = "mi"
+    dataset: str = "hopper-medium-v5"
+    dataset_size: int | None = None
+    env: str | None = None
+    steps: int = 1_000_000
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 256
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    eval_seed: int = 1_000_000
+    log_every: int = 1_000
+    checkpoint_every: int = 10_000
+    run_dir: str | None = None
+    threads: int | None = None
+    max_abs_loss: float = 1e8
+    final_eval: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_episodes", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"{type(self).__name__}.eval_every must be >= 0; got {self.eval_every}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# dict <-> dataclass
+# ------------------------------------------------------------------------------------------------------------
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (tuples become lists, so it dumps to YAML/JSON and loads back equal)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """`value` converted to the declared type of field `name` (ints to floats, lists to tuples, ...)."""
+    tp = _hints(cls)[name]
+    where = f"{cls.__name__}.{name}"
+
+    def conv(tp: Any, v: Any) -> Any:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if v is None and type(None) in args:
+                return None
+            errors = []
+            for a in args:
+                if a is type(None):
+                    continue
+                try:
+                    return conv(a, v)
+                except ConfigError as e:
+                    errors.append(str(e))
+            raise ConfigError(errors[0] if errors else f"{where} cannot be {v!r}")
+        if tp is Any:
+            return v
+        if origin is tuple:
+            if not isinstance(v, list | tuple):
+                raise ConfigError(f"{where} must be a list; got {v!r}")
+            (inner, *_rest) = typing.get_args(tp) or (Any,)
+            return tuple(conv(inner, x) for x in v)
+        if origin is dict or tp is dict:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where} must be a mapping; got {v!r}")
+            return dict(v)
+        if tp is bool:
+            if isinstance(v, bool):
+                return v
+            raise ConfigError(f"{where} must be true or false; got {v!r}")
+        if tp is int:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or (isinstance(v, float) and not v.is_integer())
+            ):
+                raise ConfigError(f"{where} must be an integer; got {v!r}")
+            return int(v)
+        if tp is float:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{where} must be a number; got {v!r}")
+            return float(v)
+        if tp is str:
+            if not isinstance(v, str):
+                raise ConfigError(f"{where} must be a string; got {v!r}")
+            return v
+        return v
+
+    return conv(tp, value)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build `cls` from a mapping; an unknown key raises `ConfigError` naming it (and the known keys)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values; got {type(data).__name__}")
+    names = {f.name for f in fields(cls) if f.init}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} for {cls.__name__} (algo {data.get('algo', '?')!r}); "
+            f"known keys: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping; got {type(data).__name__}")
+    return data
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write `cfg` as YAML (keys in field order), atomically."""
+    from rl.sac import atomic_write
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, str], cls: type) -> dict[str, Any]:
+    """`data` updated with command-line overrides `{"estimator": "nwj", "estimator_options.sampler": "mala"}`.
+
+    Values are YAML scalars (`5000`, `true`, `null`, `[256, 256]`); keys may use dashes. A key that is not a field
+    of `cls` (or a dotted key into a non-dict field) raises `ConfigError` naming it.
+    """
+    out = dict(data)
+    names = {f.name for f in fields(cls) if f.init}
+    for raw_key, raw_value in overrides.items():
+        key = raw_key.replace("-", "_")
+        value = yaml.safe_load(raw_value) if isinstance(raw_value, str) else raw_value
+        head, _, sub = key.partition(".")
+        if head not in names:
+            raise ConfigError(
+                f"unknown option --{raw_key} for {cls.__name__}; known: "
+                + ", ".join("--" + n.replace("_", "-") for n in sorted(names))
+            )
+        if sub:
+            current = dict(out.get(head) or {})
+            if not isinstance(current, dict):
+                raise ConfigError(f"--{raw_key}: {head} is not a mapping")
+            current[sub] = value
+            out[head] = current
+        else:
+            out[head] = value
+    return out
+
+
+def config_fields(cfg: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg)]

@@ -1,0 +1,165 @@
+"""Critics: `matrix` agrees with broadcasting, ConcatCritic is a concat MLP, any callable is a critic, shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mi_estimators as mie
+from mi_estimators import BilinearCritic, ConcatCritic, Scores, SeparableCritic
+from mi_estimators.critics import all_pairs_scores, contrastive_scores, score_matrix
+
+F64 = torch.float64
+DX, DY = 3, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def data(n: int = 5, m: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, DX, generator=g, dtype=F64), torch.randn(m, DY, generator=g, dtype=F64)
+
+
+def build(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "separable":
+        critic = SeparableCritic(DX, DY, hidden=(8, 8), embed_dim=4, activation="tanh")
+    elif kind == "concat":
+        critic = ConcatCritic(DX, DY, hidden=(8, 6), activation="elu")
+    else:
+        critic = BilinearCritic(DX, DY)
+        with torch.no_grad():  # zero-initialised: give it values that can disagree
+            critic.weight.normal_()
+            critic.bias.fill_(0.3)
+    return critic.double()
+
+
+KINDS = ["separable", "concat", "bilinear"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_matrix_equals_broadcasting_and_pairwise_calls(kind):
+    critic = build(kind)
+    x, y = data()
+    m = critic.matrix(x, y)
+    assert m.shape == (5, 4)
+    torch.testing.assert_close(m, critic(x[:, None], y[None]))
+    torch.testing.assert_close(score_matrix(critic, x, y), m)
+    # entry by entry, one pair at a time
+    loop = torch.stack([torch.stack([critic(x[i], y[j]) for j in range(4)]) for i in range(5)])
+    torch.testing.assert_close(m, loop)
+    # and the variation is real (a constant critic would pass the above trivially)
+    assert float(m.detach().std()) > 1e-3
+
+
+def test_concat_critic_equals_an_explicit_concat_mlp():
+    critic = build("concat")
+    lin1, act = critic.x_in, nn.ELU()
+    reference = nn.Sequential(nn.Linear(DX + DY, 8), act, nn.Linear(8, 6), nn.ELU(), nn.Linear(6, 1)).double()
+    with torch.no_grad():
+        reference[0].weight.copy_(torch.cat([lin1.weight, critic.y_in.weight], dim=1))
+        reference[0].bias.copy_(lin1.bias)
+        linears = [mod for mod in critic.rest if isinstance(mod, nn.Linear)]
+        assert len(linears) == 2
+        for ref, mine in zip((reference[2], reference[4]), linears):
+            ref.weight.copy_(mine.weight)
+            ref.bias.copy_(mine.bias)
+    x, y = data()
+    want = reference(torch.cat([x[:, None].expand(5, 4, DX), y[None].expand(5, 4, DY)], dim=-1)).squeeze(-1)
+    torch.testing.assert_close(critic.matrix(x, y), want)
+    torch.testing.assert_close(critic(x[:4], y), reference(torch.cat([x[:4], y], -1)).squeeze(-1))
+
+
+def test_separable_and_bilinear_closed_forms():
+    x, y = data()
+    sep = build("separable")
+    torch.testing.assert_close(sep.matrix(x, y), sep.f(x) @ sep.g(y).T)
+    bil = build("bilinear")
+    want = torch.einsum("nd,de,me->nm", x, bil.weight, y) + 0.3
+    torch.testing.assert_close(bil.matrix(x, y), want)
+    torch.testing.assert_close(bil(x[:4], y), torch.einsum("nd,de,ne->n", x[:4], bil.weight, y) + 0.3)
+
+
+def test_score_matrix_with_a_plain_function_and_a_task():
+    def neg_sq_dist(a, b):
+        return -((a[..., :2] - b) ** 2).sum(-1)
+
+    x, y = data()
+    m = score_matrix(neg_sq_dist, x, y)
+    want = torch.tensor(
+        [[-float(((x[i, :2] - y[j]) ** 2).sum()) for j in range(4)] for i in range(5)], dtype=F64
+    )
+    torch.testing.assert_close(m, want)
+    task = mie.tasks.CorrelatedGaussian(dim=2, mi=1.0)
+    xt, yt = task.sample(6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    s = all_pairs_scores(task.log_density_ratio, xt, yt)
+    torch.testing.assert_close(s.positive, task.log_density_ratio(xt, yt))
+    assert s.negative.shape == (6, 5)
+    torch.testing.assert_close(s.negative[2, 2], task.log_density_ratio(xt[2], yt[3]))
+
+
+def test_all_pairs_scores_carries_gradients_to_the_critic():
+    critic = build("separable")
+    x, y = data(6, 6)
+    s = all_pairs_scores(critic, x, y)
+    assert isinstance(s, Scores) and s.n == 6 and s.k == 5
+    mie.make("infonce").loss(s).backward()
+    grads = [p.grad for p in critic.parameters()]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contrastive_scores_shapes_and_values(kind):
+    critic = build(kind)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, DX, generator=g, dtype=F64)
+    y = torch.randn(5, DY, generator=g, dtype=F64)
+    y_neg = torch.randn(5, 7, DY, generator=g, dtype=F64)
+    lp = torch.randn(5, generator=g, dtype=F64)
+    s = contrastive_scores(critic, x, y, y_neg, log_proposal=lp, marginal_entropy=1.5)
+    assert s.positive.shape == (5,) and s.negative.shape == (5, 7)
+    assert s.log_proposal is lp and s.marginal_entropy == 1.5
+    torch.testing.assert_close(s.positive, critic(x, y))
+    for i in (0, 4):
+        torch.testing.assert_close(s.negative[i], critic(x[i].expand(7, DX), y_neg[i]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_dims_raise_naming_the_shape(kind):
+    critic = build(kind)
+    x, y = data()
+    with pytest.raises(ValueError, match=r"x with last dimension 3; got shape \(5, 4\)"):
+        critic(torch.zeros(5, 4, dtype=F64), torch.zeros(5, DY, dtype=F64))
+    with pytest.raises(ValueError, match=r"y with last dimension 2; got shape \(4, 3\)"):
+        critic.matrix(x, torch.zeros(4, 3, dtype=F64))
+    with pytest.raises(ValueError, match=r"score_matrix needs x \[N, dx\].*\(2, 5, 3\)"):
+        score_matrix(critic, torch.zeros(2, 5, DX, dtype=F64), y)
+    with pytest.raises(ValueError, match=r"same number of rows; got 5 and 4"):
+        all_pairs_scores(critic, x, y)
+    with pytest.raises(
+        ValueError, match=r"y_negative must have shape \[N, K, dy\] with N=5; got shape \(5, 2\)"
+    ):
+        contrastive_scores(critic, x, torch.zeros(5, DY, dtype=F64), torch.zeros(5, DY, dtype=F64))
+    with pytest.raises(ValueError, match=r"N=5; got shape \(4, 3, 2\)"):
+        contrastive_scores(critic, x, torch.zeros(5, DY, dtype=F64), torch.zeros(4, 3, DY, dtype=F64))
+
+
+def test_score_matrix_checks_what_a_callable_returns():
+    x, y = data()
+    with pytest.raises(ValueError, match=r"critic returned shape \(5,\) for all pairs; expected \(5, 4\)"):
+        score_matrix(lambda a, b: a.sum(-1).squeeze(-1), x, y)
+
+
+def test_bad_constructor_options():
+    with pytest.raises(ValueError, match=r"activation must be one of .*got 'sigmoid'"):
+        SeparableCritic(2, 2, activation="sigmoid")
+    with pytest.raises(ValueError, match=r"at least one hidden layer"):
+        ConcatCritic(2, 2, hidden=())

@@ -1,0 +1,272 @@
+"""Training: configs (round trip, overrides, unknown keys), exact resume, run-directory ownership, NaN reporting,
+the CLI, and a slow learning test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rl.agents import ALGOS, config_class
+from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from rl.data import OfflineDataset
+from rl.train import RunDirError, Trainer, TrainingError, build_config, main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = {"hidden_q": (8, 8), "hidden_pi": (8, 8), "batch_size": 8, "final_eval": False, "eval_every": 0}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_dataset(n: int = 64, do: int = 4, da: int = 2, seed: int = 0) -> OfflineDataset:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n + 1, do)).astype(np.float32)
+    terminals = np.zeros(n, bool)
+    terminals[[20, 45]] = True
+    timeouts = np.zeros(n, bool)
+    timeouts[-1] = True
+    return OfflineDataset(
+        observations=obs[:-1],
+        actions=rng.uniform(-1, 1, size=(n, da)).astype(np.float32),
+        rewards=rng.normal(size=n).astype(np.float32),
+        next_observations=obs[1:],
+        terminals=terminals,
+        timeouts=timeouts,
+        metadata={"env_id": None},
+    )
+
+
+def mi_cfg(tmp: Path, **kw):
+    opts = {"n_negatives": 4, "estimator_options": {"n_samples": 3}, "run_dir": str(tmp), **TINY, **kw}
+    return config_class("mi")(**opts)
+
+
+# --- configs ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("algo", sorted(set(ALGOS) - {"misa"}))
+def test_config_round_trip(tmp_path, algo):
+    cfg = config_class(algo)(steps=123, hidden_q=(4, 5), seed=7)
+    save_yaml(cfg, tmp_path / "c.yaml")
+    back = from_dict(type(cfg), load_yaml(tmp_path / "c.yaml"))
+    assert back == cfg and to_dict(back) == to_dict(cfg)
+
+
+def test_shipped_configs_load_and_state_defaults():
+    files = sorted(CONFIGS.glob("*/*.yaml"))
+    names = {f"{p.parent.name}/{p.name}" for p in files}
+    for algo in ("misa", "cql", "iql", "td3bc", "bc"):
+        assert f"{algo}/hopper-medium-v5.yaml" in names
+    assert {"misa/walker2d-medium-v5.yaml", "misa/halfcheetah-medium-v5.yaml"} <= names
+    for p in files:
+        cfg = build_config(p, {})
+        assert cfg.steps == 1_000_000
+    misa = build_config(CONFIGS / "misa/hopper-medium-v5.yaml", {})
+    assert (misa.estimator, misa.critic_weight, misa.bc_weight, misa.ub_weight, misa.n_negatives) == (
+        "misa",
+        5.0,
+        0.5,
+        0.1,
+        50,
+    )
+    assert (misa.lr_pi, misa.lr_q, misa.lr_alpha, misa.q_activation, misa.log_std_mode) == (
+        1e-4,
+        3e-4,
+        1e-4,
+        "elu",
+        "misa",
+    )
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    path = CONFIGS / "misa/hopper-medium-v5.yaml"
+    cfg = build_config(
+        path,
+        {
+            "estimator": "nwj",
+            "steps": "5000",
+            "run-dir": "X",
+            "hidden-q": "[8, 8]",
+            "estimator-options.sampler": "mala",
+            "device": "cuda",
+            "dataset-size": "1000",
+        },
+    )
+    assert (cfg.estimator, cfg.steps, cfg.run_dir, cfg.hidden_q, cfg.device, cfg.dataset_size) == (
+        "nwj",
+        5000,
+        "X",
+        (8, 8),
+        "cuda",
+        1000,
+    )
+    assert cfg.estimator_options == {"sampler": "mala"}
+    with pytest.raises(ConfigError, match="--stepz"):
+        build_config(path, {"stepz": "3"})
+    with pytest.raises(ConfigError, match="steps must be an integer"):
+        build_config(path, {"steps": "many"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: cql\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        build_config(bad, {})
+    with pytest.raises(ConfigError, match="unknown algo 'ppo'"):
+        build_config(None, {}, algo="ppo")
+    assert apply_overrides({}, {"seed": "3"}, type(cfg)) == {"seed": 3}
+
+
+def test_unknown_estimator_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown estimator 'mutual'"):
+        Trainer(mi_cfg(tmp_path, estimator="mutual"), dataset=tiny_dataset(), quiet=True)
+
+
+# --- resume, run dirs, NaN ----------------------------------------------------------------------------------
+def _state(trainer: Trainer) -> dict:
+    return trainer.agent.state_dict()
+
+
+def _assert_same(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("algo", ["mi", "iql", "td3bc"])
+def test_resume_is_exact(tmp_path, algo):
+    ds = tiny_dataset()
+    extra = {"n_negatives": 4, "estimator_options": {"n_samples": 3}} if algo == "mi" else {}
+
+    def cfg(d):
+        return config_class(algo)(**TINY, **extra, steps=6, log_every=2, checkpoint_every=3, run_dir=str(d))
+
+    straight = Trainer(cfg(tmp_path / "a"), dataset=ds, quiet=True)
+    straight.train()
+    half = Trainer(cfg(tmp_path / "b"), dataset=ds, quiet=True)
+    half.train(until=3)
+    del half  # a new process state: everything comes back from the checkpoint
+    torch.manual_seed(1234)  # disturb the global RNG: resume must restore it
+    resumed = Trainer(cfg(tmp_path / "b"), dataset=ds, resume=True, quiet=True)
+    assert resumed.step == 3
+    resumed.train()
+    _assert_same(_state(straight), _state(resumed))
+    a = (tmp_path / "a" / "progress.csv").read_text()
+    b = (tmp_path / "b" / "progress.csv").read_text()
+    strip = lambda t: [line.rsplit(",", 1)[0] for line in t.splitlines()]  # noqa: E731 (drop the timing column)
+    assert strip(a) == strip(b)
+
+
+def test_run_dir_not_ours_is_never_overwritten(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="not from rl.train"):
+        Trainer(mi_cfg(tmp_path), dataset=tiny_dataset(), quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    run = tmp_path / "run"
+    Trainer(mi_cfg(run, steps=2), dataset=tiny_dataset(), quiet=True).train()
+    with pytest.raises(RunDirError, match="--resume"):
+        Trainer(mi_cfg(run, steps=2), dataset=tiny_dataset(), quiet=True)
+
+
+class NaNAt:
+    """Wraps a dataset; the `at`-th sampled batch gets a NaN reward."""
+
+    def __init__(self, ds, at: int) -> None:
+        self.ds, self.at, self.calls = ds, at, 0
+        self.obs_dim, self.act_dim, self.metadata = ds.obs_dim, ds.act_dim, ds.metadata
+        self.observations, self.episode_returns = ds.observations, ds.episode_returns
+
+    def sample(self, *args, **kwargs):
+        self.calls += 1
+        batch = dict(self.ds.sample(*args, **kwargs))
+        if self.calls == self.at:
+            batch["rewards"] = batch["rewards"].clone()
+            batch["rewards"][1] = float("nan")
+        return batch
+
+
+def test_nan_batch_names_step_and_term_and_keeps_last_checkpoint(tmp_path):
+    cfg = mi_cfg(tmp_path, steps=10, checkpoint_every=2)
+    trainer = Trainer(cfg, dataset=NaNAt(tiny_dataset(), at=5), quiet=True)
+    with pytest.raises(TrainingError, match=r"step 5: .*is nan.*'rewards'.*row 1.*step 4"):
+        trainer.train()
+    blob = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert blob["step"] == 4
+    assert all(torch.isfinite(p).all() for p in blob["agent"]["modules"]["critic"].values())
+
+
+def test_diverging_loss_is_named(tmp_path):
+    cfg = mi_cfg(tmp_path, steps=3, max_abs_loss=1e-9)
+    with pytest.raises(TrainingError, match=r"step 1: term 'critic_td' diverged"):
+        Trainer(cfg, dataset=tiny_dataset(), quiet=True).train()
+
+
+def test_cli_trains_from_an_hdf5_file(tmp_path, capsys):
+    path = tmp_path / "tiny.hdf5"
+    tiny_dataset().to_hdf5(path)
+    run = tmp_path / "run"
+    argv = [
+        "--algo",
+        "bc",
+        "--dataset",
+        str(path),
+        "--steps",
+        "4",
+        "--run-dir",
+        str(run),
+        "--batch-size",
+        "8",
+        "--final-eval",
+        "false",
+        "--eval-every",
+        "0",
+        "--hidden-pi",
+        "[8]",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "done: 4 steps" in out and str(run) in out
+    assert (run / "checkpoint.pt").exists() and (run / "progress.csv").exists() and (run / "tb").is_dir()
+    assert main(argv) == 2  # the run exists: needs --resume
+    assert main([*argv, "--resume"]) == 0
+    assert main(["--algo", "bc", "--nope", "1"]) == 2
+    assert "--nope" in capsys.readouterr().err
+
+
+# --- learning ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bc_on_expert_data_beats_random(tmp_path):
+    from rl.collect import load_or_make
+
+    ds = load_or_make("hopper-expert-v5", size=20_000, root=tmp_path / "data", progress=False)
+    cfg = config_class("bc")(
+        dataset="hopper-expert-v5",
+        steps=3000,
+        eval_every=0,
+        eval_episodes=5,
+        run_dir=str(tmp_path / "run"),
+        log_every=500,
+    )
+    trainer = Trainer(cfg, dataset=ds, quiet=True)
+    rec = trainer.train()
+    from rl.sac import evaluate
+
+    class Random:
+        def act(self, obs, deterministic=True, generator=None):
+            return np.random.default_rng(0).uniform(-1, 1, size=(len(obs), 3)).astype(np.float32)
+
+    random_return = float(evaluate(Random(), "Hopper-v5", 5).mean())
+    assert rec["return_mean"] > random_return + 800, (rec, random_return)
