@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.functional import softplus
 
 from ._math import exp_minus_one_mean, logmeanexp
+from .proposals import ProposalEstimator
 from .registry import Estimator, register
 from .scores import Scores
 
@@ -268,13 +269,28 @@ class Interpolated(Estimator):
 
 
 @register("ba")
-class BarberAgakov(Estimator):
-    """Barber-Agakov: `E_p[log q(y|x)] + H(Y)`; needs a proposal (variational conditional) q and H(Y)."""
-
-    needs_proposal = True
+class BarberAgakov(ProposalEstimator):
+    """Barber-Agakov: `E_p[log q(y|x)] + H(Y)`, trained by maximum likelihood of its own learned proposal q(y|x)
+    (options as `ProposalEstimator`: `proposal`, `x_dim`, `y_dim`, `hidden`, `squashed`, `marginal_entropy`). It is
+    the `T = 0` member of the MISA family, so its scores carry zero critic scores."""
 
     def bound(self, s: Scores) -> Tensor:
         return ba_bound(s)
+
+    def scores(
+        self,
+        x: Tensor,
+        y: Tensor,
+        critic: object = None,
+        generator: torch.Generator | None = None,
+        marginal_entropy: float | Tensor | None = None,
+    ) -> Scores:
+        """`log_proposal = log q(y_i|x_i)` `[N]` and H(Y); the critic is not used (T = 0)."""
+        log_q = self._law(x, y).log_prob(y)
+        zeros = torch.zeros_like(log_q.detach())
+        return Scores(
+            zeros, zeros.unsqueeze(1), log_proposal=log_q, marginal_entropy=self._entropy(marginal_entropy)
+        )
 
 
 @register("club")

@@ -40,8 +40,8 @@ from .partition import (
     make_log_z,
     mcmc_log_z_surrogate,
 )
-from .proposals import GaussianProposal, TanhGaussianProposal
-from .registry import Estimator, register
+from .proposals import ProposalEstimator
+from .registry import register
 from .scores import Scores
 
 __all__ = [
@@ -123,7 +123,7 @@ def misa_f_bound(s: Scores, log_z: str = "auto") -> Tensor:
     return data - value
 
 
-class _MISAFamily(Estimator):
+class _MISAFamily(ProposalEstimator):
     """Shared machinery: a learned proposal, a partition function, and `scores(x, y, critic, generator)`.
 
     Options (all keyword, all optional):
@@ -166,11 +166,10 @@ class _MISAFamily(Estimator):
         squashed: bool = False,
         marginal_entropy: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(proposal, x_dim, y_dim, hidden, squashed, marginal_entropy)
         if init not in ("data", "proposal"):
             raise ValueError(f"init must be 'data' or 'proposal'; got {init!r}")
-        self.init, self.hidden, self.squashed = init, tuple(hidden), squashed
-        self.marginal_entropy = marginal_entropy
+        self.init = init
         spec = self.default_log_z if log_z is None else log_z
         self.partition = self._make_partition(
             spec,
@@ -188,13 +187,6 @@ class _MISAFamily(Estimator):
                 "target_accept": target_accept,
             },
         )
-        self.proposal = proposal
-        if proposal is None and (x_dim is not None or y_dim is not None):
-            if x_dim is None or y_dim is None:
-                raise ValueError(
-                    f"{self.name}: give both x_dim and y_dim to build the proposal; got {x_dim}, {y_dim}"
-                )
-            self.ensure_proposal(x_dim, y_dim)
         #: the last `LogZEstimate` built by `scores` (acceptance rates and step sizes for logging), or None
         self.last_log_z: LogZEstimate | None = None
 
@@ -208,14 +200,6 @@ class _MISAFamily(Estimator):
         if opts and not isinstance(sampler, str):
             raise ValueError(f"sampler options {sorted(opts)} only apply when sampler is given by name")
         return MCMCLogZ(sampler, k=k, **mcmc, **opts)
-
-    def ensure_proposal(self, x_dim: int, y_dim: int) -> nn.Module:
-        """Build the learned Gaussian proposal `q(y|x)` for `x [N, x_dim]`, `y [N, y_dim]` if there is none yet (call
-        before creating the optimizer, so its parameters are trained). Returns the proposal."""
-        if self.proposal is None:
-            cls = TanhGaussianProposal if self.squashed else GaussianProposal
-            self.proposal = cls(x_dim, y_dim, hidden=self.hidden)
-        return self.proposal
 
     def scores(
         self,
@@ -235,16 +219,7 @@ class _MISAFamily(Estimator):
             generator: every draw (negatives, chains).
             marginal_entropy: H(Y) in nats (defaults to the constructor's option).
         """
-        if self.proposal is None:
-            raise ValueError(
-                f"estimator {self.name!r} has no proposal: pass proposal=..., or x_dim/y_dim, or call "
-                "ensure_proposal(x_dim, y_dim) before building the optimizer"
-            )
-        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"x and y must be [N, dx] and [N, dy] with the same N; got {tuple(x.shape)}, {tuple(y.shape)}"
-            )
-        law = self.proposal(x)
+        law = self._law(x, y)
         x_k = x.unsqueeze(1)
 
         def critic_k(y_k: Tensor) -> Tensor:
@@ -255,9 +230,12 @@ class _MISAFamily(Estimator):
         init = y if self.init == "data" else None
         est = self.partition(law, critic_k, generator, init=init)
         self.last_log_z = est
-        h = self.marginal_entropy if marginal_entropy is None else marginal_entropy
         return Scores(
-            positive, est.negative, log_proposal=log_proposal, marginal_entropy=h, tilted=est.tilted
+            positive,
+            est.negative,
+            log_proposal=log_proposal,
+            marginal_entropy=self._entropy(marginal_entropy),
+            tilted=est.tilted,
         )
 
     @property

@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from .registry import Estimator
+
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
 
@@ -231,3 +233,58 @@ class TanhGaussianProposal(GaussianProposal):
     """Learned conditional tanh-squashed Gaussian on (-1, 1)^dy: a policy's shape."""
 
     squashed = True
+
+
+class ProposalEstimator(Estimator):
+    """Base of the estimators that own a learned proposal `q(y|x)` (Barber-Agakov, the MISA family).
+
+    The proposal is given (`proposal=`, any module mapping `x [N, dx]` to a batched law, e.g. an RL policy) or built
+    from `x_dim`, `y_dim` (`GaussianProposal`, or `TanhGaussianProposal` when `squashed`), possibly later through
+    `ensure_proposal` once the data's dimensions are known. Subclasses implement `scores(x, y, critic, generator,
+    marginal_entropy) -> Scores`.
+    """
+
+    needs_proposal = True
+
+    def __init__(
+        self,
+        proposal: nn.Module | None = None,
+        x_dim: int | None = None,
+        y_dim: int | None = None,
+        hidden: tuple[int, ...] = (),
+        squashed: bool = False,
+        marginal_entropy: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.hidden, self.squashed, self.marginal_entropy = tuple(hidden), squashed, marginal_entropy
+        self.proposal = proposal
+        if proposal is None and (x_dim is not None or y_dim is not None):
+            if x_dim is None or y_dim is None:
+                raise ValueError(
+                    f"{self.name}: give both x_dim and y_dim to build the proposal; got {x_dim}, {y_dim}"
+                )
+            self.ensure_proposal(x_dim, y_dim)
+
+    def ensure_proposal(self, x_dim: int, y_dim: int) -> nn.Module:
+        """Build the learned Gaussian proposal `q(y|x)` for `x [N, x_dim]`, `y [N, y_dim]` if there is none yet (call
+        before creating the optimizer, so its parameters are trained). Returns the proposal."""
+        if self.proposal is None:
+            cls = TanhGaussianProposal if self.squashed else GaussianProposal
+            self.proposal = cls(x_dim, y_dim, hidden=self.hidden)
+        return self.proposal
+
+    def _law(self, x: Tensor, y: Tensor) -> DiagGaussian:
+        """The proposal's law at `x`, after checking the joint batch `x [N, dx]`, `y [N, dy]`."""
+        if self.proposal is None:
+            raise ValueError(
+                f"estimator {self.name!r} has no proposal: pass proposal=..., or x_dim/y_dim, or call "
+                "ensure_proposal(x_dim, y_dim) before building the optimizer"
+            )
+        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x and y must be [N, dx] and [N, dy] with the same N; got {tuple(x.shape)}, {tuple(y.shape)}"
+            )
+        return self.proposal(x)
+
+    def _entropy(self, marginal_entropy: float | Tensor | None) -> float | Tensor | None:
+        return self.marginal_entropy if marginal_entropy is None else marginal_entropy
