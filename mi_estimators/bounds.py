@@ -53,7 +53,7 @@ def tuba_bound(s: Scores, log_baseline: Tensor | float = 0.0) -> Tensor:
     """TUBA: `1 + E_p[T - a] - E_{p(x)p(y)}[e^{T - a}]` with log-baseline `a` (a number, or `[N]` per x), nats.
     `a = 1` gives NWJ; the optimal constant `a = log E e^T` gives DV."""
     b = torch.as_tensor(log_baseline, dtype=s.positive.dtype, device=s.positive.device)
-    if b.dim() == 1 and b.shape[0] != s.n:
+    if b.dim() > 1 or (b.dim() == 1 and b.shape[0] != s.n):
         raise ValueError(
             f"log_baseline must be a number or have shape [N] = [{s.n}]; got shape {tuple(b.shape)}"
         )
@@ -104,6 +104,10 @@ def interpolated_bound(s: Scores, alpha: float = 0.5, log_baseline: Tensor | flo
         raise ValueError(f"interpolated bound with alpha > 0 needs K >= 2 negatives; got K={s.k}")
     dtype, device = s.positive.dtype, s.positive.device
     a = torch.as_tensor(log_baseline, dtype=dtype, device=device)
+    if a.dim() > 1 or (a.dim() == 1 and a.shape[0] != s.n):
+        raise ValueError(
+            f"log_baseline must be a number or have shape [N] = [{s.n}]; got shape {tuple(a.shape)}"
+        )
     a_col = a.unsqueeze(-1) if a.dim() == 1 else a
     log_k = math.log(s.k)
 

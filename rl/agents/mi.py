@@ -238,8 +238,10 @@ class MIAgent(OfflineAgent):
         sampler = part.sampler
         init = act if part.chains == 1 else act.unsqueeze(1).expand(-1, part.chains, -1)
         density = TiltedDensity(dist, self.critic, obs, compile=self.cfg.compile)
-        with torch.no_grad():
-            if self.cfg.mcmc_space == "action" and isinstance(sampler, Sampler):
+        ours = isinstance(sampler, Sampler)
+        # Our samplers get explicit gradients (no graph needed); pyro's differentiate the density themselves.
+        with torch.no_grad() if ours else torch.enable_grad():
+            if self.cfg.mcmc_space == "action" and ours:
                 res = sampler.sample(
                     None,
                     init,
@@ -268,7 +270,7 @@ class MIAgent(OfflineAgent):
                     generator=self.generator,
                     chains=part.chains,
                     precondition=part.precondition,
-                    critic_value_and_grad=density.q_value_and_grad if isinstance(sampler, Sampler) else None,
+                    critic_value_and_grad=density.q_value_and_grad if ours else None,
                     burn_in=part.burn_in,
                     thin=part.thin,
                 )

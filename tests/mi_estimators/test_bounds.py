@@ -270,7 +270,9 @@ def test_tuba_below_dv_and_equal_at_the_optimal_baseline(pn, a):
     log_z = mie.logmeanexp(n)
     assert abs(float(tuba_bound(s, log_z)) - dv) <= 4.0 * tol(p, n)
     nwj, tuba1 = float(nwj_bound(s)), float(tuba_bound(s, 1.0))
-    if float(log_z) - 1.0 < LOG_FLOAT32_MAX - 1.0:  # away from float32 overflow, where rounding picks the side
+    if (
+        float(log_z) - 1.0 < LOG_FLOAT32_MAX - 1.0
+    ):  # away from float32 overflow, where rounding picks the side
         assert abs(nwj - tuba1) <= 4.0 * tol(p, n) * max(1.0, abs(nwj))
 
 
@@ -556,7 +558,9 @@ def test_mine_ema_and_gradient_match_the_closed_form():
         loss = est.loss(s)
         assert float(est.ema_log_z) == pytest.approx(math.log(ema), rel=1e-12)
         ratio = z / ema
-        assert float(loss.detach()) == pytest.approx(-(float(p.detach().mean()) - ratio * math.log(z)), rel=1e-12)
+        assert float(loss.detach()) == pytest.approx(
+            -(float(p.detach().mean()) - ratio * math.log(z)), rel=1e-12
+        )
         gp, gn = torch.autograd.grad(loss, (p, n))
         torch.testing.assert_close(gp, torch.full((4,), -0.25, dtype=F64))
         # grad of the partition term: grad E e^T / ema = (e^T_ik / sum e^T) * (E e^T / ema)
@@ -662,5 +666,10 @@ def test_bad_options_raise():
     assert torch.isfinite(interpolated_bound(s1, 0.0))
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]; got -0.1"):
         interpolated_bound(Scores(torch.zeros(3), torch.zeros(3, 2)), -0.1)
-    with pytest.raises(ValueError, match=r"log_baseline .*\[N\] = \[3\].*\(2,\)"):
-        tuba_bound(Scores(torch.zeros(3), torch.zeros(3, 2)), torch.zeros(2))
+    s = Scores(torch.zeros(3), torch.zeros(3, 2))
+    for bound in (tuba_bound, lambda s, b: interpolated_bound(s, 0.5, b)):
+        with pytest.raises(ValueError, match=r"log_baseline .*\[N\] = \[3\].*\(2,\)"):
+            bound(s, torch.zeros(2))
+        # an [N, 1] baseline would broadcast the positives to [N, N] silently
+        with pytest.raises(ValueError, match=r"log_baseline .*\[N\] = \[3\].*\(3, 1\)"):
+            bound(s, torch.zeros(3, 1))
