@@ -80,7 +80,9 @@ def estimate(
         critic: "separable" | "concat" | "bilinear", a module, or any callable critic (a fixed critic trains
             nothing but the estimator's own parameters, if any).
         steps, batch_size, lr: Adam on all parameters of critic and estimator.
-        seed / generator: every draw uses this generator (the same seed gives the same history).
+        seed / generator: network initialisation uses `seed`, every data draw the generator (seeded by `seed` when
+            not given); the same seed gives the same history, and the global RNG is left untouched. `seed=None`
+            draws fresh entropy.
         progress: tqdm bar; default on only when stderr is a terminal.
     """
     if steps < 1:
@@ -90,9 +92,11 @@ def estimate(
     if (task is None) == (x is None or y is None):
         raise ValueError("give either a task (or a schedule step -> task) or both x and y")
     if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    if seed is not None:
-        torch.manual_seed(seed)  # network initialisation
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()  # fresh entropy: seed=None asks for a non-reproducible run
+        else:
+            generator.manual_seed(seed)
 
     schedule = task if callable(task) and not hasattr(task, "sample") else None
     first = schedule(0) if schedule is not None else task
@@ -105,14 +109,18 @@ def estimate(
             )
         x_dim, y_dim = x.shape[1], y.shape[1]  # type: ignore[union-attr]
 
-    est = make(estimator, **(estimator_options or {})) if isinstance(estimator, str) else estimator
     if estimator_options and not isinstance(estimator, str):
         raise ValueError("estimator_options only apply when estimator is given by name")
-    if est.needs_proposal:
-        ensure = getattr(est, "ensure_proposal", None)
-        if callable(ensure):
-            ensure(x_dim, y_dim)
-    net = _make_critic(critic, x_dim, y_dim, critic_options or {})
+    # Networks are initialised from `seed` without touching the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        est = make(estimator, **(estimator_options or {})) if isinstance(estimator, str) else estimator
+        if est.needs_proposal:
+            ensure = getattr(est, "ensure_proposal", None)
+            if callable(ensure):
+                ensure(x_dim, y_dim)
+        net = _make_critic(critic, x_dim, y_dim, critic_options or {})
     modules = [m for m in (net, est) if isinstance(m, nn.Module)]
     for m in modules:
         m.to(device)

@@ -17,7 +17,9 @@ def test_ba_with_the_exact_conditional_is_the_true_mi() -> None:
     task = mie.tasks.CorrelatedGaussian(dim=3, mi=1.5)
     x, y = task.sample(20000, generator=torch.Generator().manual_seed(0))
     log_q = task.conditional_log_prob(x, y)
-    s = mie.Scores(torch.zeros(20000), torch.zeros(20000, 1), log_proposal=log_q, marginal_entropy=task.entropy_y)
+    s = mie.Scores(
+        torch.zeros(20000), torch.zeros(20000, 1), log_proposal=log_q, marginal_entropy=task.entropy_y
+    )
     assert float(mie.make("ba").bound(s)) == pytest.approx(1.5, abs=0.06)
 
 
