@@ -140,7 +140,17 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    import platform
+
+    import torch
+
     lines = [
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"1-minute load average before each case in the last column (other jobs share the machine: with load L on "
+        f"2 cores a process gets about 2/L of a core, so wall rates are lower than on an idle machine; the "
+        f"CPU-time rates with 1 thread are the better guide to idle single-core speed; the SAC row is the same "
+        f"machine's reference).",
+        "",
         "| case | threads | updates/s (wall) | updates/s (CPU time) | target | first update (s) | peak RSS (MB) | load avg |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
