@@ -4,14 +4,6 @@ import torch
 import mi_estimators as mie
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_ba_with_the_exact_conditional_is_the_true_mi() -> None:
     # With q(y|x) the true conditional, E log q(y|x) + H(Y) = I(X;Y) exactly; 20k samples: sd ~ 0.02 nats.
     task = mie.tasks.CorrelatedGaussian(dim=3, mi=1.5)

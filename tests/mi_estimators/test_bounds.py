@@ -25,16 +25,6 @@ from mi_estimators.bounds import (
     tuba_bound,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 F64 = torch.float64
 #: log of the largest float32: exp(t) overflows to inf above this
 LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)

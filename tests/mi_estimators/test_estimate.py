@@ -11,16 +11,6 @@ import mi_estimators as mie
 from mi_estimators import History
 from mi_estimators.tasks import CorrelatedGaussian, staircase_task
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SMALL = dict(
     critic="separable",
     critic_options=dict(hidden=(16,), embed_dim=4),

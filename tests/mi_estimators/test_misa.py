@@ -20,14 +20,6 @@ from mi_estimators.scores import Scores
 from mi_estimators.tasks import CorrelatedGaussian
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _scores(pos, neg, lq, h=1.5, tilted=None, dtype=torch.float64):
     t = lambda v: None if v is None else torch.tensor(v, dtype=dtype)  # noqa: E731
     return Scores(t(pos), t(neg), log_proposal=t(lq), marginal_entropy=h, tilted=t(tilted))

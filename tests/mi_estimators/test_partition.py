@@ -26,14 +26,6 @@ from mi_estimators.samplers import HMC, MALA, NonFiniteChainError
 Z_CRIT = 3.5  # two-sided normal quantile for a false-alarm rate below 5e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _case(n: int, requires_grad: bool = False):
     mu = torch.tensor([0.4, -0.3, 0.2], requires_grad=requires_grad)
     b = torch.tensor([0.6, -0.8, 0.5], requires_grad=requires_grad)

@@ -14,15 +14,6 @@ from mi_estimators.bounds import dv_bound, nwj_bound
 ANCHORS = ["ba", "club", "dv", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def cleanup():
     """Names registered by a test, unregistered afterwards even when it fails."""

@@ -31,15 +31,6 @@ from mi_estimators.samplers import (
 ALPHA = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny batched ops: intra-op threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _check_gaussian(z: torch.Tensor, mean: torch.Tensor, var: float, alpha: float = ALPHA) -> None:
     """`z [M, d]` independent draws: each dimension's mean matches `mean` (z-test) and the pooled variance
     matches `var` (chi-square on M*d degrees of freedom), each at two-sided level `alpha` (Bonferroni over dims)."""

@@ -12,16 +12,6 @@ from hypothesis import strategies as st
 import mi_estimators as mie
 from mi_estimators import Scores
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 N, K = 3, 2
 
 

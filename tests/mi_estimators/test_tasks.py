@@ -16,16 +16,6 @@ N_MC = 100_000
 N_SE = 6.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are small (<= 100k rows): one intra-op thread is faster than two on a busy machine, where
-    each parallel op pays a synchronisation. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

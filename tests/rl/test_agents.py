@@ -17,14 +17,6 @@ B, DO, DA = 4, 3, 2
 TINY = {"hidden_q": (8, 8), "hidden_pi": (8, 8), "seed": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {

@@ -18,14 +18,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = {"hidden_q": (8, 8), "hidden_pi": (8, 8), "batch_size": 8, "final_eval": False, "eval_every": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_dataset(n: int = 64, do: int = 4, da: int = 2, seed: int = 0) -> OfflineDataset:
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=(n + 1, do)).astype(np.float32)
