@@ -191,10 +191,11 @@ class QEnsemble(nn.Module):
         # Action part for all B*K actions: [E, B*K, da] @ [E, da, h].
         a = act.reshape(1, b * k, self.act_dim).expand(e, b * k, self.act_dim)
         h = torch.bmm(a, self.w_act)
+        # In place (the matmul's backward needs its inputs, not its output): no extra [E, B*K, h] copy.
         if single:
-            h = h + hs
+            h = h.add_(hs)
         else:
-            h = (h.view(e, b, k, h0) + hs.unsqueeze(2)).view(e, b * k, h0)
+            h = h.view(e, b, k, h0).add_(hs.unsqueeze(2)).view(e, b * k, h0)
         for layer in self.layers:
             h = layer(self._act(h))
         q = h.squeeze(-1)  # [E, B*K]

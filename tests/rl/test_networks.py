@@ -57,9 +57,13 @@ def test_qensemble_k_actions_equal_loop_over_actions() -> None:
     # gradients flow to the actions in the K-path as in the loop
     a1 = acts.clone().requires_grad_(True)
     a2 = acts.clone().requires_grad_(True)
-    q(obs, a1).sum().backward()
-    torch.stack([q(obs, a2[:, k]) for k in range(5)], -1).sum().backward()
+    q(obs, a1).square().sum().backward()
+    g1 = {n: p.grad.clone() for n, p in q.named_parameters()}
+    q.zero_grad()
+    torch.stack([q(obs, a2[:, k]) for k in range(5)], -1).square().sum().backward()
     torch.testing.assert_close(a1.grad, a2.grad, rtol=1e-5, atol=1e-6)
+    for n, p in q.named_parameters():
+        torch.testing.assert_close(g1[n], p.grad, rtol=1e-5, atol=1e-5, msg=f"grad of {n}")
 
 
 def test_qensemble_shape_errors_name_the_argument() -> None:
