@@ -605,17 +605,19 @@ def write_references(env_id: str, entry: dict[str, Any], path: str | os.PathLike
 def ship_checkpoints(
     run_dir: str | os.PathLike,
     checkpoint_dir: str | os.PathLike | None = None,
-    max_replay_snapshots: int = 12,
+    max_replay_snapshots: int = 8,
     medium_fraction: float = 1.0 / 3.0,
     stochastic_episodes: int = 20,
     check_float16: bool = True,
+    replay_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Copy the chosen snapshots of a `python -m rl.sac` run into `checkpoint_dir` with a manifest ``<env>.json``.
 
     expert: the snapshot with the best eval return; medium: among earlier snapshots, the one whose eval return is
     closest to `medium_fraction` of the expert's (D4RL's early-stopped agent); medium-replay: up to
     `max_replay_snapshots` snapshots after the random warm-up up to the medium one (evenly thinned, the medium
-    one always last). expert and medium are stored in float32, the replay snapshots in float16. The expert and
+    one always last). All are stored in float32 by default (8 replay snapshots keep an env under 3 MB);
+    `replay_dtype=torch.float16` halves the replay snapshots. The expert and
     medium policies are also measured as they generate data (stochastic, `stochastic_episodes` episodes): mean,
     std and the `dataset_return_range` (mean +- max(3 std / sqrt(5), 15 %)) a small dataset should fall in.
     With `check_float16`, each float16 snapshot is evaluated again as in training (`eval_return_float16`).
@@ -679,8 +681,10 @@ def ship_checkpoints(
         if e["step"] == medium["step"]:
             snaps.append({**man["medium"]})
         else:
-            entry = put(e, f"{env_id}-replay_{int(e['step']):07d}.pt", torch.float16)
-            if check_float16:  # the same deterministic evaluation as in training, on the float16 weights
+            entry = put(e, f"{env_id}-replay_{int(e['step']):07d}.pt", replay_dtype)
+            if (
+                check_float16 and replay_dtype == torch.float16
+            ):  # the same deterministic evaluation as in training, on the float16 weights
                 from rl.sac import evaluate
 
                 half_policy, _ = load_policy_snapshot(out / entry["file"])
@@ -758,7 +762,8 @@ def markdown_tables(
                 f"| {env_id} | {role} | {e['step']} | {e['eval_return']:.1f} | {e['file']} ({e['dtype']}) |"
             )
         steps = ", ".join(str(s["step"]) for s in man["medium_replay"]["snapshots"])
-        lines.append(f"| {env_id} | medium-replay | {steps} | | float16 except medium |")
+        dtypes = sorted({s["dtype"] for s in man["medium_replay"]["snapshots"]})
+        lines.append(f"| {env_id} | medium-replay | {steps} | | {', '.join(dtypes)} |")
     refs = load_v5_references(None)
     lines += ["", "| env | random return | expert return | episodes |", "| --- | ---: | ---: | ---: |"]
     for env_id in ENVS.values():
@@ -825,7 +830,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("ship", help="copy the chosen snapshots of a SAC run into rl/checkpoints/")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--checkpoint-dir", default=None, help=f"default {CHECKPOINT_DIR}")
-    s.add_argument("--max-replay-snapshots", type=int, default=12)
+    s.add_argument("--max-replay-snapshots", type=int, default=8)
+    s.add_argument("--float16", action="store_true", help="store the replay snapshots in float16")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -853,7 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "table":
             print(markdown_tables(args.root))
         elif args.cmd == "ship":
-            man = ship_checkpoints(args.run_dir, args.checkpoint_dir, args.max_replay_snapshots)
+            man = ship_checkpoints(
+                args.run_dir,
+                args.checkpoint_dir,
+                args.max_replay_snapshots,
+                replay_dtype=torch.float16 if args.float16 else torch.float32,
+            )
             for role in ("expert", "medium"):
                 print(f"  {role}: {json.dumps({k: v for k, v in man[role].items() if k != 'sha256'})}")
             print(

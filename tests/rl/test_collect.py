@@ -35,7 +35,14 @@ def ckpt_dir(tmp_path_factory) -> Path:
         evals.append({"step": 10 * i, "return_mean": r, "return_std": 1.0, "episodes": 10})
     (run / "evals.json").write_text(json.dumps(evals))
     out = tmp_path_factory.mktemp("ckpt")
-    collect.ship_checkpoints(run, out, max_replay_snapshots=4, stochastic_episodes=0, check_float16=False)
+    collect.ship_checkpoints(
+        run,
+        out,
+        max_replay_snapshots=4,
+        stochastic_episodes=0,
+        check_float16=False,
+        replay_dtype=torch.float16,
+    )
     return out
 
 
