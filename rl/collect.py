@@ -56,8 +56,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rl._atomic import atomic_write
 from rl.networks import TanhGaussianPolicy
-from rl.sac import atomic_write, load_policy_snapshot
+from rl.sac import load_policy_snapshot
 
 __all__ = [
     "ENVS",

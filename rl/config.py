@@ -186,7 +186,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write `cfg` as YAML (keys in field order), atomically."""
-    from rl.sac import atomic_write
+    from rl._atomic import atomic_write
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rl._atomic import atomic_write
 from rl.networks import QEnsemble, TanhGaussianPolicy
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "evaluate",
     "load_policy_snapshot",
     "save_policy_snapshot",
-    "atomic_write",
     "make_adam",
     "main",
 ]
@@ -119,22 +118,6 @@ def make_adam(params, lr: float, **kwargs: Any) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused not supported for these tensors/device
         return torch.optim.Adam(params, lr=lr, **kwargs)
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Call `write_fn(tmp_path)` on a temporary file in the same directory, then `os.replace` it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _scale_action(a: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl._atomic import atomic_write
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
 from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
-from rl.sac import atomic_write, evaluate
+from rl.sac import evaluate
 
 __all__ = ["Trainer", "TrainingError", "RunDirError", "build_config", "main"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rl.data._atomic import atomic_file, jsonable
+from rl._atomic import atomic_file, jsonable
 from rl.data.dataset import REQUIRED_D4RL_KEYS, OfflineDataset, from_d4rl_dict
 
 __all__ = ["read_hdf5", "to_hdf5"]

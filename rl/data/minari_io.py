@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rl.data._atomic import atomic_dir_replace, jsonable
+from rl._atomic import atomic_dir_replace, jsonable
 from rl.data.dataset import OfflineDataset, _fmt_row
 
 __all__ = ["read_minari", "from_minari", "to_minari", "minari_root"]

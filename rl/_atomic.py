@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_file", "atomic_dir_replace", "jsonable"]
+__all__ = ["atomic_file", "atomic_write", "atomic_dir_replace", "jsonable"]
 
 
 @contextlib.contextmanager
@@ -31,11 +31,18 @@ def atomic_file(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:  # flush to disk before the rename makes the file visible
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be readable like any other file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Any) -> None:
+    """Call `write_fn(tmp_path)` on a temporary file next to `path`, then move it onto `path` (see `atomic_file`)."""
+    with atomic_file(Path(path)) as tmp:
+        write_fn(str(tmp))
 
 
 def atomic_dir_replace(src: Path, dst: Path, overwrite: bool) -> None:
