@@ -251,10 +251,7 @@ class MIAgent(OfflineAgent):
                     thin=part.thin,
                     value_and_grad=density.value_and_grad,
                 )
-                a = res.samples
-                u = 0.5 * (
-                    torch.log1p(a) - torch.log1p(-a)
-                )  # atanh; accepted states are strictly inside the box
+                u = dist.to_unconstrained(res.samples)  # accepted states are strictly inside the box
             else:  # unconstrained space (also the only one pyro's samplers run in)
                 critic = self.critic
 
