@@ -1,6 +1,6 @@
 """MI-regularised offline actor-critic: any registry estimator as the regulariser, with `T = Q` and the policy as
 proposal. MISA (Ma et al. 2022, arXiv 2210.07484) is `estimator: misa`; the defaults are the official code's
-(sail-sg/MISA, see /work/shared/misa-spec.md).
+(sail-sg/MISA, `algos/misa.py`; docs/rl.md lists where this port deviates).
 
 Critic, for each ensemble member `Q_k` (twin Q):
     (Q_k(s, a_D) - y)^2 + critic_weight * critic_term_k,      y = r + gamma (1 - d) min_k Qtarg_k(s', a'), a' ~ pi(s')
