@@ -36,7 +36,7 @@ import mi_estimators as mie
 import mi_estimators.misa as mie_misa  # registers the MISA family
 from mi_estimators.partition import MCMCLogZ, MonteCarloLogZ
 from mi_estimators.proposals import DiagGaussian, tanh_log_abs_det_jacobian
-from mi_estimators.samplers import Sampler, sample_tilted
+from mi_estimators.samplers import Sampler
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
 from rl.agents.tilted import TiltedDensity
 from rl.sac import alpha_loss, critic_loss, td_target
@@ -64,7 +64,7 @@ class MIConfig(AgentConfig):
         bc_weight: weight of `alpha log pi(a~|s) - log pi(a_D|s)` (official: 0.5).
         ub_weight: weight of the estimator's policy term (official: 0.1).
         mcmc_space: "action" runs the chain on the action (official; proposals outside (-1, 1) are rejected),
-            "unconstrained" on `atanh(a)` via `mi_estimators.samplers.sample_tilted` (whitened when the
+            "unconstrained" on `atanh(a)` via the estimator's `MCMCLogZ.sample` (whitened when the
             estimator's `precondition` is on).
         compile: `torch.compile` the chain's critic gradient.
     """
@@ -258,18 +258,12 @@ class MIAgent(OfflineAgent):
                 def q_fn(y: Tensor) -> Tensor:
                     return critic.q_min(obs, y)
 
-                res = sample_tilted(
-                    sampler,
+                res = part.sample(
                     dist,
                     q_fn,
-                    part.n_samples,
+                    self.generator,
                     init=act,
-                    generator=self.generator,
-                    chains=part.chains,
-                    precondition=part.precondition,
                     critic_value_and_grad=density.q_value_and_grad if ours else None,
-                    burn_in=part.burn_in,
-                    thin=part.thin,
                 )
                 u = res.unconstrained
         logs["mcmc_accept"] = res.accept_rate.mean()
