@@ -157,9 +157,8 @@ class Trainer:
         self.evals: list[dict[str, Any]] = []
         self.offsets = {"progress.csv": 0, "eval.csv": 0}
         self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[
-            str, int
-        ] = {}  # per key: some terms are logged on some steps only (TD3+BC's actor)
+        # Counted per key: some terms are logged on some steps only (TD3+BC's delayed actor).
+        self._counts: dict[str, int] = {}
         if resume and self.ckpt_path.exists():
             self.load_checkpoint()
 

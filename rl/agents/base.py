@@ -195,10 +195,7 @@ class OfflineAgent:
         """Normalised observations, scaled rewards, clipped actions; keys observations, actions, rewards,
         next_observations, dones (`terminals` is accepted for dones)."""
         cfg = self.cfg
-        obs, nobs = batch["observations"], batch["next_observations"]
-        if cfg.normalize_observations:
-            obs = (obs - self.obs_mean) / self.obs_std
-            nobs = (nobs - self.obs_mean) / self.obs_std
+        obs, nobs = self.normalize(batch["observations"]), self.normalize(batch["next_observations"])
         rew = batch["rewards"]
         if cfg.normalize_rewards or cfg.reward_scale != 1.0 or cfg.reward_bias != 0.0:
             rew = cfg.reward_scale * (rew * self.reward_factor) + cfg.reward_bias
