@@ -605,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        done = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
+        if done >= cfg.steps:  # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
+            print(f"{cfg.env}: {run_dir} is already at step {done} >= --steps {cfg.steps}; nothing to do")
+            return 0
         trainer.load_checkpoint()
         print(f"resumed {cfg.env} at step {trainer.step}", flush=True)
     trainer.train()

@@ -18,6 +18,7 @@ from rl.sac import (
     soft_update_,
     td_target,
 )
+from rl.sac import main as sac_main
 
 
 def test_td_target_honours_terminals_and_entropy() -> None:
@@ -133,3 +134,14 @@ def test_resume_refuses_other_env_or_seed(tmp_path) -> None:
     cfg.seed = 4
     with pytest.raises(ValueError, match="seed"):
         Trainer(cfg, tmp_path, quiet=True).load_checkpoint()
+
+
+def test_cli_resume_of_a_finished_stage_is_a_no_op(tmp_path, capsys) -> None:
+    # A staged script reruns earlier stages with a smaller --steps (hence a smaller default buffer): that must
+    # neither fail nor touch the run.
+    Trainer(_tiny_cfg(40), tmp_path, quiet=True).train()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    code = sac_main(["--env", "Hopper-v5", "--steps", "20", "--run-dir", str(tmp_path), "--resume"])
+    assert code == 0
+    assert "already at step 40 >= --steps 20" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
