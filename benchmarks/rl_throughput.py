@@ -134,6 +134,8 @@ def main() -> None:
             row["target_ups"] = TARGETS.get(name, "")
             rows.append(row)
             print(row, flush=True)
+    if not rows:
+        raise SystemExit("no case ran (see the errors above); is the project installed (pip install -e .)?")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:

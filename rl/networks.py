@@ -5,7 +5,8 @@ Shapes follow DESIGN.md ("Speed by design"):
 * `EnsembleLinear` holds `E` linear layers as one stacked weight `[E, in, out]` and runs them with one
   `torch.baddbmm`, so a twin Q (or an ensemble of any size) costs one call per layer.
 * `QEnsemble(obs [B, do], act [B, K, da]) -> [E, B, K]` computes the state part of the first layer `W_s s` once per
-  state and broadcasts it over the `K` actions; the `K` actions are one `[B*K, .]` batch through the rest.
+  state and broadcasts it over the `K` actions; the `K` actions are one `[B*K, .]` batch through the rest. It keeps
+  the stacked `[E, in, out]` weights but runs each member as 2-D matmuls (faster backward on the CPU).
 * `TanhGaussianPolicy(obs) -> TanhDiagGaussian` (from `mi_estimators.proposals`): the mean and scale at a state are
   computed once and reused for all samples; it also serves as a conditional proposal (`sample`, `rsample`,
   `log_prob`) for the MI estimators.
@@ -185,21 +186,25 @@ class QEnsemble(nn.Module):
         single = act.dim() == 2
         b = obs.shape[0]
         k = 1 if single else act.shape[1]
-        e, h0 = self.ensemble_size, self.hidden[0]
-        # State part once per state: [B, do] @ [E, do, h] -> [E, B, h] (+ bias).
-        hs = torch.baddbmm(self.b0, obs.unsqueeze(0).expand(e, b, self.obs_dim), self.w_obs)
-        # Action part for all B*K actions: [E, B*K, da] @ [E, da, h].
-        a = act.reshape(1, b * k, self.act_dim).expand(e, b * k, self.act_dim)
-        h = torch.bmm(a, self.w_act)
-        # In place (the matmul's backward needs its inputs, not its output): no extra [E, B*K, h] copy.
-        if single:
-            h = h.add_(hs)
-        else:
-            h = h.view(e, b, k, h0).add_(hs.unsqueeze(2)).view(e, b * k, h0)
-        for layer in self.layers:
-            h = layer(self._act(h))
-        q = h.squeeze(-1)  # [E, B*K]
-        return q if single else q.view(e, b, k)
+        h0 = self.hidden[0]
+        a = act.reshape(b * k, self.act_dim)
+        # One 2-D matmul per member and layer rather than one batched matmul: autograd's `mm` backward runs on
+        # transposed views without copies, whereas `bmm`'s copies its transposed operands (measured: the
+        # 12.8k-row MISA critic pass 323 -> 267 ms, CQL's 7.7k-row pass 139 -> 113 ms per forward+backward).
+        w_obs, w_act, b0 = self.w_obs.unbind(0), self.w_act.unbind(0), self.b0.unbind(0)
+        layers = [(layer.weight.unbind(0), layer.bias.unbind(0)) for layer in self.layers]
+        qs = []
+        for m in range(self.ensemble_size):
+            hs = torch.addmm(b0[m], obs, w_obs[m])  # [B, h0]: the state part, once per state
+            if single:
+                h = torch.addmm(hs, a, w_act[m])
+            else:  # broadcast over the K actions of each state (out of place: a clean backward, sum over K)
+                h = (a @ w_act[m]).view(b, k, h0).add(hs.unsqueeze(1)).view(b * k, h0)
+            for weights, biases in layers:
+                h = torch.addmm(biases[m], self._act(h), weights[m])
+            qs.append(h.squeeze(-1))
+        q = torch.stack(qs)  # [E, B*K]
+        return q if single else q.view(self.ensemble_size, b, k)
 
     @staticmethod
     def min(q: Tensor) -> Tensor:

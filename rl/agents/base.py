@@ -39,8 +39,9 @@ from rl.sac import make_adam, soft_update_
 __all__ = ["AgentConfig", "OfflineAgent", "Batch", "Losses", "frozen"]
 
 Batch = dict[str, Tensor]
-#: (objectives: optimiser name -> loss to minimise, logs: name -> detached 0-d tensor)
-Losses = tuple[dict[str, Tensor], dict[str, Tensor]]
+#: (objectives: optimiser name -> loss to minimise, or None if the phase already backpropagated it;
+#:  logs: name -> detached 0-d tensor)
+Losses = tuple[dict[str, Tensor | None], dict[str, Tensor]]
 
 
 @dataclass
@@ -213,18 +214,22 @@ class OfflineAgent:
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient update on a raw minibatch (see the module docstring). Returns detached 0-d tensors (no
-        `.item()`: the caller decides when to synchronise)."""
+        `.item()`: the caller decides when to synchronise).
+
+        Gradients are cleared before each phase, so a phase may backpropagate part of its objectives itself (MISA
+        does, to overlap the critic's backward pass with its MCMC chain) and name them with `None`: those
+        optimisers still step."""
         batch = self.prepare(batch)
         logs: dict[str, Tensor] = {}
         for phase in self.phases():
-            objectives, info = phase(batch)
-            opts = [self.optimizers[name] for name in objectives]
-            for opt in opts:
+            for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
-            if objectives:
-                sum(objectives.values()).backward()
-            for opt in opts:
-                opt.step()
+            objectives, info = phase(batch)
+            pending = [loss for loss in objectives.values() if loss is not None]
+            if pending:
+                sum(pending).backward()
+            for name in objectives:
+                self.optimizers[name].step()
             logs.update(info)
         self.after_update()
         self.num_updates += 1

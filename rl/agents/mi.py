@@ -26,7 +26,10 @@ Temperature: `-mean(log_alpha (log pi(a~|s) + target_entropy))`, target `-|A|`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -67,6 +70,12 @@ class MIConfig(AgentConfig):
             "unconstrained" on `atanh(a)` via the estimator's `MCMCLogZ.sample` (whitened when the
             estimator's `precondition` is on).
         compile: `torch.compile` the chain's critic gradient.
+        chain_parts: the MCMC chains (one per state) are run as this many groups of states, each drawing from its
+            own generator; with per-chain step-size adaptation (the default) the chains are independent, so this
+            changes no law, only the random streams. Samplers that couple the chains (pyro's, `per_chain=False`)
+            run as one group.
+        overlap_chain: on the CPU with >= 2 torch threads, run each chain group in a worker thread while the
+            critic's losses and backward pass run (every thread on one torch thread). Same numbers either way.
     """
 
     algo: str = "mi"
@@ -84,6 +93,8 @@ class MIConfig(AgentConfig):
     ub_weight: float = 0.1
     mcmc_space: str = "action"
     compile: bool = False
+    chain_parts: int = 2
+    overlap_chain: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +102,8 @@ class MIConfig(AgentConfig):
             raise ValueError(f"mcmc_space must be 'action' or 'unconstrained'; got {self.mcmc_space!r}")
         if self.n_negatives < 1:
             raise ValueError(f"n_negatives must be >= 1; got {self.n_negatives}")
+        if self.chain_parts < 1:
+            raise ValueError(f"chain_parts must be >= 1; got {self.chain_parts}")
 
 
 class MIAgent(OfflineAgent):
@@ -115,6 +128,48 @@ class MIAgent(OfflineAgent):
             )
         self.estimator, self.partition = est, partition
         self.modules["estimator"] = est
+        # The chains' own streams (one per group of states), so that they can run beside the critic's draws and
+        # give the same numbers.
+        self.chain_generators = [
+            torch.Generator(self.device).manual_seed(self.cfg.seed + 1 + i)
+            for i in range(self.cfg.chain_parts)
+        ]
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _chain_groups(self, n: int) -> list[slice]:
+        """Row slices of the `n` states, one per chain group (one group when the sampler couples the chains)."""
+        sampler = getattr(self.partition, "sampler", None)
+        independent = isinstance(sampler, Sampler) and getattr(sampler, "per_chain", True)
+        parts = min(self.cfg.chain_parts, n) if independent else 1
+        bounds = [round(i * n / parts) for i in range(parts + 1)]
+        return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+    def _chain_executor(self) -> ThreadPoolExecutor | None:
+        """The worker threads for the chain groups, when overlapping pays (CPU, >= 2 threads, our samplers)."""
+        part = self.partition
+        if not (
+            self.cfg.overlap_chain
+            and self.device.type == "cpu"
+            and torch.get_num_threads() >= 2
+            and isinstance(part, MCMCLogZ)
+            and isinstance(part.sampler, Sampler)
+        ):
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.cfg.chain_parts, thread_name_prefix="mi-chain"
+            )
+        return self._executor
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["chain_generators"] = [gen.get_state() for gen in self.chain_generators]
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        super().load_state_dict(sd)
+        for gen, state in zip(self.chain_generators, sd["chain_generators"], strict=True):
+            gen.set_state(state)
 
     def critic_parameters(self) -> list[torch.nn.Parameter]:
         # An estimator's own parameters (a learned TUBA/interpolated baseline) belong to the critic's bound.
@@ -133,43 +188,61 @@ class MIAgent(OfflineAgent):
         nobs, done = batch["next_observations"], batch["dones"]
         alpha = self.alpha
         dist = self.policy(obs)  # mean and log-std at the states, once; reused by every term below
-
-        # Critic: TD (no entropy backup) + critic_weight x the estimator's critic term per ensemble member.
-        with torch.no_grad():
-            next_act = self.policy(nobs).sample(1, g).squeeze(1)
-            y = td_target(rew, done, self.critic_target.q_min(nobs, next_act), cfg.gamma)
-        q_data = self.critic(obs, act)  # [E, B]
-        td = critic_loss(q_data, y)
-        log_pi_data = dist.log_prob(act)  # [B]
         no_scores = cfg.estimator == "ba"  # BA has T = 0: no critic scores at all
-        if no_scores:
-            critic_mi = torch.zeros((), device=obs.device)
-        else:
-            neg_act = dist.sample(cfg.n_negatives, g)  # [B, N, da], detached
-            q_neg = self.critic(obs, neg_act)  # [E, B, N]
-            critic_mi = sum(self._critic_term(q_data[k], q_neg[k]) for k in range(q_data.shape[0]))
+        policy_side = not no_scores and est.needs_proposal
+        chain = None
+        if policy_side and isinstance(self.partition, MCMCLogZ):
+            # The chains read the pre-update critic and policy only, so they can run while the critic learns.
+            groups = self._chain_groups(obs.shape[0])
+            jobs = [
+                partial(self._chain, dist, obs, act, rows, gen)
+                for rows, gen in zip(groups, self.chain_generators)
+            ]
+            chain = _Jobs(jobs, self._chain_executor())
+        try:
+            # Critic: TD (no entropy backup) + critic_weight x the estimator's critic term per ensemble member.
+            with torch.no_grad():
+                next_act = self.policy(nobs).sample(1, g).squeeze(1)
+                y = td_target(rew, done, self.critic_target.q_min(nobs, next_act), cfg.gamma)
+            q_data = self.critic(obs, act)  # [E, B]
+            td = critic_loss(q_data, y)
+            if no_scores:
+                critic_mi = torch.zeros((), device=obs.device)
+            else:
+                neg_act = dist.sample(cfg.n_negatives, g)  # [B, N, da], detached
+                q_neg = self.critic(obs, neg_act)  # [E, B, N]
+                critic_mi = sum(self._critic_term(q_data[k], q_neg[k]) for k in range(q_data.shape[0]))
+            critic_objective: Tensor | None = td + cfg.critic_weight * critic_mi
+            if chain is not None and chain.concurrent:
+                # The critic's loss reaches only the critic (and the estimator's parameters): its backward pass
+                # can run now, beside the chain; the update then steps it without a second backward.
+                critic_objective.backward()
+                critic_objective = None
 
-        # Actor: -Q + BC/entropy + ub_weight x the estimator's policy term.
-        new_act, log_pi_new = self.policy.rsample_with_log_prob(dist, 1, g)
-        with frozen(self.critic):
-            q_new = self.critic.q_min(obs, new_act.squeeze(1))
-        actor_q = -q_new.mean()
-        actor_bc = cfg.bc_weight * (alpha * log_pi_new.mean() - log_pi_data.mean())
-        if no_scores or not est.needs_proposal:
-            actor_mi, extra = torch.zeros((), device=obs.device), {}
-        else:
-            actor_mi, extra = self._policy_term(
-                dist,
-                obs,
-                act,
-                q_data.detach().min(0).values,
-                q_neg.detach().min(0).values,
-                neg_act,
-                log_pi_data,
-            )
+            # Actor: -Q + BC/entropy + ub_weight x the estimator's policy term.
+            log_pi_data = dist.log_prob(act)  # [B]
+            new_act, log_pi_new = self.policy.rsample_with_log_prob(dist, 1, g)
+            with frozen(self.critic):
+                q_new = self.critic.q_min(obs, new_act.squeeze(1))
+            actor_q = -q_new.mean()
+            actor_bc = cfg.bc_weight * (alpha * log_pi_new.mean() - log_pi_data.mean())
+            if policy_side:
+                actor_mi, extra = self._policy_term(
+                    dist,
+                    obs,
+                    q_data.detach().min(0).values,
+                    q_neg.detach().min(0).values,
+                    neg_act,
+                    chain,
+                )
+            else:
+                actor_mi, extra = torch.zeros((), device=obs.device), {}
+        finally:
+            if chain is not None:
+                chain.close()
         actor = actor_q + actor_bc + cfg.ub_weight * actor_mi
 
-        objectives = {"critic": td + cfg.critic_weight * critic_mi, "actor": actor}
+        objectives = {"critic": critic_objective, "actor": actor}
         logs = {
             "critic_td": td.detach(),
             "critic_mi": critic_mi.detach(),
@@ -199,19 +272,20 @@ class MIAgent(OfflineAgent):
         self,
         dist: Any,
         obs: Tensor,
-        act: Tensor,
         q_data: Tensor,
         q_neg: Tensor,
         neg_act: Tensor,
-        log_pi_data: Tensor,
+        chain: _Jobs | None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The estimator's loss on policy-side scores: Q is frozen and `log pi(a_D|s)` left out (it is the BC term,
         weighted separately), so its gradient wrt the policy is that of the partition term alone; its value is
-        `partition - mean min Q(s, a_D)`. Returns `(loss, logs)`."""
+        `partition - mean min Q(s, a_D)`. `chain` holds the MCMC samples when the partition is `MCMCLogZ`.
+        Returns `(loss, logs)`."""
         part, extra = self.partition, {}
         tilted = None
-        if isinstance(part, MCMCLogZ):
-            u = self._chain(dist, obs, act, part, extra)  # [B, S, da] unconstrained, detached
+        if chain is not None:
+            u, accept, step = (torch.cat(parts) for parts in zip(*chain.result()))  # u: [B, S, da], detached
+            extra = {"mcmc_accept": accept.mean(), "mcmc_step_size": step.mean()}
             # log pi on the tilted samples, from u (no atanh near +-1); T = Q is constant in theta and left out:
             # the surrogate enters with zero value, so only its gradient E_tilted[grad log pi] matters.
             tilted = DiagGaussian.log_prob_unconstrained(dist, u) - tanh_log_abs_det_jacobian(u)
@@ -232,9 +306,15 @@ class MIAgent(OfflineAgent):
         )
         return self.estimator.loss(s), extra
 
-    def _chain(self, dist: Any, obs: Tensor, act: Tensor, part: MCMCLogZ, logs: dict[str, Tensor]) -> Tensor:
-        """Samples of `pi(a|s) e^{min Q(s,a)}`, one (or `chains`) chain per state started at the dataset action;
-        returns the unconstrained samples `[B, C*S, da]`, detached."""
+    def _chain(
+        self, dist: Any, obs: Tensor, act: Tensor, rows: slice, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Samples of `pi(a|s) e^{min Q(s,a)}` for the states `rows`, one (or `chains`) chain per state started at
+        the dataset action. Returns the unconstrained samples `[b, C*S, da]` (detached) and the per-chain
+        acceptance rate and final step size `[b(, C)]`."""
+        part = self.partition
+        assert isinstance(part, MCMCLogZ)
+        dist, obs, act = type(dist)(dist.mean[rows], dist.log_std[rows]), obs[rows], act[rows]
         sampler = part.sampler
         init = act if part.chains == 1 else act.unsqueeze(1).expand(-1, part.chains, -1)
         density = TiltedDensity(dist, self.critic, obs, compile=self.cfg.compile)
@@ -246,7 +326,7 @@ class MIAgent(OfflineAgent):
                     None,
                     init,
                     part.n_samples,
-                    self.generator,
+                    generator,
                     burn_in=part.burn_in,
                     thin=part.thin,
                     value_and_grad=density.value_and_grad,
@@ -261,11 +341,40 @@ class MIAgent(OfflineAgent):
                 res = part.sample(
                     dist,
                     q_fn,
-                    self.generator,
+                    generator,
                     init=act,
                     critic_value_and_grad=density.q_value_and_grad if ours else None,
                 )
                 u = res.unconstrained
-        logs["mcmc_accept"] = res.accept_rate.mean()
-        logs["mcmc_step_size"] = res.step_size.mean()
-        return u.detach()
+        return u.detach(), res.accept_rate.reshape(-1), res.step_size.reshape(-1)
+
+
+class _Jobs:
+    """`fns` run now, in order, or each in a worker thread of `executor` while the caller goes on (`concurrent`).
+    Meanwhile torch runs one intra-op thread per Python thread (its thread count is process-wide); the count is
+    restored when the jobs are collected."""
+
+    def __init__(self, fns: list[Callable[[], Any]], executor: ThreadPoolExecutor | None) -> None:
+        self.concurrent = executor is not None
+        self._futures: list[Future] = []
+        if executor is None:
+            self._values = [fn() for fn in fns]
+            return
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._futures = [executor.submit(fn) for fn in fns]
+
+    def result(self) -> list[Any]:
+        if self._futures:
+            try:
+                self._values = [f.result() for f in self._futures]
+            finally:
+                self.close()
+        return self._values
+
+    def close(self) -> None:
+        """Wait for the workers (also when the caller failed) and give torch its threads back; idempotent."""
+        if self._futures:
+            futures, self._futures = self._futures, []
+            wait(futures)  # a failure surfaces through result()
+            torch.set_num_threads(self._threads)

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 import mi_estimators as mie
 from rl.agents import config_class, make_agent
+from rl.agents.mi import _Jobs
 from rl.agents.tilted import TiltedDensity
 
 B, DO, DA = 4, 3, 2
@@ -84,7 +85,7 @@ def test_misa_losses_by_hand(monkeypatch):
     assert batch["actions"].abs().max() == pytest.approx(0.999)
     # The MCMC samples are fixed here (the chain itself is tested in mi_estimators and below).
     u_mc = torch.randn(B, n_mc, DA, generator=torch.Generator().manual_seed(9))
-    monkeypatch.setattr(agent, "_chain", lambda *a, **k: u_mc)
+    monkeypatch.setattr(agent, "_chain", lambda d, o, a, rows, gen: (u_mc[rows], o[rows, 0], o[rows, 0]))
     g = gen_copy(agent)
     objectives, logs = agent.losses(batch)
 
@@ -142,19 +143,12 @@ def test_misa_policy_term_gradient_is_tilted_log_likelihood(monkeypatch):
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     u_mc = torch.randn(B, 4, DA, generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(agent, "_chain", lambda *a, **k: u_mc)
+    monkeypatch.setattr(agent, "_chain", lambda d, o, a, rows, gen: (u_mc[rows], o[rows, 0], o[rows, 0]))
     _, logs = agent.losses(batch)
     dist = agent.policy(batch["observations"])
     q_neg = agent.critic.q_min(batch["observations"], dist.sample(3, torch.Generator().manual_seed(0)))
-    term, _ = agent._policy_term(
-        dist,
-        batch["observations"],
-        batch["actions"],
-        torch.zeros(B),
-        q_neg.detach(),
-        None,
-        dist.log_prob(batch["actions"]),
-    )
+    chain = _Jobs([lambda: (u_mc, torch.ones(B), torch.ones(B))], None)
+    term, _ = agent._policy_term(dist, batch["observations"], torch.zeros(B), q_neg.detach(), None, chain)
     ref = (
         sum(
             logp_ref(dist.mean[i], dist.log_std[i], torch.tanh(u_mc[i, j]))
@@ -215,6 +209,58 @@ def test_every_estimator_swaps_in():
         logs = agent.update(tiny_batch())
         assert all(bool(torch.isfinite(v)) for v in logs.values()), (name, logs)
         assert any(not torch.equal(b, p) for b, p in zip(before, agent.critic.parameters())), name
+
+
+@pytest.mark.parametrize("estimator", ["misa", "misa-dv"])
+def test_overlapped_chain_gives_the_sequential_numbers(estimator):
+    """With 2 threads the chain runs in a worker beside the critic's backward pass; the result must be that of
+    the sequential update (the chain has its own generator; both sides run one thread, as the sequential run)."""
+    opts = {"n_samples": 5, "burn_in": 2}
+    if estimator == "misa-dv":
+        opts["log_z"] = "mcmc"
+    states = {}
+    for threads, overlap in ((1, False), (2, True), (2, False)):
+        cfg = config_class("mi")(
+            **TINY, n_negatives=4, estimator=estimator, estimator_options=opts, overlap_chain=overlap
+        )
+        agent = make_agent(cfg, DO, DA)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            assert (agent._chain_executor() is not None) == (threads == 2 and overlap)
+            for step in range(3):
+                logs = agent.update(tiny_batch(step))
+            assert torch.get_num_threads() == threads  # the worker gave its thread back
+        finally:
+            torch.set_num_threads(old)
+        states[(threads, overlap)] = (agent.state_dict(), logs)
+    ref_sd, ref_logs = states[(1, False)]
+    for key in ((2, True), (2, False)):
+        sd, logs = states[key]
+        for name, module in ref_sd["modules"].items():
+            for pname, v in module.items():
+                torch.testing.assert_close(sd["modules"][name][pname], v, rtol=1e-6, atol=1e-7, msg=pname)
+        for state, ref_state in zip(sd["chain_generators"], ref_sd["chain_generators"], strict=True):
+            assert torch.equal(state, ref_state)
+        assert float(logs["mcmc_accept"]) == pytest.approx(float(ref_logs["mcmc_accept"]), abs=1e-6)
+
+
+def test_chain_failure_in_the_worker_surfaces_and_frees_the_threads(monkeypatch):
+    cfg = config_class("mi")(**TINY, n_negatives=4, estimator_options={"n_samples": 3})
+    agent = make_agent(cfg, DO, DA)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("chain broke")
+
+    monkeypatch.setattr(agent, "_chain", broken)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="chain broke"):
+            agent.update(tiny_batch())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_unknown_estimator_is_named():
