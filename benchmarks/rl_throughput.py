@@ -147,6 +147,11 @@ def main() -> None:
     import torch
 
     lines = [
+        "# Offline RL throughput (CPU, batch 256, hopper shapes obs 11 / act 3, fp32)",
+        "",
+        f"`python benchmarks/rl_throughput.py {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}. "
+        'Interpretation and the conditions of the committed run: docs/rl.md, "Throughput".',
+        "",
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
         f"1-minute load average before each case in the last column (other jobs share the machine: with load L on "
         f"2 cores a process gets about 2/L of a core, so wall rates are lower than on an idle machine; the "
