@@ -11,6 +11,7 @@ runs in its own subprocess (so `ru_maxrss` is that case's peak resident memory) 
 The SAC update (`rl.sac.SAC`, batch 256, same shapes) is timed in the same run as a reference for machine load.
 
     nice python benchmarks/rl_throughput.py [--threads 1 2] [--seconds 20] [--cases misa-hmc cql ...]
+        [--peer-python .venv-d3rlpy/bin/python]   # also time d3rlpy's CQL/IQL/TD3+BC/BC in the same run
 
 Writes `benchmarks/results/rl_throughput.{csv,md}`.
 """
@@ -46,6 +47,8 @@ CASES: dict[str, tuple[str, dict]] = {
     "sac (reference)": ("sac", {}),
 }
 TARGETS = {"misa-hmc": 3.8, "cql": 15.6, "iql": 127.0, "td3bc": 188.0, "bc": 306.0}
+#: our case -> d3rlpy algorithm timed right after it by `peer_d3rlpy.py` (with --peer-python)
+PEERS = {"cql": "cql", "iql": "iql", "td3bc": "td3bc", "bc": "bc"}
 
 
 def _batch(b: int = 256, do: int = 11, da: int = 3):
@@ -107,6 +110,11 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=list(CASES))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(RESULTS / "rl_throughput"))
+    p.add_argument(
+        "--peer-python",
+        default=None,
+        help="a Python with d3rlpy installed (see peer_d3rlpy.py): time d3rlpy right after each matching case",
+    )
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.threads[0], args.seconds)))
@@ -132,6 +140,16 @@ def main() -> None:
             row = json.loads(res.stdout.strip().splitlines()[-1])
             row["load_avg_1m_before"] = round(load, 2)
             row["target_ups"] = TARGETS.get(name, "")
+            row["d3rlpy_ups"] = ""
+            if args.peer_python and name in PEERS:
+                peer = [args.peer_python, str(Path(__file__).with_name("peer_d3rlpy.py")), PEERS[name]]
+                peer_res = subprocess.run(
+                    [*peer, str(threads), str(args.seconds)], capture_output=True, text=True
+                )
+                if peer_res.returncode != 0:
+                    print(f"d3rlpy {name}: failed\n{peer_res.stderr[-2000:]}", file=sys.stderr)
+                else:
+                    row["d3rlpy_ups"] = json.loads(peer_res.stdout.strip().splitlines()[-1])["wall_ups"]
             rows.append(row)
             print(row, flush=True)
     if not rows:
@@ -158,13 +176,15 @@ def main() -> None:
         f"CPU-time rates with 1 thread are the better guide to idle single-core speed; the SAC row is the same "
         f"machine's reference).",
         "",
-        "| case | threads | updates/s (wall) | updates/s (CPU time) | target | first update (s) | peak RSS (MB) | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | threads | updates/s (wall) | updates/s (CPU time) | d3rlpy, same run (wall) | ours / d3rlpy "
+        "| target | first update (s) | peak RSS (MB) | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        ratio = f"{r['wall_ups'] / r['d3rlpy_ups']:.2f}" if r["d3rlpy_ups"] else ""
         lines.append(
-            f"| {r['case']} | {r['threads']} | {r['wall_ups']} | {r['cpu_ups']} | {r['target_ups']} | "
-            f"{r['first_update_s']} | {r['peak_rss_mb']} | {r['load_avg_1m_before']} |"
+            f"| {r['case']} | {r['threads']} | {r['wall_ups']} | {r['cpu_ups']} | {r['d3rlpy_ups']} | {ratio} "
+            f"| {r['target_ups']} | {r['first_update_s']} | {r['peak_rss_mb']} | {r['load_avg_1m_before']} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
