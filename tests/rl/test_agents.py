@@ -247,6 +247,19 @@ def test_overlapped_chain_gives_the_sequential_numbers(estimator):
         assert float(logs["mcmc_accept"]) == pytest.approx(float(ref_logs["mcmc_accept"]), abs=1e-6)
 
 
+def test_chain_groups_split_independent_chains_only():
+    from mi_estimators.samplers import HMC
+
+    agent = make_agent(config_class("mi")(**TINY, chain_parts=2), DO, DA)
+    assert agent._chain_groups(5) == [slice(0, 2), slice(2, 5)]
+    assert agent._chain_groups(1) == [slice(0, 1)]
+    # a sampler that adapts one step size from all chains couples them: one group
+    coupled = config_class("mi")(**TINY, chain_parts=2, estimator_options={"sampler": HMC(per_chain=False)})
+    assert make_agent(coupled, DO, DA)._chain_groups(5) == [slice(0, 5)]
+    with pytest.raises(ValueError, match="chain_parts must be >= 1"):
+        config_class("mi")(**TINY, chain_parts=0)
+
+
 def test_chain_failure_in_the_worker_surfaces_and_frees_the_threads(monkeypatch):
     cfg = config_class("mi")(**TINY, n_negatives=4, estimator_options={"n_samples": 3})
     agent = make_agent(cfg, DO, DA)
