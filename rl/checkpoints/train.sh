@@ -11,7 +11,9 @@ for steps in 50000 120000; do  # session 1: 50k each; session 2: 120k each
     python -m rl.sac --env $env --steps $steps $common --run-dir runs/sac/$env
   done
 done
-python -m rl.sac --env Walker2d-v5 --steps WALKER_STEPS $common --run-dir runs/sac/Walker2d-v5  # Walker2d learns slower
+for steps in 200000 300000; do  # Walker2d learns slower (eval ~500 at 120k, 3188 at 290k)
+  python -m rl.sac --env Walker2d-v5 --steps $steps $common --run-dir runs/sac/Walker2d-v5
+done
 for env in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do
   python -m rl.collect ship --run-dir runs/sac/$env          # picks expert/medium/replay snapshots + manifest
   python -m rl.collect references --env $env --episodes 100  # v5 reference returns
