@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from ._math import logmeanexp
-from .proposals import tanh_log_abs_det_jacobian
 from .samplers import Sampler, SampleResult, _PyroSampler, make_sampler, sample_tilted
 
 __all__ = ["LogZEstimate", "MCMCLogZ", "MonteCarloLogZ", "PartitionError", "mcmc_log_z_surrogate"]
@@ -234,7 +233,7 @@ class MCMCLogZ:
         t = _score(critic, y, "tilted samples")
         if getattr(law, "bounded", False):
             u = result.unconstrained.detach()
-            log_q = law.log_prob_unconstrained(u) - tanh_log_abs_det_jacobian(u)
+            log_q = law.log_prob_of_squashed(u)
         else:
             log_q = law.log_prob(y)
         return t + log_q

@@ -144,6 +144,11 @@ class TanhDiagGaussian(DiagGaussian):
     # log_prob_unconstrained is inherited: the density of u = atanh(y) is the Gaussian itself,
     # log q(tanh u) + log|d tanh u / du| = log N(u; mean, std^2).
 
+    def log_prob_of_squashed(self, u: Tensor) -> Tensor:
+        """`log q(tanh u)` from the pre-squash value `u` `[N(, K), d]` -> `[N(, K)]`, nats: exact where `tanh(u)`
+        rounds to +-1 (no round trip through `atanh`)."""
+        return self.log_prob_unconstrained(u) - tanh_log_abs_det_jacobian(u)
+
     def log_prob(self, y: Tensor) -> Tensor:
         mean, log_std = self._params_like(y)
         inside = (y.abs() < 1.0).all(-1)

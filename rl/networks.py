@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mi_estimators.proposals import DiagGaussian, TanhDiagGaussian, tanh_log_abs_det_jacobian
+from mi_estimators.proposals import TanhDiagGaussian
 
 __all__ = [
     "EnsembleLinear",
@@ -296,8 +296,7 @@ class TanhGaussianPolicy(nn.Module):
         (no round trip through `atanh`, so it stays exact when `tanh(u)` rounds to +-1).
         """
         u = dist.rsample_unconstrained(k, generator)
-        log_n = DiagGaussian.log_prob_unconstrained(dist, u)
-        return dist.to_constrained(u), log_n - tanh_log_abs_det_jacobian(u)
+        return dist.to_constrained(u), dist.log_prob_of_squashed(u)
 
     def sample_with_log_prob(
         self, obs: Tensor, k: int = 1, generator: torch.Generator | None = None

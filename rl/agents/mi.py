@@ -38,7 +38,6 @@ from torch import Tensor
 import mi_estimators as mie
 import mi_estimators.misa as mie_misa  # registers the MISA family
 from mi_estimators.partition import MCMCLogZ, MonteCarloLogZ
-from mi_estimators.proposals import DiagGaussian, tanh_log_abs_det_jacobian
 from mi_estimators.samplers import Sampler
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
 from rl.agents.tilted import TiltedDensity
@@ -288,7 +287,7 @@ class MIAgent(OfflineAgent):
             extra = {"mcmc_accept": accept.mean(), "mcmc_step_size": step.mean()}
             # log pi on the tilted samples, from u (no atanh near +-1); T = Q is constant in theta and left out:
             # the surrogate enters with zero value, so only its gradient E_tilted[grad log pi] matters.
-            tilted = DiagGaussian.log_prob_unconstrained(dist, u) - tanh_log_abs_det_jacobian(u)
+            tilted = dist.log_prob_of_squashed(u)
             negative = q_neg
         elif isinstance(part, MonteCarloLogZ) and part.grad == "reparam":
             with frozen(self.critic):  # pathwise gradient through the actions into the policy only
