@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+import rl.networks as networks
 from mi_estimators.proposals import TanhDiagGaussian
-from rl.networks import EnsembleLinear, QEnsemble, TanhGaussianPolicy
+from rl.networks import EnsembleLinear, QEnsemble, TanhGaussianPolicy, elu
 
 
 def _reference_mlp(q: QEnsemble, e: int) -> nn.Sequential:
@@ -74,6 +75,76 @@ def test_qensemble_shape_errors_name_the_argument() -> None:
         q(torch.randn(3, 4), torch.randn(2, 2))
     with pytest.raises(ValueError, match="activation"):
         QEnsemble(4, 2, activation="swishy")
+
+
+def _q_and_grads(q: QEnsemble, obs: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
+    """Q on K actions per state, and the gradients of a loss mixing a log-sum-exp and a square (so that
+    every row gets its own gradient) wrt every parameter and both inputs."""
+    for t in [*q.parameters(), obs, act]:
+        t.grad = None
+    v = q(obs, act)
+    (v.logsumexp(-1).sum() + 0.1 * (v**2).mean()).backward()
+    grads = [p.grad for p in q._params()] + [obs.grad, act.grad]
+    return [v.detach()] + [g if g is None else g.clone() for g in grads]
+
+
+@pytest.mark.parametrize(
+    ("activation", "hidden", "k", "chunk"),
+    [("elu", (16, 8), 6, 20), ("relu", (16, 8, 4), 5, 7), ("elu", (12,), 3, 1), ("relu", (8, 8), 4, 10**6)],
+)
+def test_wide_pass_matches_autograd(monkeypatch, activation, hidden, k, chunk) -> None:
+    """The chunked hand-written pass gives autograd's values and gradients (chunks of whole states, the last one
+    short; a chunk smaller than K rows still holds one state; one chunk for everything)."""
+    torch.manual_seed(1)
+    q = QEnsemble(5, 3, hidden=hidden, ensemble_size=3, activation=activation, output_init_scale=0.5)
+    obs = torch.randn(9, 5, requires_grad=True)
+    act = (torch.rand(9, k, 3) * 2 - 1).requires_grad_()
+    monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 10**9)
+    ref = _q_and_grads(q, obs, act)
+    monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 1)
+    monkeypatch.setattr(networks, "WIDE_CHUNK_ROWS", chunk)
+    calls = []
+    real = networks._WideQ.apply
+    monkeypatch.setattr(networks._WideQ, "apply", lambda *a: calls.append(1) or real(*a))
+    got = _q_and_grads(q, obs, act)
+    assert calls, "the wide pass did not run"
+    names = ["q"] + [f"grad of parameter {i}" for i in range(len(got) - 3)] + ["grad of obs", "grad of act"]
+    assert len(names) == len(ref) == len(got)
+    for name, r, g in zip(names, ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_wide_pass_frozen_critic_gives_action_gradients_only(monkeypatch) -> None:
+    """With the critic frozen (the actor's view), only the actions get a gradient, equal to autograd's."""
+    torch.manual_seed(2)
+    q = QEnsemble(4, 2, hidden=(8, 8), ensemble_size=2, activation="elu").requires_grad_(False)
+    obs, act = torch.randn(6, 4), (torch.rand(6, 7, 2) * 2 - 1).requires_grad_()
+    grads = []
+    for min_rows in (10**9, 1):
+        monkeypatch.setattr(networks, "WIDE_MIN_ROWS", min_rows)
+        act.grad = None
+        q.q_min(obs, act).sum().backward()
+        grads.append(act.grad.clone())
+    assert all(p.grad is None for p in q.parameters())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_wide_pass_is_first_order_only(monkeypatch) -> None:
+    monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 1)
+    q = QEnsemble(4, 2, hidden=(8,), ensemble_size=2)
+    act = (torch.rand(3, 4, 2) * 2 - 1).requires_grad_()
+    (g,) = torch.autograd.grad(q(torch.randn(3, 4), act).sum(), act, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_fast_elu_matches_f_elu_with_gradient() -> None:
+    z = torch.linspace(-30.0, 30.0, 2001, dtype=torch.float64).to(torch.float32).requires_grad_()
+    z_ref = z.detach().clone().requires_grad_()
+    elu(z).sum().backward()
+    nn.functional.elu(z_ref).sum().backward()
+    torch.testing.assert_close(elu(z.detach()), nn.functional.elu(z_ref.detach()), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-6, atol=1e-7)
 
 
 def test_ensemble_linear_is_nn_linear_per_member() -> None:
