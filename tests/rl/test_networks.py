@@ -129,6 +129,32 @@ def test_wide_pass_frozen_critic_gives_action_gradients_only(monkeypatch) -> Non
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
 
 
+def test_wide_pass_reuses_buffers_only_after_backward(monkeypatch) -> None:
+    """Two passes pending at once keep their own activations; spent buffers are reused; a second backward
+    through the same pass (retain_graph) is refused by name rather than reading reused memory."""
+    torch.manual_seed(3)
+    q = QEnsemble(4, 2, hidden=(8, 8), ensemble_size=2, activation="relu")
+    obs = torch.randn(5, 4)
+    acts = [torch.rand(5, 6, 2) * 2 - 1 for _ in range(3)]
+
+    def grads(min_rows: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(networks, "WIDE_MIN_ROWS", min_rows)
+        q.zero_grad()
+        pending = [q(obs, a).square().sum() for a in acts[:2]]  # both forward passes before any backward
+        sum(pending).backward()
+        q(obs, acts[2]).sum().backward()  # reuses the spent buffers
+        return [p.grad.clone() for p in q.parameters()]
+
+    for r, g in zip(grads(10**9), grads(1)):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    # the two pending passes held 2 x 4 buffers (2 members x 2 hidden layers); the third took 4 of them back
+    assert sum(len(v) for v in q._pool.values()) == 8
+    out = q(obs, acts[0]).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        out.backward()
+
+
 def test_wide_pass_is_first_order_only(monkeypatch) -> None:
     monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 1)
     q = QEnsemble(4, 2, hidden=(8,), ensemble_size=2)
