@@ -92,7 +92,7 @@ class MIConfig(AgentConfig):
     ub_weight: float = 0.1
     mcmc_space: str = "action"
     compile: bool = False
-    chain_parts: int = 2
+    chain_parts: int = 1
     overlap_chain: bool = True
 
     def __post_init__(self) -> None:
