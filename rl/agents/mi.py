@@ -26,6 +26,7 @@ Temperature: `-mean(log_alpha (log pi(a~|s) + target_entropy))`, target `-|A|`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ import mi_estimators.misa as mie_misa  # registers the MISA family
 from mi_estimators.partition import MCMCLogZ, MonteCarloLogZ
 from mi_estimators.samplers import Sampler
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
-from rl.agents.tilted import TiltedDensity
+from rl.agents.tilted import MemberHelper, TiltedDensity
 from rl.sac import alpha_loss, critic_loss, td_target
 
 # The critic term of the MISA family always uses the Monte Carlo (SNIS) gradient of log Z, as the official code:
@@ -193,11 +194,14 @@ class MIAgent(OfflineAgent):
         if policy_side and isinstance(self.partition, MCMCLogZ):
             # The chains read the pre-update critic and policy only, so they can run while the critic learns.
             groups = self._chain_groups(obs.shape[0])
+            executor = self._chain_executor()
+            # Once this thread has done its part of the update it takes ensemble members' share of the chain.
+            helper = MemberHelper() if executor is not None else None
             jobs = [
-                partial(self._chain, dist, obs, act, rows, gen)
+                partial(self._chain, dist, obs, act, rows, gen, helper)
                 for rows, gen in zip(groups, self.chain_generators)
             ]
-            chain = _Jobs(jobs, self._chain_executor())
+            chain = _Jobs(jobs, executor, helper)
         try:
             # Critic: TD (no entropy backup) + critic_weight x the estimator's critic term per ensemble member.
             with torch.no_grad():
@@ -306,7 +310,13 @@ class MIAgent(OfflineAgent):
         return self.estimator.loss(s), extra
 
     def _chain(
-        self, dist: Any, obs: Tensor, act: Tensor, rows: slice, generator: torch.Generator
+        self,
+        dist: Any,
+        obs: Tensor,
+        act: Tensor,
+        rows: slice,
+        generator: torch.Generator,
+        helper: MemberHelper | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Samples of `pi(a|s) e^{min Q(s,a)}` for the states `rows`, one (or `chains`) chain per state started at
         the dataset action. Returns the unconstrained samples `[b, C*S, da]` (detached) and the per-chain
@@ -316,7 +326,7 @@ class MIAgent(OfflineAgent):
         dist, obs, act = type(dist)(dist.mean[rows], dist.log_std[rows]), obs[rows], act[rows]
         sampler = part.sampler
         init = act if part.chains == 1 else act.unsqueeze(1).expand(-1, part.chains, -1)
-        density = TiltedDensity(dist, self.critic, obs, compile=self.cfg.compile)
+        density = TiltedDensity(dist, self.critic, obs, compile=self.cfg.compile, helper=helper)
         ours = isinstance(sampler, Sampler)
         # Our samplers get explicit gradients (no graph needed); pyro's differentiate the density themselves.
         with torch.no_grad() if ours else torch.enable_grad():
@@ -351,21 +361,43 @@ class MIAgent(OfflineAgent):
 class _Jobs:
     """`fns` run now, in order, or each in a worker thread of `executor` while the caller goes on (`concurrent`).
     Meanwhile torch runs one intra-op thread per Python thread (its thread count is process-wide); the count is
-    restored when the jobs are collected."""
+    restored when the jobs are collected. When the caller collects the results it first serves `helper` (the
+    workers' offers of independent pieces of their work) until every job has finished."""
 
-    def __init__(self, fns: list[Callable[[], Any]], executor: ThreadPoolExecutor | None) -> None:
+    def __init__(
+        self,
+        fns: list[Callable[[], Any]],
+        executor: ThreadPoolExecutor | None,
+        helper: MemberHelper | None = None,
+    ) -> None:
         self.concurrent = executor is not None
         self._futures: list[Future] = []
+        self._helper = helper if self.concurrent else None
         if executor is None:
             self._values = [fn() for fn in fns]
             return
         self._threads = torch.get_num_threads()
         torch.set_num_threads(1)
         self._futures = [executor.submit(fn) for fn in fns]
+        if self._helper is not None:
+            pending = [len(self._futures)]
+            lock = threading.Lock()
+
+            def finished(_: Future) -> None:
+                with lock:
+                    pending[0] -= 1
+                    last = pending[0] == 0
+                if last:
+                    self._helper.close()
+
+            for f in self._futures:
+                f.add_done_callback(finished)
 
     def result(self) -> list[Any]:
         if self._futures:
             try:
+                if self._helper is not None:
+                    self._helper.serve()  # returns when the last job has finished
                 self._values = [f.result() for f in self._futures]
             finally:
                 self.close()

@@ -20,7 +20,10 @@ the unconstrained space `u = atanh(a)` instead.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,7 +31,7 @@ from torch import Tensor
 from mi_estimators.proposals import TanhDiagGaussian
 from rl.networks import QEnsemble, elu_and_derivative
 
-__all__ = ["TiltedDensity", "q_value_and_grad"]
+__all__ = ["MemberHelper", "TiltedDensity", "q_value_and_grad"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -48,6 +51,7 @@ def q_value_and_grad(
     biases: list[Tensor],
     activation: str,
     split: bool = False,
+    helper: MemberHelper | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`min_e Q_e(s, a)` and its gradient wrt `a`, by a hand-written backward pass.
 
@@ -60,12 +64,13 @@ def q_value_and_grad(
         activation: "elu" or "relu".
         split: run each member as 2-D matmuls and backpropagate each row through its argmin member only
             (`_split`; half the backward matmuls; needs the group sizes on the host: CPU, eager).
+        helper: with `split`, a `MemberHelper` that may run other members' share in another thread.
 
     Returns:
         `(q [R], dq/da [R, da])`. With ties between members the first is taken, as `torch.min`'s backward does.
     """
     if split:
-        return _split(a, hs, w_act, weights, biases, activation)
+        return _split(a, hs, w_act, weights, biases, activation, helper)
     e, r, da = hs.shape[0], a.shape[0], a.shape[1]
     z = torch.baddbmm(hs, a.unsqueeze(0).expand(e, r, da), w_act)
     derivs = []
@@ -84,35 +89,140 @@ def q_value_and_grad(
 
 
 def _split(
-    a: Tensor, hs: Tensor, w_act: Tensor, weights: list[Tensor], biases: list[Tensor], activation: str
+    a: Tensor,
+    hs: Tensor,
+    w_act: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    activation: str,
+    helper: MemberHelper | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`q_value_and_grad` member by member: 2-D matmuls forward (the last layer a matrix-vector product), then
     the rows are grouped by their argmin member and each group is backpropagated through that member alone (the
-    masked batched form multiplies zeros for the other members)."""
+    masked batched form multiplies zeros for the other members). A `helper` may run the other members' forward
+    and backward passes in its thread meanwhile (the same operations either way)."""
     e = hs.shape[0]
-    qs, derivs = [], []
-    for m in range(e):
+
+    def forward(m: int) -> tuple[Tensor, list[Tensor]]:
         z = torch.addmm(hs[m], a, w_act[m])
-        member = []
+        derivs = []
         for w, b in zip(weights[:-1], biases[:-1]):
             h, d = _activation_and_derivative(z, activation)
-            member.append(d)
+            derivs.append(d)
             z = torch.addmm(b[m], h, w[m])
         h, d = _activation_and_derivative(z, activation)
-        member.append(d)
-        qs.append(torch.addmv(biases[-1][m, 0], h, weights[-1][m, :, 0]))
-        derivs.append(member)
-    q_min, idx = torch.stack(qs).min(0)
-    out = torch.empty_like(a)
-    for m in range(e):
+        derivs.append(d)
+        return torch.addmv(biases[-1][m, 0], h, weights[-1][m, :, 0]), derivs
+
+    members = _run_members(helper, [partial(forward, m) for m in range(e)])
+    q_min, idx = torch.stack([q for q, _ in members]).min(0)
+
+    def backward(m: int) -> tuple[Tensor, Tensor] | None:
         rows = (idx == m).nonzero().squeeze(1)
         if rows.numel() == 0:
-            continue
-        g = derivs[m][-1].index_select(0, rows) * weights[-1][m, :, 0]  # [c, h_last]
+            return None
+        derivs = members[m][1]
+        g = derivs[-1].index_select(0, rows) * weights[-1][m, :, 0]  # [c, h_last]
         for i in range(len(weights) - 1, 0, -1):
-            g = torch.mm(g, weights[i - 1][m].t()).mul_(derivs[m][i - 1].index_select(0, rows))
-        out.index_copy_(0, rows, torch.mm(g, w_act[m].t()))
+            g = torch.mm(g, weights[i - 1][m].t()).mul_(derivs[i - 1].index_select(0, rows))
+        return rows, torch.mm(g, w_act[m].t())
+
+    out = torch.empty_like(a)
+    for group in _run_members(helper, [partial(backward, m) for m in range(e)]):
+        if group is not None:
+            out.index_copy_(0, *group)
     return q_min, out
+
+
+def _run_members(helper: MemberHelper | None, fns: list[Callable[[], Any]]) -> list[Any]:
+    if helper is None or len(fns) < 2:
+        return [fn() for fn in fns]
+    return helper.run(fns[0], fns[1:])
+
+
+class MemberHelper:
+    """A second thread's share of the chain's per-member work, for the time that thread has nothing else to do.
+
+    MISA's chain runs in a worker thread beside the critic's update; the main thread finishes first and would
+    wait. Each chain evaluation computes every ensemble member's forward pass, then backpropagates each row
+    through its minimising member: independent pieces. The chain's thread calls `run(own, rest)`: it offers
+    `rest`, runs `own`, then runs `rest` itself unless the helper claimed it meanwhile (then it waits for the
+    helper's results). The free thread calls `serve()`, which returns once `close()` is called. Every piece runs
+    the same operations on the same inputs whichever thread runs it, so the numbers do not depend on timing.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._offer: _Task | None = None
+        self._serving = False
+        self._closed = False
+
+    def run(self, own: Callable[[], Any], rest: list[Callable[[], Any]]) -> list[Any]:
+        """`[own(), *(fn() for fn in rest)]`, `rest` possibly run by the serving thread."""
+        if not self._serving:  # nobody to help (yet): no offer, no synchronisation
+            return [own()] + [fn() for fn in rest]
+        task = _Task(rest)
+        with self._cv:
+            self._offer = task
+            self._cv.notify()
+        first = own()
+        if task.claim():  # not taken: withdraw the offer and run it here
+            with self._cv:
+                if self._offer is task:
+                    self._offer = None
+            return [first] + [fn() for fn in rest]
+        return [first] + task.wait()
+
+    def serve(self) -> None:
+        """Run offered work in the calling thread until `close()`."""
+        with self._cv:
+            self._serving = not self._closed
+        try:
+            while True:
+                with self._cv:
+                    while self._offer is None and not self._closed:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    task, self._offer = self._offer, None
+                if task.claim():
+                    task.run()
+        finally:
+            self._serving = False
+
+    def close(self) -> None:
+        """No more offers: `serve()` returns (also if it has not started yet)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+class _Task:
+    """Callables run in order by whichever thread claims them first."""
+
+    def __init__(self, fns: list[Callable[[], Any]]) -> None:
+        self.fns = fns
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._out: list[Any] = []
+        self._error: BaseException | None = None
+
+    def claim(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def run(self) -> None:
+        try:
+            self._out = [fn() for fn in self.fns]
+        except BaseException as exc:  # handed to the waiting chain thread, which raises it
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> list[Any]:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 _compiled: dict[str, Callable] = {}
@@ -134,11 +244,20 @@ class TiltedDensity:
         critic: the Q ensemble (read, never modified; no gradient reaches it).
         obs: `[N, do]` the states (already normalised if the agent normalises).
         compile: run the critic's value-and-gradient under `torch.compile`.
+        helper: a `MemberHelper` through which another thread may take ensemble members' share of each
+            evaluation (eager CPU path only).
 
     Chain states may be `[N, da]` or `[N, C, da]` (C chains per state); values are `[N]` / `[N, C]`.
     """
 
-    def __init__(self, law: TanhDiagGaussian, critic: QEnsemble, obs: Tensor, compile: bool = False) -> None:
+    def __init__(
+        self,
+        law: TanhDiagGaussian,
+        critic: QEnsemble,
+        obs: Tensor,
+        compile: bool = False,
+        helper: MemberHelper | None = None,
+    ) -> None:
         if critic.activation not in ("elu", "relu"):
             raise ValueError(f"TiltedDensity supports ELU and ReLU critics; got {critic.activation!r}")
         with torch.no_grad():
@@ -157,6 +276,7 @@ class TiltedDensity:
         # On the CPU the eager path backpropagates through the selected member only (fewer FLOPs; one host sync,
         # which costs nothing there). Compiled or on an accelerator, the sync-free masked form is used.
         self.split = obs.device.type == "cpu" and not compile
+        self.helper = helper if self.split else None
         self._hs_rows: dict[int, Tensor] = {}
 
     def _rows(self, a: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
@@ -172,7 +292,9 @@ class TiltedDensity:
     def q_value_and_grad(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """`(min Q(s, a) [N(, C)], d/da [N(, C), da])` for actions in the box."""
         rows, hs, batch = self._rows(a)
-        q, g = self._qvg(rows, hs, self.w_act, self.weights, self.biases, self.activation, self.split)
+        q, g = self._qvg(
+            rows, hs, self.w_act, self.weights, self.biases, self.activation, self.split, self.helper
+        )
         return q.reshape(batch), g.reshape(a.shape)
 
     def value_and_grad(self, a: Tensor) -> tuple[Tensor, Tensor]:

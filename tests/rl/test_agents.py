@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from torch.nn import functional as F
 import mi_estimators as mie
 from rl.agents import config_class, make_agent
 from rl.agents.mi import _Jobs
-from rl.agents.tilted import TiltedDensity
+from rl.agents.tilted import MemberHelper, TiltedDensity
 
 B, DO, DA = 4, 3, 2
 TINY = {"hidden_q": (8, 8), "hidden_pi": (8, 8), "seed": 3}
@@ -85,7 +87,9 @@ def test_misa_losses_by_hand(monkeypatch):
     assert batch["actions"].abs().max() == pytest.approx(0.999)
     # The MCMC samples are fixed here (the chain itself is tested in mi_estimators and below).
     u_mc = torch.randn(B, n_mc, DA, generator=torch.Generator().manual_seed(9))
-    monkeypatch.setattr(agent, "_chain", lambda d, o, a, rows, gen: (u_mc[rows], o[rows, 0], o[rows, 0]))
+    monkeypatch.setattr(
+        agent, "_chain", lambda d, o, a, rows, gen, helper=None: (u_mc[rows], o[rows, 0], o[rows, 0])
+    )
     g = gen_copy(agent)
     objectives, logs = agent.losses(batch)
 
@@ -143,7 +147,9 @@ def test_misa_policy_term_gradient_is_tilted_log_likelihood(monkeypatch):
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     u_mc = torch.randn(B, 4, DA, generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(agent, "_chain", lambda d, o, a, rows, gen: (u_mc[rows], o[rows, 0], o[rows, 0]))
+    monkeypatch.setattr(
+        agent, "_chain", lambda d, o, a, rows, gen, helper=None: (u_mc[rows], o[rows, 0], o[rows, 0])
+    )
     _, logs = agent.losses(batch)
     dist = agent.policy(batch["observations"])
     q_neg = agent.critic.q_min(batch["observations"], dist.sample(3, torch.Generator().manual_seed(0)))
@@ -258,6 +264,58 @@ def test_chain_groups_split_independent_chains_only():
     assert make_agent(coupled, DO, DA)._chain_groups(5) == [slice(0, 5)]
     with pytest.raises(ValueError, match="chain_parts must be >= 1"):
         config_class("mi")(**TINY, chain_parts=0)
+
+
+def test_member_helper_takes_offers_while_serving_and_keeps_the_order():
+    helper = MemberHelper()
+    assert helper.run(lambda: 1, [lambda: 2, lambda: 3]) == [1, 2, 3]  # nobody serving: all run here
+    server = threading.Thread(target=helper.serve)
+    server.start()
+    while not helper._serving:
+        time.sleep(0.001)
+    me, ran_by = threading.get_ident(), []
+
+    def slow_own():
+        time.sleep(0.02)  # long enough for the serving thread to claim the offer
+        return "own"
+
+    for _ in range(3):
+        out = helper.run(slow_own, [lambda: ran_by.append(threading.get_ident()) or "a", lambda: "b"])
+        assert out == ["own", "a", "b"]
+    assert ran_by and all(t != me for t in ran_by)
+
+    def broken():
+        raise ValueError("member broke")
+
+    with pytest.raises(ValueError, match="member broke"):
+        helper.run(slow_own, [broken])
+    helper.close()
+    server.join(timeout=5)
+    assert not server.is_alive()
+    assert helper.run(lambda: 1, [lambda: 2]) == [1, 2]  # closed: runs here
+
+
+def test_member_helper_changes_no_number(monkeypatch):
+    """The main thread serving the chain's member pieces gives bitwise the numbers of the chain running alone."""
+    import rl.agents.mi as mi_module
+
+    states = []
+    for helped in (True, False):
+        if not helped:
+            monkeypatch.setattr(mi_module, "MemberHelper", lambda: None)
+        cfg = config_class("mi")(**TINY, n_negatives=4, estimator_options={"n_samples": 20, "burn_in": 2})
+        agent = make_agent(cfg, DO, DA)
+        old = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            for step in range(3):
+                agent.update(tiny_batch(step))
+        finally:
+            torch.set_num_threads(old)
+        states.append(agent.state_dict())
+    for name, module in states[0]["modules"].items():
+        for pname, v in module.items():
+            assert torch.equal(states[1]["modules"][name][pname], v), pname
 
 
 def test_chain_failure_in_the_worker_surfaces_and_frees_the_threads(monkeypatch):
