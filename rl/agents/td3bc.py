@@ -63,7 +63,7 @@ class TD3BCAgent(OfflineAgent):
         obs, act = batch["observations"], batch["actions"]
         pi = torch.tanh(self.policy(obs).mean)
         with frozen(self.critic):
-            q = self.critic(obs, pi)[0]  # Q_1, as the paper
+            q = self.critic(obs, pi, members=[0])[0]  # Q_1 alone, as the paper
         lam = self.cfg.alpha_bc / q.abs().mean().detach()
         actor_q = -lam * q.mean()
         actor_bc = (pi - act).square().mean()

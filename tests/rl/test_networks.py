@@ -67,6 +67,16 @@ def test_qensemble_k_actions_equal_loop_over_actions() -> None:
         torch.testing.assert_close(g1[n], p.grad, rtol=1e-5, atol=1e-5, msg=f"grad of {n}")
 
 
+def test_qensemble_members_subset() -> None:
+    torch.manual_seed(4)
+    q = QEnsemble(5, 2, hidden=(8, 8), ensemble_size=3)
+    obs, act, acts = torch.randn(4, 5), torch.rand(4, 2), torch.rand(4, 6, 2)
+    assert torch.equal(q(obs, act, members=[2, 0]), q(obs, act)[[2, 0]])
+    assert torch.equal(q(obs, acts, members=[1]), q(obs, acts)[[1]])
+    with pytest.raises(ValueError, match="members must index the 3 ensemble members"):
+        q(obs, act, members=[3])
+
+
 def test_qensemble_shape_errors_name_the_argument() -> None:
     q = QEnsemble(4, 2, hidden=(8,))
     with pytest.raises(ValueError, match="obs must have shape"):
