@@ -378,6 +378,11 @@ class QEnsemble(nn.Module):
         q = torch.stack(qs)  # [E, B*K]
         return q if single else q.view(len(qs), b, k)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Spent activation buffers are scratch memory: a pickled or deep-copied ensemble starts without them.
+        state = super().__getstate__()
+        return {**state, "_pool": {}}
+
     def _buffer(self, rows: int, width: int, like: Tensor) -> Tensor:
         """An uninitialised `[rows, width]` tensor for the wide pass's activations, from the pool of ones whose
         backward pass has run: a fresh allocation of this size is a fresh mapping from the OS, and its first

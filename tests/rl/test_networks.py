@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -159,6 +160,7 @@ def test_wide_pass_reuses_buffers_only_after_backward(monkeypatch) -> None:
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
     # the two pending passes held 2 x 4 buffers (2 members x 2 hidden layers); the third took 4 of them back
     assert sum(len(v) for v in q._pool.values()) == 8
+    assert copy.deepcopy(q)._pool == {}  # scratch memory is not copied (nor pickled)
     out = q(obs, acts[0]).sum()
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
