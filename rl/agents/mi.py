@@ -75,7 +75,8 @@ class MIConfig(AgentConfig):
             changes no law, only the random streams. Samplers that couple the chains (pyro's, `per_chain=False`)
             run as one group.
         overlap_chain: on the CPU with >= 2 torch threads, run each chain group in a worker thread while the
-            critic's losses and backward pass run (every thread on one torch thread). Same numbers either way.
+            critic's losses and backward pass run (every thread on one torch thread); the main thread then serves
+            the chains' per-member pieces (`rl.agents.tilted.MemberHelper`). Same numbers either way.
     """
 
     algo: str = "mi"
