@@ -42,14 +42,14 @@ __all__ = [
 _LOG2_E = 1.0 / math.log(2.0)
 
 
-def elu_and_derivative(z: Tensor) -> tuple[Tensor, Tensor]:
-    """`(elu(z), elu'(z))`, elementwise, same shape as `z`.
+def elu_and_derivative(z: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`(elu(z), elu'(z))`, elementwise, same shape as `z` (`elu(z)` written into `out` when given).
 
     `d = exp(min(z, 0))` is `elu'(z)`, and `elu(z) = max(z, d - 1)` because `e^z - 1 >= z`. Measured on this CPU
     (AVX2, fp32): `exp2` of a pre-scaled argument is ~2x faster than `exp`, and this form beats `F.elu` (which
     computes `expm1` on every element) by 1.1-2x from 128 to 12.8k rows of 256; `torch.where` is slower still."""
     d = torch.mul(z, _LOG2_E).clamp_max_(0.0).exp2_()
-    return torch.add(d, -1.0).clamp_min_(z), d
+    return torch.add(d, -1.0, out=out).clamp_min_(z), d
 
 
 class _ELU(torch.autograd.Function):
@@ -286,8 +286,7 @@ class _WideQ(torch.autograd.Function):
 def _activation_into(z: Tensor, activation: str, out: Tensor) -> Tensor:
     """`act(z)` written into `out` (same shape) and returned; "elu" as `elu_and_derivative`, or "relu"."""
     if activation == "elu":
-        d = torch.mul(z, _LOG2_E).clamp_max_(0.0).exp2_()
-        return torch.add(d, -1.0, out=out).clamp_min_(z)
+        return elu_and_derivative(z, out)[0]
     return torch.clamp_min(z, 0.0, out=out)
 
 
