@@ -246,6 +246,8 @@ class _WideQ(torch.autograd.Function):
         n_hidden = len(net.hidden)
         need = ctx.needs_input_grad  # (net, obs, act, k, w_obs, w_act, b0, W1, b1, ...)
         per_chunk = max(1, WIDE_CHUNK_ROWS // k)
+        # A frozen critic (the actor's view) needs only the input gradients: skip a third of the backward matmuls.
+        params = any(need[4:])
         d_w_obs, d_w_act, d_b0 = torch.zeros_like(w_obs), torch.zeros_like(w_act), torch.zeros_like(b0)
         d_weights = [torch.zeros_like(w) for w in weights]
         d_biases = [torch.zeros_like(v) for v in biases]
@@ -258,20 +260,25 @@ class _WideQ(torch.autograd.Function):
                 r0, r1 = s0 * k, s1 * k
                 g = grad_q[m, r0:r1]
                 h = acts[m][-1][r0:r1]
-                d_weights[-1][m, :, 0].addmv_(h.t(), g)
-                d_biases[-1][m, 0] += g.sum()
+                if params:
+                    d_weights[-1][m, :, 0].addmv_(h.t(), g)
+                    d_biases[-1][m, 0] += g.sum()
                 gz = _activation_grad(torch.outer(g, weights[-1][m, :, 0]), h, net.activation)
                 for i in range(n_hidden - 1, 0, -1):
                     h_in = acts[m][i - 1][r0:r1]
-                    d_weights[i - 1][m].addmm_(h_in.t(), gz)
-                    d_biases[i - 1][m, 0] += gz.sum(0)
+                    if params:
+                        d_weights[i - 1][m].addmm_(h_in.t(), gz)
+                        d_biases[i - 1][m, 0] += gz.sum(0)
                     gz = _activation_grad(torch.mm(gz, weights[i - 1][m].t()), h_in, net.activation)
-                d_w_act[m].addmm_(act[r0:r1].t(), gz)
+                if params:
+                    d_w_act[m].addmm_(act[r0:r1].t(), gz)
                 if d_act is not None:
                     d_act[r0:r1].addmm_(gz, w_act[m].t())
-                torch.sum(gz.view(s1 - s0, k, -1), dim=1, out=d_hs[s0:s1])
-            d_w_obs[m] = obs.t() @ d_hs
-            d_b0[m, 0] = d_hs.sum(0)
+                if params or d_obs is not None:
+                    torch.sum(gz.view(s1 - s0, k, -1), dim=1, out=d_hs[s0:s1])
+            if params:
+                d_w_obs[m] = obs.t() @ d_hs
+                d_b0[m, 0] = d_hs.sum(0)
             if d_obs is not None:
                 d_obs.addmm_(d_hs, w_obs[m].t())
         grads = [d_w_obs, d_w_act, d_b0]
