@@ -133,6 +133,9 @@ class _MISAFamily(ProposalEstimator):
         k: proposal draws per x for the Monte Carlo value of log Z (the negatives).
         step_size, n_leapfrog, adapt, target_accept: sampler options (None = the sampler's default; `adapt` may
             be "simple", "dual_averaging" or "none").
+        per_chain: adapt each chain's step size from its own acceptance (the samplers' default), or False: one
+            step size for all chains from their mean acceptance probability (TFP's `SimpleStepSizeAdaptation` with
+            a scalar step size, as the official MISA code runs it).
         precondition: run the chain whitened by the proposal's scale (step size in proposal std units).
         init: chain start, "data" (the positive y, as the official MISA code starts at the dataset action) or
             "proposal" (a proposal draw).
@@ -157,6 +160,7 @@ class _MISAFamily(ProposalEstimator):
         n_leapfrog: int | None = None,
         adapt: str | None = None,
         target_accept: float | None = None,
+        per_chain: bool | None = None,
         precondition: bool = True,
         init: str = "data",
         proposal: nn.Module | None = None,
@@ -185,6 +189,7 @@ class _MISAFamily(ProposalEstimator):
                 "n_leapfrog": n_leapfrog,
                 "adapt": adapt,
                 "target_accept": target_accept,
+                "per_chain": per_chain,
             },
         )
         #: the last `LogZEstimate` built by `scores` (acceptance rates and step sizes for logging), or None

@@ -110,6 +110,32 @@ def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
             bias.uniform_(-bound, bound)
 
 
+#: Hidden-layer initialisations: "torch" (nn.Linear's default) or "lecun" (flax's default Dense init, which the
+#: official MISA and CQL-JAX code use: weights of variance 1/fan_in, zero biases).
+HIDDEN_INITS = ("torch", "lecun")
+
+
+def lecun_normal_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
+    """Flax's default Dense init: `lecun_normal` = JAX `variance_scaling(1, "fan_in", "truncated_normal")` (a normal
+    truncated at +-2 standard deviations, rescaled so that the variance is 1/fan_in), zeros for the bias."""
+    # 0.8796... is the standard deviation of a unit normal truncated to [-2, 2] (JAX's constant).
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    with torch.no_grad():
+        nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
+        if bias is not None:
+            bias.zero_()
+
+
+def init_hidden_(weight: Tensor, bias: Tensor | None, fan_in: int, scheme: str) -> None:
+    """Initialise a hidden layer by `scheme` (one of `HIDDEN_INITS`)."""
+    if scheme == "torch":
+        _linear_init_(weight, bias, fan_in)
+    elif scheme == "lecun":
+        lecun_normal_(weight, bias, fan_in)
+    else:
+        raise ValueError(f"hidden_init must be one of {HIDDEN_INITS}; got {scheme!r}")
+
+
 def variance_scaling_(weight: Tensor, bias: Tensor | None, fan_in: int, scale: float) -> None:
     """JAX `variance_scaling(scale, "fan_in", "uniform")` for the weight, zeros for the bias (as the official MISA)."""
     if scale <= 0:
@@ -122,15 +148,21 @@ def variance_scaling_(weight: Tensor, bias: Tensor | None, fan_in: int, scale: f
 
 
 def mlp(
-    sizes: Sequence[int], activation: str = "relu", output_init_scale: float | None = None
+    sizes: Sequence[int],
+    activation: str = "relu",
+    output_init_scale: float | None = None,
+    hidden_init: str = "torch",
 ) -> nn.Sequential:
-    """Plain MLP `sizes[0] -> ... -> sizes[-1]` with `activation` between layers and none at the end."""
+    """Plain MLP `sizes[0] -> ... -> sizes[-1]` with `activation` between layers and none at the end; layers
+    initialised by `hidden_init` (`HIDDEN_INITS`), the last one by `output_init_scale` when given."""
     act = _ACTIVATION_MODULES.get(activation)
     if act is None:
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATION_MODULES)}")
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
+        if hidden_init != "torch":
+            init_hidden_(layers[-1].weight, layers[-1].bias, a, hidden_init)
         if i < len(sizes) - 2:
             layers.append(act())
     if output_init_scale is not None:
@@ -303,7 +335,8 @@ class QEnsemble(nn.Module):
     `forward(obs [B, do], act [B, da]) -> [E, B]`; `forward(obs [B, do], act [B, K, da]) -> [E, B, K]`.
     The first layer's weight is split into a state block `[E, do, h]` and an action block `[E, da, h]`, so
     `W_s s + b` is computed once per state and broadcast over the `K` actions (no copy of `obs` K times).
-    `output_init_scale` re-initialises the last layer with variance scaling (official MISA: 1e-2).
+    `output_init_scale` re-initialises the last layer with variance scaling (official MISA: 1e-2); `hidden_init`
+    ("torch" or "lecun", see `HIDDEN_INITS`) initialises the others.
     """
 
     def __init__(
@@ -314,27 +347,33 @@ class QEnsemble(nn.Module):
         ensemble_size: int = 2,
         activation: str = "relu",
         output_init_scale: float | None = None,
+        hidden_init: str = "torch",
     ) -> None:
         super().__init__()
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"obs_dim and act_dim must be >= 1; got obs_dim={obs_dim}, act_dim={act_dim}")
+        if hidden_init not in HIDDEN_INITS:
+            raise ValueError(f"hidden_init must be one of {HIDDEN_INITS}; got {hidden_init!r}")
         hidden = _check_hidden(hidden)
         self.obs_dim, self.act_dim, self.ensemble_size = obs_dim, act_dim, ensemble_size
         self.hidden, self.activation = hidden, activation
         self._act = _activation(activation)
         self._pool: dict[tuple, list[Tensor]] = {}  # spent activation buffers of the wide pass (`_buffer`)
         e, h0 = ensemble_size, hidden[0]
-        # First layer, split: nn.Linear init over the full fan-in do + da.
+        # First layer, split: initialised over the full fan-in do + da.
         self.w_obs = nn.Parameter(torch.empty(e, obs_dim, h0))
         self.w_act = nn.Parameter(torch.empty(e, act_dim, h0))
         self.b0 = nn.Parameter(torch.empty(e, 1, h0))
         w0 = torch.empty(e, obs_dim + act_dim, h0)
-        _linear_init_(w0, self.b0, obs_dim + act_dim)
+        init_hidden_(w0, self.b0, obs_dim + act_dim, hidden_init)
         with torch.no_grad():
             self.w_obs.copy_(w0[:, :obs_dim])
             self.w_act.copy_(w0[:, obs_dim:])
         sizes = [*hidden, 1]
         self.layers = nn.ModuleList(EnsembleLinear(a, b, e) for a, b in zip(sizes[:-1], sizes[1:]))
+        if hidden_init != "torch":
+            for layer in self.layers:
+                init_hidden_(layer.weight, layer.bias, layer.in_features, hidden_init)
         if output_init_scale is not None:
             last = self.layers[-1]
             variance_scaling_(last.weight, last.bias, last.in_features, output_init_scale)
@@ -441,7 +480,8 @@ class TanhGaussianPolicy(nn.Module):
     `log_std_mode="state"`: standard SAC, the network outputs mean and log-std, log-std clipped to
     `log_std_bounds`. `log_std_mode="misa"`: the official MISA/CQL-JAX head, `log_std = m * raw + c` with learnable
     scalars `m` (init 1) and `c` (init -1), then clipped. The mean is clipped to `[-mean_clip, mean_clip]`
-    (`None`: no clip). `output_init_scale` re-initialises the last layer with variance scaling (MISA: 1e-2).
+    (`None`: no clip). `output_init_scale` re-initialises the last layer with variance scaling (MISA: 1e-2);
+    `hidden_init` ("torch" or "lecun", see `HIDDEN_INITS`) initialises the others.
 
     Also a conditional proposal for the MI estimators: `sample(obs, k, generator)`, `rsample(obs, k, generator)`
     -> `[B, K, da]`; `log_prob(obs, act)` with `act [B, da]` -> `[B]`, `[B, K, da]` -> `[B, K]` (nats).
@@ -459,6 +499,7 @@ class TanhGaussianPolicy(nn.Module):
         log_std_bounds: tuple[float, float] = (-5.0, 2.0),
         mean_clip: float | None = 9.0,
         output_init_scale: float | None = None,
+        hidden_init: str = "torch",
     ) -> None:
         super().__init__()
         if obs_dim < 1 or act_dim < 1:
@@ -475,7 +516,7 @@ class TanhGaussianPolicy(nn.Module):
             (float(lo), float(hi)),
             mean_clip,
         )
-        self.net = mlp([obs_dim, *hidden, 2 * act_dim], activation, output_init_scale)
+        self.net = mlp([obs_dim, *hidden, 2 * act_dim], activation, output_init_scale, hidden_init)
         if log_std_mode == "misa":
             self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
             self.log_std_offset = nn.Parameter(torch.tensor(-1.0))

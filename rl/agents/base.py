@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from rl.config import RunConfig
-from rl.networks import QEnsemble, TanhGaussianPolicy
+from rl.networks import HIDDEN_INITS, QEnsemble, TanhGaussianPolicy
 from rl.sac import make_adam, soft_update_
 
 __all__ = ["AgentConfig", "OfflineAgent", "Batch", "Losses", "frozen"]
@@ -52,6 +52,8 @@ class AgentConfig(RunConfig):
         hidden_q / hidden_pi: hidden layer widths of the Q networks and the policy.
         q_activation / pi_activation: "relu", "elu", "tanh", "gelu" or "silu".
         output_init_scale: variance scaling of the last layers (official MISA / CQL-JAX: 1e-2; None: nn.Linear's).
+        hidden_init: initialisation of the other layers, "torch" (nn.Linear's default) or "lecun" (flax's default,
+            which the official MISA code uses: truncated-normal weights of variance 1/fan_in, zero biases).
         log_std_mode: policy log-std head, "state" (SAC) or "misa" (`m * raw + c`, CQL-JAX and MISA).
         ensemble_size: Q networks in the ensemble (2: twin Q with the clipped double-Q minimum).
         gamma: discount. tau: Polyak rate of the target networks.
@@ -68,6 +70,7 @@ class AgentConfig(RunConfig):
     q_activation: str = "relu"
     pi_activation: str = "relu"
     output_init_scale: float | None = None
+    hidden_init: str = "torch"
     log_std_mode: str = "state"
     ensemble_size: int = 2
     gamma: float = 0.99
@@ -88,6 +91,8 @@ class AgentConfig(RunConfig):
         super().__post_init__()
         self.hidden_q = tuple(int(h) for h in self.hidden_q)
         self.hidden_pi = tuple(int(h) for h in self.hidden_pi)
+        if self.hidden_init not in HIDDEN_INITS:
+            raise ValueError(f"hidden_init must be one of {HIDDEN_INITS}; got {self.hidden_init!r}")
         if not 0.0 < self.action_clip <= 1.0:
             raise ValueError(f"action_clip must be in (0, 1]; got {self.action_clip}")
         if not 0.0 < self.tau <= 1.0:
@@ -132,6 +137,7 @@ class OfflineAgent:
             activation=cfg.pi_activation,
             log_std_mode=cfg.log_std_mode,
             output_init_scale=cfg.output_init_scale,
+            hidden_init=cfg.hidden_init,
         ).to(self.device)
         self.modules: dict[str, nn.Module] = {"policy": self.policy}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -143,6 +149,7 @@ class OfflineAgent:
                 cfg.ensemble_size,
                 activation=cfg.q_activation,
                 output_init_scale=cfg.output_init_scale,
+                hidden_init=cfg.hidden_init,
             ).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
             self.modules.update(critic=self.critic, critic_target=self.critic_target)

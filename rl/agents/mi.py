@@ -66,13 +66,16 @@ class MIConfig(AgentConfig):
         critic_weight: weight of the critic term (official `min_q_weight`: 5.0).
         bc_weight: weight of `alpha log pi(a~|s) - log pi(a_D|s)` (official: 0.5).
         ub_weight: weight of the estimator's policy term (official: 0.1).
+        mcmc_per_chain: False (official): one HMC step size for all chains, adapted from their mean acceptance
+            probability, as TFP's `SimpleStepSizeAdaptation` does with the official scalar step size; True: each
+            chain adapts its own. (An explicit `per_chain` or sampler object in `estimator_options` wins.)
         mcmc_space: "action" runs the chain on the action (official; proposals outside (-1, 1) are rejected),
             "unconstrained" on `atanh(a)` via the estimator's `MCMCLogZ.sample` (whitened when the
             estimator's `precondition` is on).
         compile: `torch.compile` the chain's critic gradient.
         chain_parts: the MCMC chains (one per state) are run as this many groups of states, each drawing from its
-            own generator; with per-chain step-size adaptation (the default) the chains are independent, so this
-            changes no law, only the random streams. Samplers that couple the chains (pyro's, `per_chain=False`)
+            own generator; with per-chain step-size adaptation (`mcmc_per_chain`) the chains are independent, so
+            this changes no law, only the random streams. Samplers that couple the chains (pyro's, `per_chain=False`)
             run as one group.
         overlap_chain: on the CPU with >= 2 torch threads, run each chain group in a worker thread while the
             critic's losses and backward pass run (every thread on one torch thread); the main thread then serves
@@ -83,6 +86,7 @@ class MIConfig(AgentConfig):
     seed: int = 42
     q_activation: str = "elu"
     output_init_scale: float | None = 1e-2
+    hidden_init: str = "lecun"
     log_std_mode: str = "misa"
     lr_pi: float = 1e-4
     lr_alpha: float = 1e-4
@@ -92,6 +96,7 @@ class MIConfig(AgentConfig):
     critic_weight: float = 5.0
     bc_weight: float = 0.5
     ub_weight: float = 0.1
+    mcmc_per_chain: bool = False
     mcmc_space: str = "action"
     compile: bool = False
     chain_parts: int = 1
@@ -127,6 +132,14 @@ class MIAgent(OfflineAgent):
                 f"estimator {cfg.estimator!r} needs a proposal but has no partition function (`partition`) that "
                 "the RL layer can drive with the policy"
             )
+        sampler, opts = getattr(partition, "sampler", None), cfg.estimator_options
+        # A sampler the estimator built by name follows `mcmc_per_chain`; one handed in as an object is the user's.
+        if (
+            isinstance(sampler, Sampler)
+            and "per_chain" not in opts
+            and not isinstance(opts.get("sampler"), Sampler)
+        ):
+            sampler.per_chain = cfg.mcmc_per_chain
         self.estimator, self.partition = est, partition
         self.modules["estimator"] = est
         # The chains' own streams (one per group of states), so that they can run beside the critic's draws and

@@ -177,3 +177,9 @@ def test_misa_trains_on_correlated_gaussian():
     hist = estimate(est, task, steps=150, batch_size=128, lr=2e-2, critic="bilinear", seed=0)
     assert abs(hist.final(50) - 2.0) < 0.25, hist.final(50)
     assert float(est.last_log_z.result.mean_accept_rate) > 0.3
+
+
+def test_misa_per_chain_option_reaches_the_sampler():
+    """`per_chain=False`: one step size for all chains (TFP's adaptation with a scalar step, the official code's)."""
+    assert make("misa", per_chain=False).partition.sampler.per_chain is False
+    assert make("misa").partition.sampler.per_chain is True

@@ -256,9 +256,19 @@ def test_overlapped_chain_gives_the_sequential_numbers(estimator):
 def test_chain_groups_split_independent_chains_only():
     from mi_estimators.samplers import HMC
 
-    agent = make_agent(config_class("mi")(**TINY, chain_parts=2), DO, DA)
+    agent = make_agent(config_class("mi")(**TINY, chain_parts=2, mcmc_per_chain=True), DO, DA)
     assert agent._chain_groups(5) == [slice(0, 2), slice(2, 5)]
     assert agent._chain_groups(1) == [slice(0, 1)]
+    # the official adaptation (one step size from the mean acceptance of all chains) couples them: one group
+    official = make_agent(config_class("mi")(**TINY, chain_parts=2), DO, DA)
+    assert official.partition.sampler.per_chain is False
+    assert official._chain_groups(5) == [slice(0, 5)]
+    assert official.cfg.hidden_init == "lecun"  # flax's default Dense init, as the official networks
+    # an explicit option, or a sampler handed in as an object, is left as the user made it
+    opts = {"per_chain": True}
+    assert make_agent(config_class("mi")(**TINY, estimator_options=opts), DO, DA).partition.sampler.per_chain
+    own = config_class("mi")(**TINY, estimator_options={"sampler": HMC(per_chain=True)})
+    assert make_agent(own, DO, DA).partition.sampler.per_chain is True
     # a sampler that adapts one step size from all chains couples them: one group
     coupled = config_class("mi")(**TINY, chain_parts=2, estimator_options={"sampler": HMC(per_chain=False)})
     assert make_agent(coupled, DO, DA)._chain_groups(5) == [slice(0, 5)]

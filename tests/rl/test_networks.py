@@ -277,3 +277,34 @@ def test_policy_act_numpy() -> None:
     assert st.shape == (3, 2) and np.all(np.abs(st) < 1) and not np.allclose(st, a)
     with pytest.raises(ValueError, match="obs must have shape"):
         pi(torch.randn(3, 5))
+
+
+def test_lecun_hidden_init_is_flax_default_dense_init() -> None:
+    """flax's default Dense init (the official MISA networks): truncated normal at +-2 std with variance 1/fan_in,
+    zero biases; the last layer keeps its variance scaling."""
+    torch.manual_seed(0)
+    q = QEnsemble(11, 3, (256, 256), 2, activation="elu", output_init_scale=1e-2, hidden_init="lecun")
+    pi = TanhGaussianPolicy(
+        11, 3, (256, 256), log_std_mode="misa", output_init_scale=1e-2, hidden_init="lecun"
+    )
+    first = torch.cat([q.w_obs, q.w_act], 1)  # [E, 14, 256], fan-in 14
+    hidden = [(first, q.b0, 14), (q.layers[0].weight, q.layers[0].bias, 256)]
+    linears = [m for m in pi.net if isinstance(m, nn.Linear)]
+    hidden += [(linears[0].weight, linears[0].bias, 11), (linears[1].weight, linears[1].bias, 256)]
+    for w, b, fan_in in hidden:
+        w, b, std = w.detach(), b.detach(), 1.0 / math.sqrt(fan_in)
+        assert float(w.var()) == pytest.approx(std**2, rel=0.1)
+        assert float(w.abs().max()) <= 2.0 * std / 0.87962566103423978 + 1e-6  # truncated at 2 sigma
+        assert float(w.abs().max()) > 1.5 * std  # and not a uniform of the same variance (bound sqrt(3) std)
+        assert torch.count_nonzero(b) == 0
+    last = q.layers[-1].weight
+    assert float(last.abs().max()) <= math.sqrt(3 * 1e-2 / 256) + 1e-7
+    # the default is unchanged: nn.Linear's uniform init with non-zero biases
+    torch.manual_seed(0)
+    q_torch = QEnsemble(11, 3, (256, 256), 2)
+    assert float(q_torch.w_obs.abs().max()) <= 1 / math.sqrt(14)
+    assert torch.count_nonzero(q_torch.b0) > 0
+    with pytest.raises(ValueError, match="hidden_init must be one of"):
+        QEnsemble(11, 3, (256,), 2, hidden_init="xavier")
+    with pytest.raises(ValueError, match="hidden_init must be one of"):
+        TanhGaussianPolicy(11, 3, (256,), hidden_init="xavier")
