@@ -335,6 +335,13 @@ class Trainer:
                 self._writer.flush()
         return last
 
+    def behaviour_score(self) -> float | None:
+        """The behaviour data's D4RL-normalised score: the mean return of the dataset's episodes, normalised as the
+        agent's evaluation is (None without episodes or reference returns)."""
+        rets = self.dataset.episode_returns
+        rets = np.asarray(rets() if callable(rets) else rets, np.float64)
+        return _score(self.cfg, self.env_id, float(rets.mean())) if rets.size else None
+
     def _eval_line(self, rec: dict[str, Any]) -> str:
         score = rec["normalized_score"]
         s = f"normalised score {score:.1f}" if score is not None else "no reference returns for this env yet"
@@ -382,9 +389,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{trainer.env_id} yet, so no normalised score); {where}"
         )
     else:
+        score, behaviour = rec["normalized_score"], trainer.behaviour_score()
+        if behaviour is None:
+            verdict = ""
+        elif score > behaviour:
+            verdict = f"; above the behaviour data's {behaviour:.1f}"
+        else:
+            verdict = (
+                f"; below the behaviour data's {behaviour:.1f} after {trainer.step} updates (the published runs "
+                "take 1M; docs/results.md shows what each algorithm reaches and when)"
+            )
         print(
-            f"done: {trainer.step} steps; normalised score {rec['normalized_score']:.1f} "
-            f"(return {rec['return_mean']:.1f}); {where}"
+            f"done: {trainer.step} steps; normalised score {score:.1f} (return {rec['return_mean']:.1f})"
+            f"{verdict}; {where}"
         )
     return 0
 

@@ -262,3 +262,20 @@ def test_bc_on_expert_data_beats_random(tmp_path):
 
     random_return = float(evaluate(Random(), "Hopper-v5", 5).mean())
     assert rec["return_mean"] > random_return + 800, (rec, random_return)
+
+
+def test_behaviour_score_is_the_datasets_normalised_mean_return(tmp_path, capsys):
+    """The main job's verdict compares the agent with the behaviour data, normalised the same way."""
+    from rl.references import normalized_score
+
+    ds = tiny_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
+    returns = np.asarray(ds.episode_returns() if callable(ds.episode_returns) else ds.episode_returns)
+    assert returns.size == 3  # episodes end at the terminals 20 and 45 and the final timeout
+    trainer = Trainer(
+        config_class("bc")(**{**TINY, "run_dir": str(tmp_path / "r"), "steps": 1}), ds, quiet=True
+    )
+    expected = normalized_score("Hopper-v5", float(returns.mean()))
+    assert trainer.behaviour_score() == pytest.approx(expected)
+    cfg = config_class("bc")(**{**TINY, "run_dir": str(tmp_path / "n"), "steps": 1, "dataset": "mine.hdf5"})
+    no_env = Trainer(cfg, tiny_dataset(), quiet=True)
+    assert no_env.behaviour_score() is None
