@@ -1,0 +1,1433 @@
+"""One sweep runner on Ray Tune for every grid of trials: offline RL (variant x dataset x seed) and the MI staircase
+(estimator x critic x seed [x dim]).
+
+    python benchmarks/sweep.py benchmarks/sweeps/smoke.yaml                    # local Ray, all cores
+    python benchmarks/sweep.py benchmarks/sweeps/hopper-medium-50k.yaml --max-concurrent 2
+    python benchmarks/sweep.py SPEC.yaml --address HOST:6379                   # an existing cluster (`ray start`)
+    python benchmarks/sweep.py SPEC.yaml --report-only                         # tables and plots only, no Ray
+
+A grid spec is a plain YAML file (see docs/sweeps.md and benchmarks/sweeps/). Each trial has a stable, readable id
+derived from its grid point (`bc__hopper-medium-v5__s0`) and its own folder `<out>/runs/<id>` (default out:
+`runs/sweeps/<name>`); RL trials are `rl.train` runs in that folder, trained in chunks up to the next evaluation,
+each chunk reported to Tune. A trial is finished when its `<out>/runs/<id>/result.json` exists (written atomically
+at its end). Rerunning the same command after a kill skips finished trials (they are not even submitted to Ray),
+resumes unfinished RL trials exactly from their `checkpoint.pt`, and restarts unfinished staircase trials.
+
+Outputs in `<out>`: `results.csv` (one row per trial and evaluation, or per trial and staircase level),
+`summary.csv`, `results.md` (mean +- std over seeds), `curves_<dataset>.png` (RL) or `staircase.png`,
+`behaviour.json` (cached behaviour-data scores), `sweep.log` (the driver's log), `errors/<id>.txt` (tracebacks of
+failed trials), `ray/` (Ray Tune's own experiment folders). Exit status: 0 when every trial finished, 1 when a trial
+failed or is unfinished, 2 for a bad spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import importlib.util
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/sweep.py` from a checkout that is not pip-installed
+    sys.path.insert(0, str(REPO))
+
+from rl._atomic import atomic_write  # noqa: E402
+
+__all__ = [
+    "SpecError",
+    "SweepError",
+    "Spec",
+    "load_spec",
+    "trial_config",
+    "trial_status",
+    "run_trial",
+    "run_sweep",
+    "gather",
+    "write_report",
+    "main",
+]
+
+KINDS = ("rl", "staircase")
+TOP_KEYS = ("name", "kind", "description", "base", "grid", "resources", "max_concurrent")
+RL_AXES = ("variant", "dataset", "seed")
+STAIRCASE_AXES = ("estimator", "critic", "seed", "dim")
+STAIRCASE_BASE = {"steps_per_level": 4000, "batch_size": 64, "dim": 20, "threads": 1}
+CRITICS = ("separable", "concat")
+SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
+IGNORED_DRIFT = ("run_dir", "threads", "device")  # may change between reruns without invalidating a run
+RESULT = "result.json"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+log = logging.getLogger("sweep")
+
+
+class SpecError(ValueError):
+    """A bad grid spec; the message names the key (`grid.variant[2].config`, `base.stepz`, ...)."""
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot run at all (Ray cannot be started or reached)."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Spec
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Spec:
+    """A validated grid spec and its trials (in grid order).
+
+    Each trial is a plain dict (it travels to Ray workers): `id`, `kind`, `params` (the grid point: variant, dataset,
+    dataset_size, seed for rl; estimator, critic, dim, seed for staircase) and, for rl, `config` (a YAML path or
+    None), `overrides` (`rl.train` field -> value, dotted keys into dict fields) or, for staircase, `settings`.
+    """
+
+    name: str
+    kind: str
+    path: Path
+    base: dict[str, Any]
+    resources: dict[str, float]
+    max_concurrent: int | None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+
+    def trial(self, trial_id: str) -> dict[str, Any]:
+        for t in self.trials:
+            if t["id"] == trial_id:
+                return t
+        raise KeyError(f"no trial {trial_id!r} in sweep {self.name!r}")
+
+
+def _tag(text: str) -> str:
+    """A file-name-safe piece of a trial id."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def _plain(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` as a string; a number is meant."""
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must be a mapping; got {type(value).__name__} {value!r}")
+    for k in value:
+        if not isinstance(k, str):
+            raise SpecError(f"{where}: key {k!r} must be a string")
+    return dict(value)
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if isinstance(value, list | tuple) and value:
+        return list(value)
+    if value is None or (isinstance(value, list | tuple) and not value):
+        raise SpecError(f"{where} must be a non-empty list")
+    return [value]  # a single value is a one-element axis
+
+
+def _int(value: Any, where: str, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where} must be an integer; got {value!r}")
+    if low is not None and value < low:
+        raise SpecError(f"{where} must be >= {low}; got {value}")
+    return value
+
+
+def _check_overrides(values: dict[str, Any], where: str) -> dict[str, Any]:
+    out = {}
+    for k, v in values.items():
+        key = k.replace("-", "_")
+        if key in SWEEP_KEYS:
+            raise SpecError(f"{where}.{k}: '{key}' is set by the sweep (the seed axis, <out>/runs/<id>)")
+        out[key] = _plain(v)
+    return out
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Read and validate a grid spec; `SpecError` names the bad key. RL configs are built here (so an unknown
+    config field fails before Ray starts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    data = _mapping(data, str(path))
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise SpecError(f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(TOP_KEYS)}")
+    for key in ("name", "kind", "grid"):
+        if key not in data:
+            raise SpecError(f"{path}: missing key {key!r}")
+    name = data["name"]
+    if not isinstance(name, str) or not _ID.fullmatch(name):
+        raise SpecError(f"name must be letters, digits, '_', '.', '-' (no spaces); got {name!r}")
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise SpecError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    res = _mapping(data.get("resources"), "resources")
+    bad = [k for k in res if k not in ("cpu", "gpu")]
+    if bad:
+        raise SpecError(f"resources: unknown key {bad[0]!r}; known keys: cpu, gpu")
+    resources = {"cpu": res.get("cpu", 1), "gpu": res.get("gpu", 0)}
+    for k, v in resources.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (k == "cpu" and v <= 0):
+            raise SpecError(f"resources.{k} must be a {'positive' if k == 'cpu' else 'non-negative'} number")
+    mc = data.get("max_concurrent")
+    if mc is not None:
+        _int(mc, "max_concurrent", 1)
+    desc = data.get("description") or ""
+    spec = Spec(name, kind, path, _mapping(data.get("base"), "base"), resources, mc, description=str(desc))
+    grid = _mapping(data["grid"], "grid")
+    spec.trials = _rl_trials(spec, grid) if kind == "rl" else _staircase_trials(spec, grid)
+    ids = [t["id"] for t in spec.trials]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise SpecError(f"grid: two grid points give the same trial id {dup!r}")
+    return spec
+
+
+def _resolve_config(value: Any, where: str, spec_path: Path) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{where} must be a path to a YAML config; got {value!r}")
+    p = Path(value).expanduser()
+    for cand in [p] if p.is_absolute() else [Path.cwd() / p, REPO / p, spec_path.parent / p]:
+        if cand.is_file():
+            return str(cand.resolve())
+    raise SpecError(f"{where}: config file not found: {value} (relative paths: to the repo root or the spec)")
+
+
+def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
+    from rl.config import ConfigError
+    from rl.train import build_config
+
+    unknown = [k for k in grid if k not in RL_AXES]
+    if unknown:
+        raise SpecError(f"grid: unknown axis {unknown[0]!r} for kind rl; axes: {', '.join(RL_AXES)}")
+    for axis in ("variant", "seed"):
+        if axis not in grid:
+            raise SpecError(f"grid: missing axis {axis!r}")
+    base = _check_overrides(spec.base, "base")
+    datasets = None
+    if "dataset" in grid:
+        datasets = _list(grid["dataset"], "grid.dataset")
+        for i, d in enumerate(datasets):
+            if not isinstance(d, str) or not d.strip():
+                raise SpecError(f"grid.dataset[{i}] must be a dataset name or path; got {d!r}")
+        if "dataset" in base:
+            raise SpecError("base.dataset: the grid has a dataset axis; set datasets there")
+    seeds = [_int(s, f"grid.seed[{i}]", 0) for i, s in enumerate(_list(grid["seed"], "grid.seed"))]
+    variants = []
+    for i, v in enumerate(_list(grid["variant"], "grid.variant")):
+        where = f"grid.variant[{i}]"
+        v = _mapping(v, where)
+        vname = v.pop("name", None)
+        if not isinstance(vname, str) or not _ID.fullmatch(vname):
+            raise SpecError(f"{where}.name must be letters, digits, '_', '.', '-'; got {vname!r}")
+        where = f"grid.variant[{i}] ({vname})"
+        cfg_path = v.pop("config", None)
+        algo = v.pop("algo", None)
+        if cfg_path is None and algo is None:
+            raise SpecError(f"{where}: give 'config' (a YAML file) or 'algo'")
+        if cfg_path is not None:
+            cfg_path = _resolve_config(cfg_path, f"{where}.config", spec.path)
+        overrides = _check_overrides(v, where)
+        if datasets is not None and "dataset" in overrides:
+            raise SpecError(f"{where}.dataset: the grid has a dataset axis; set datasets there")
+        if algo is not None:
+            overrides = {"algo": algo, **overrides}
+        variants.append((vname, cfg_path, {**base, **overrides}, where))
+    names = [v[0] for v in variants]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise SpecError(f"grid.variant: two variants are named {dup!r}")
+    res_threads = max(1, int(spec.resources["cpu"]))
+    trials = []
+    for (vname, cfg_path, overrides, where), dataset, seed in itertools.product(
+        variants, datasets or [None], seeds
+    ):
+        ov = dict(overrides)
+        if dataset is not None:
+            ov["dataset"] = dataset
+        ov.setdefault("threads", res_threads)
+        ov["seed"] = seed
+        try:
+            cfg = build_config(cfg_path, ov)
+        except (ConfigError, FileNotFoundError) as e:
+            raise SpecError(f"{where}: {e}") from None
+        tag = _tag(Path(cfg.dataset).stem if cfg.dataset.endswith((".hdf5", ".h5")) else cfg.dataset)
+        trials.append(
+            {
+                "id": f"{vname}__{tag}__s{seed}",
+                "kind": "rl",
+                "params": {
+                    "variant": vname,
+                    "dataset": cfg.dataset,
+                    "dataset_label": tag if cfg.dataset_size is None else f"{tag}-n{cfg.dataset_size}",
+                    "dataset_size": cfg.dataset_size,
+                    "seed": seed,
+                },
+                "config": cfg_path,
+                "overrides": ov,
+                "steps": cfg.steps,
+                "eval_episodes": cfg.eval_episodes,
+            }
+        )
+    return trials
+
+
+def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
+    import mi_estimators as mie
+
+    unknown = [k for k in grid if k not in STAIRCASE_AXES]
+    if unknown:
+        raise SpecError(
+            f"grid: unknown axis {unknown[0]!r} for kind staircase; axes: {', '.join(STAIRCASE_AXES)}"
+        )
+    for axis in ("estimator", "seed"):
+        if axis not in grid:
+            raise SpecError(f"grid: missing axis {axis!r}")
+    bad = [k for k in spec.base if k not in STAIRCASE_BASE]
+    if bad:
+        raise SpecError(
+            f"base: unknown key {bad[0]!r} for kind staircase; known keys: {', '.join(STAIRCASE_BASE)}"
+        )
+    settings = {**STAIRCASE_BASE, **spec.base}
+    for k in settings:
+        settings[k] = _int(settings[k], f"base.{k}", 2 if k == "steps_per_level" else 1)
+    if "dim" in grid and "dim" in spec.base:
+        raise SpecError("base.dim: the grid has a dim axis")
+    available = mie.available()
+    estimators = _list(grid["estimator"], "grid.estimator")
+    for i, e in enumerate(estimators):
+        if e not in available:
+            raise SpecError(
+                f"grid.estimator[{i}]: unknown estimator {e!r}; available: {', '.join(available)}"
+            )
+    critics = _list(grid.get("critic", ["separable"]), "grid.critic")
+    for i, c in enumerate(critics):
+        if c not in CRITICS:
+            raise SpecError(f"grid.critic[{i}]: unknown critic {c!r}; known: {', '.join(CRITICS)}")
+    dims = [
+        _int(d, f"grid.dim[{i}]", 1)
+        for i, d in enumerate(_list(grid.get("dim", [settings["dim"]]), "grid.dim"))
+    ]
+    seeds = [_int(s, f"grid.seed[{i}]", 0) for i, s in enumerate(_list(grid["seed"], "grid.seed"))]
+    trials = []
+    for est, critic, dim, seed in itertools.product(estimators, critics, dims, seeds):
+        trials.append(
+            {
+                "id": f"{_tag(est)}__{critic}__d{dim}__s{seed}",
+                "kind": "staircase",
+                "params": {"estimator": est, "critic": critic, "dim": dim, "seed": seed},
+                "settings": {
+                    "steps_per_level": settings["steps_per_level"],
+                    "batch_size": settings["batch_size"],
+                    "threads": settings["threads"],
+                },
+            }
+        )
+    return trials
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One trial (runs in a Ray worker, or in-process in tests)
+# ------------------------------------------------------------------------------------------------------------
+def run_dir(out: Path, trial: dict[str, Any]) -> Path:
+    return Path(out) / "runs" / trial["id"]
+
+
+def trial_config(trial: dict[str, Any], out: str | os.PathLike) -> Any:
+    """The `rl.train` config of an RL trial, run directory `<out>/runs/<id>` included."""
+    from rl.train import build_config
+
+    ov = {**trial["overrides"], "run_dir": str(Path(out).resolve() / "runs" / trial["id"])}
+    return build_config(trial["config"], ov)
+
+
+def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    d = yaml.safe_load(yaml.safe_dump(cfg_dict, sort_keys=True))  # tuples -> lists, floats normalised
+    return {k: v for k, v in d.items() if k not in IGNORED_DRIFT}
+
+
+def _drift(saved: dict[str, Any], cfg: Any) -> str | None:
+    """None when the saved config equals `cfg` (up to run_dir/threads/device); else which keys differ."""
+    from rl.config import to_dict
+
+    a, b = _comparable(saved), _comparable(to_dict(cfg))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if not keys:
+        return None
+    return ", ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} in the spec" for k in keys[:4])
+
+
+def trial_status(trial: dict[str, Any], out: str | os.PathLike) -> tuple[str, str]:
+    """(`finished` | `resume` | `new` | `changed`, detail) of a trial, from its files only."""
+    d = run_dir(Path(out), trial)
+    res = d / RESULT
+    if res.exists():
+        data = json.loads(res.read_text())
+        if trial["kind"] == "rl":
+            why = _drift(data.get("config", {}), trial_config(trial, out))
+        else:
+            same = data.get("params") == trial["params"] and data.get("settings") == trial["settings"]
+            why = None if same else f"made with {data.get('params')} {data.get('settings')}"
+        if why:
+            return (
+                "changed",
+                f"{d} holds a finished run whose settings differ ({why}); remove it or use another --out",
+            )
+        return "finished", f"step {data.get('step', '')}"
+    if trial["kind"] == "rl" and (d / "config.yaml").exists() and (d / "checkpoint.pt").exists():
+        from rl.config import load_yaml
+
+        why = _drift(load_yaml(d / "config.yaml"), trial_config(trial, out))
+        if why:
+            return "changed", f"{d} holds a run whose settings differ ({why}); remove it or use another --out"
+        return "resume", f"step {_last_eval_step(d)}"
+    return "new", ""
+
+
+def _last_eval_step(d: Path) -> int:
+    rows = _read_evals(d / "eval.csv")
+    return rows[-1]["step"] if rows else 0
+
+
+def _read_evals(path: Path) -> list[dict[str, Any]]:
+    """The rows of an `rl.train` eval.csv (step, return_mean, return_std, normalized_score or None); a partial
+    last line (a kill mid-write) is dropped."""
+    if not path.exists():
+        return []
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if None in row.values() or None in row:
+                continue  # fewer or more fields than the header: a partial line
+            try:
+                step = int(row["step"])
+                rec = {
+                    "step": step,
+                    "return_mean": float(row["return_mean"]),
+                    "return_std": float(row["return_std"]) if row.get("return_std") else math.nan,
+                    "normalized_score": float(row["normalized_score"])
+                    if row.get("normalized_score")
+                    else None,
+                }
+            except (KeyError, TypeError, ValueError):
+                continue
+            out.append(rec)
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from rl._atomic import jsonable
+
+    text = json.dumps(jsonable(data), indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def run_trial(
+    trial: dict[str, Any], out: str | os.PathLike, report: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one trial to its end and write `<out>/runs/<id>/result.json`; returns the result.
+
+    RL: an `rl.train.Trainer` in `<out>/runs/<id>`, resumed from its checkpoint when there is one, trained in chunks
+    up to each evaluation; `report(metrics)` after each chunk. Staircase: `benchmarks/staircase.py`'s `run` and
+    `summarise`. A failure writes `<out>/errors/<id>.txt` and re-raises.
+    """
+    out = Path(out).resolve()
+    err = out / "errors" / f"{trial['id']}.txt"
+    err.unlink(missing_ok=True)
+    report = report or (lambda metrics: None)
+    try:
+        if trial["kind"] == "rl":
+            return _run_rl(trial, out, report)
+        return _run_staircase(trial, out, report)
+    except Exception:  # not KeyboardInterrupt/SystemExit: an interrupted trial is unfinished, not failed
+        text = f"trial {trial['id']} failed:\n{traceback.format_exc()}"
+        atomic_write(err, lambda tmp: Path(tmp).write_text(text))
+        raise
+
+
+def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    from rl.config import to_dict
+    from rl.train import MARKER, Trainer
+
+    cfg = trial_config(trial, out)
+    d = Path(cfg.run_dir)
+    status, why = trial_status(trial, out)
+    if status == "changed":
+        raise RuntimeError(why)
+    if status == "finished":
+        return json.loads((d / RESULT).read_text())
+    resume = (d / "checkpoint.pt").exists()
+    if not resume and (d / MARKER).exists():
+        # killed before its first checkpoint: logs written so far would be appended to; start them afresh
+        for name in ("eval.csv", "progress.csv"):
+            (d / name).unlink(missing_ok=True)
+        if (d / "tb").is_dir():
+            import shutil
+
+            shutil.rmtree(d / "tb")
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, resume=resume, quiet=True)
+    start = trainer.step
+    tlog = _trial_logger(out, trial["id"])
+    tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.steps)
+    every = cfg.eval_every or cfg.checkpoint_every
+    while trainer.step < cfg.steps:
+        trainer.train(until=min(cfg.steps, (trainer.step // every + 1) * every))
+        last = trainer.evals[-1] if trainer.evals else {}
+        metrics = {
+            "step": trainer.step,
+            "normalized_score": last.get("normalized_score"),
+            "return_mean": last.get("return_mean"),
+            "eval_step": last.get("step"),
+        }
+        tlog.info("%s step %d: %s", trial["id"], trainer.step, metrics)
+        report(metrics)
+    final = trainer.evals[-1] if trainer.evals else {}
+    result = {
+        "id": trial["id"],
+        "kind": "rl",
+        "params": trial["params"],
+        "step": trainer.step,
+        "steps": cfg.steps,
+        "final": final,
+        "evals": trainer.evals,
+        "resumed_from": start,
+        "seconds_last_attempt": round(time.perf_counter() - t0, 1),
+        "config": to_dict(cfg),
+    }
+    _write_json(d / RESULT, result)
+    tlog.info("finished %s: %s", trial["id"], final)
+    if start == cfg.steps:  # resumed after the last checkpoint but before result.json: nothing left to train
+        report({"step": trainer.step, "normalized_score": final.get("normalized_score")})
+    return result
+
+
+def _staircase_module():
+    name = "_sweep_staircase"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "staircase.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    import torch
+
+    status, why = trial_status(trial, out)
+    if status == "changed":
+        raise RuntimeError(why)
+    d = run_dir(out, trial)
+    if status == "finished":
+        return json.loads((d / RESULT).read_text())
+    sc = _staircase_module()
+    p, s = trial["params"], trial["settings"]
+    torch.set_num_threads(s["threads"])
+    t0 = time.perf_counter()
+    est = sc.run(p["estimator"], p["critic"], s["steps_per_level"], p["dim"], s["batch_size"], p["seed"])
+    seconds = time.perf_counter() - t0
+    levels = sc.summarise(est, s["steps_per_level"])
+    result = {
+        "id": trial["id"],
+        "kind": "staircase",
+        "params": p,
+        "settings": s,
+        "step": len(est),
+        "levels": levels,
+        "estimates": est,
+        "seconds": round(seconds, 2),
+    }
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json(d / RESULT, result)
+    mse = [r["mse"] for r in levels]
+    report({"step": len(est), "mean_mse": statistics.fmean(mse) if mse else None})
+    return result
+
+
+def _trial_logger(out: Path, trial_id: str) -> logging.Logger:
+    lg = logging.getLogger(f"sweep.trial.{trial_id}")
+    if not lg.handlers:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        h = logging.FileHandler(out / "logs" / f"{trial_id}.log")
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    return lg
+
+
+def _ray_trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: one trial, reported to Tune after each chunk."""
+    repo = config["repo"]
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from ray import tune
+
+    report = tune.report if "metrics" in _signature(tune.report) else _train_report()
+    run_trial(config["trial"], config["out"], report=report)
+
+
+def _signature(fn: Callable) -> Sequence[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _train_report() -> Callable:  # Ray < 2.4x: function trainables report through ray.train
+    from ray import train
+
+    return train.report
+
+
+def _trial_name(trial: Any) -> str:
+    return trial.config["trial"]["id"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The driver
+# ------------------------------------------------------------------------------------------------------------
+def _display(path: Path | str) -> str:
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def command(spec: Spec, out: Path) -> str:
+    """The command that (re)runs the sweep and rewrites its tables (`--report-only`: tables only)."""
+    return shlex.join(["python", "benchmarks/sweep.py", _display(spec.path), "--out", _display(out)])
+
+
+def _setup_logging(out: Path) -> logging.Handler:
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "sweep.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return handler
+
+
+_NOISY = ("ray", "py.warnings")
+
+
+def _quiet_ray(path: str) -> logging.Handler:
+    """Ray's and Tune's Python logging (and warnings) to the sweep log, not the console. A handler of its own:
+    Ray sets the format of the handlers on its loggers."""
+    handler = logging.FileHandler(path)
+    logging.captureWarnings(True)
+    for name in _NOISY:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+        lg.addHandler(handler)
+        lg.propagate = False
+    return handler
+
+
+def _unquiet(handler: logging.Handler) -> None:
+    for name in _NOISY:
+        logging.getLogger(name).removeHandler(handler)
+    logging.captureWarnings(False)
+    handler.close()
+
+
+def _console(msg: str) -> None:
+    print(msg, flush=True)
+    log.info(msg)
+
+
+def ensure_behaviour(spec: Spec, out: Path, make: bool) -> dict[str, Any]:
+    """Behaviour-data normalised score per dataset label, cached in `<out>/behaviour.json`.
+
+    The score is `rl.collect info`'s: the mean over the dataset's episodes (the last one may be cut) of the D4RL
+    normalised return. With `make`, a dataset that is not cached is generated (the trials need it anyway, and one
+    generation in the driver avoids concurrent trials generating it twice); without, such a dataset is left out.
+    """
+    if spec.kind != "rl":
+        return {}
+    path = out / "behaviour.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    seen = {}
+    for t in spec.trials:
+        p = t["params"]
+        seen.setdefault(p["dataset_label"], (p["dataset"], p["dataset_size"]))
+    for label, (dataset, size) in seen.items():
+        hit = cache.get(label)
+        if hit and hit.get("dataset") == dataset and hit.get("dataset_size") == size:
+            if make and _load_dataset(dataset, size, make=False, probe=True) is None:
+                _load_dataset(dataset, size, make=True)  # generate it once, for the trials
+            continue
+        ds = _load_dataset(dataset, size, make=make)
+        if ds is None:
+            continue
+        cache[label] = {"dataset": dataset, "dataset_size": size, **_behaviour_score(dataset, ds)}
+        changed = True
+    if changed:
+        _write_json(path, cache)
+    return cache
+
+
+def _load_dataset(dataset: str, size: int | None, make: bool, probe: bool = False) -> Any:
+    """The dataset (None when `make` is off and it would have to be generated); `probe`: only whether it is
+    on disk (True/None), without reading it."""
+    from rl.data import load
+
+    if not make:
+        if Path(dataset).expanduser().is_file():
+            if probe:
+                return True
+        else:
+            try:
+                from rl.collect import is_cached, parse_name
+
+                parse_name(dataset)
+                if not is_cached(dataset, size):
+                    return None
+                if probe:
+                    return True
+            except (ImportError, ValueError):
+                return True if probe else None  # minari:/d4rl: sources: not loaded for a report
+    try:
+        return load(dataset, **({"size": size} if size else {}))
+    except Exception as e:  # noqa: BLE001 - the report goes on without a behaviour score
+        log.warning("behaviour score of %s: cannot load it: %s", dataset, e)
+        return None
+
+
+def _behaviour_score(dataset: str, ds: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from rl.references import normalized_score
+
+    rets = np.asarray(ds.episode_returns(), dtype=float)
+    score = None
+    env_id = (getattr(ds, "metadata", None) or {}).get("env_id")
+    for name in (dataset.removeprefix("d4rl:").removeprefix("minari:"), env_id):
+        if not name:
+            continue
+        try:
+            score = float(np.mean(normalized_score(name, rets)))
+            break
+        except ValueError:
+            continue
+    return {
+        "normalized_score": score,
+        "return_mean": float(rets.mean()) if len(rets) else None,
+        "episodes": int(len(rets)),
+        "transitions": int(len(ds)),
+    }
+
+
+def run_sweep(
+    spec: Spec,
+    out: str | os.PathLike,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    max_concurrent: int | None = None,
+) -> dict[str, Any]:
+    """Run the trials of `spec` that are not finished on Ray Tune, then gather the report.
+
+    Returns `{"skipped": [ids], "resumed": {id: step}, "started": [ids], "errors": {id: message}, "files": [...]}`.
+    A Ray instance that is already initialised (tests) is used as it is; otherwise `address` (an existing cluster)
+    or a new local instance with `num_cpus` CPUs (default: all), shut down at the end.
+    """
+    out = Path(out).resolve()
+    lock = _lock(out)
+    handler = _setup_logging(out)
+    try:
+        return _run_sweep(spec, out, address, num_cpus, max_concurrent, handler)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        lock.close()
+
+
+def _lock(out: Path) -> Any:
+    """An exclusive lock on `<out>/.sweep.lock` for this driver's lifetime (the OS drops it when the driver dies,
+    even by kill -9), so that two drivers never train the same trials at once."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".sweep.lock", "a+")  # held open until the sweep ends
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise SweepError(
+            f"another sweep driver (pid {holder}) is running in {out}; wait for it or kill it"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _run_sweep(spec, out, address, num_cpus, max_concurrent, handler) -> dict[str, Any]:
+    summary: dict[str, Any] = {"skipped": [], "resumed": {}, "started": [], "errors": {}}
+    todo = []
+    for t in spec.trials:
+        status, detail = trial_status(t, out)
+        if status == "finished":
+            summary["skipped"].append(t["id"])
+        elif status == "changed":
+            summary["errors"][t["id"]] = detail
+            _write_error(out, t["id"], detail)
+        else:
+            if status == "resume":
+                summary["resumed"][t["id"]] = int(detail.split()[-1])
+            else:
+                summary["started"].append(t["id"])
+            todo.append(t)
+    resumed = ", ".join(f"{k} (evaluated up to step {v})" for k, v in summary["resumed"].items())
+    _console(
+        f"sweep {spec.name}: {len(spec.trials)} trials; {len(summary['skipped'])} finished (skipped), "
+        f"{len(summary['resumed'])} to resume{': ' + resumed if resumed else ''}, {len(summary['started'])} new; "
+        f"{len(summary['errors'])} refused; log: {_display(out / 'sweep.log')}"
+    )
+    for tid, msg in summary["errors"].items():
+        _console(f"  refused {tid}: {msg}")
+    if todo:
+        ensure_behaviour(spec, out, make=True)
+        summary["errors"].update(_tune(spec, out, todo, address, num_cpus, max_concurrent, handler))
+    else:
+        ensure_behaviour(spec, out, make=False)
+    summary["files"] = write_report(spec, out)
+    _console(f"wrote {', '.join(_display(p) for p in summary['files'])}")
+    return summary
+
+
+def _write_error(out: Path, tid: str, text: str) -> None:
+    atomic_write(out / "errors" / f"{tid}.txt", lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def _tune(spec, out, todo, address, num_cpus, max_concurrent, handler) -> dict[str, str]:
+    import ray.tune  # noqa: F401 - Ray's loggers exist once it is imported; then they are redirected
+
+    ray_log = _quiet_ray(handler.baseFilename)
+    try:
+        return _tune_run(spec, out, todo, address, num_cpus, max_concurrent)
+    finally:
+        _unquiet(ray_log)
+
+
+def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, str]:
+    import ray
+    from ray import cloudpickle, tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables on the console
+    if (
+        __name__ != "__main__"
+    ):  # imported (tests): workers may not find this module; ship its code with the trial
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    own = not ray.is_initialized()
+    if own:
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        except Exception as e:  # noqa: BLE001 - reported as one clear line
+            where = f"connect to the Ray cluster at {address}" if address else "start a local Ray instance"
+            hint = (
+                " (a cluster started with token authentication, the default of `ray start` since Ray 2.59, needs "
+                "RAY_AUTH_MODE=token in this command's environment too)"
+                if address
+                else ""
+            )
+            raise SweepError(f"cannot {where}: {type(e).__name__}: {e}{hint}") from e
+    cpus = ray.cluster_resources().get("CPU", 0)
+    _console(
+        f"Ray {'cluster ' + address if address else 'local'} ({cpus:g} CPUs); {len(todo)} trials, "
+        f"{spec.resources['cpu']:g} CPU each, at most {max_concurrent or spec.max_concurrent or 'all'} at once"
+    )
+    done: dict[str, str] = {}
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            log.info(
+                "%s: %s",
+                trial.config["trial"]["id"],
+                {k: result.get(k) for k in ("step", "normalized_score")},
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            score = r.get("normalized_score")
+            tail = f" score {score:.1f}" if isinstance(score, float) else ""
+            done[trial.config["trial"]["id"]] = "ok"
+            _console(
+                f"  done  {trial.config['trial']['id']} step {r.get('step')}{tail} ({len(done)}/{len(todo)})"
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            tid = trial.config["trial"]["id"]
+            done[tid] = "error"
+            _console(
+                f"  error {tid} (see {_display(out / 'errors' / (tid + '.txt'))}) ({len(done)}/{len(todo)})"
+            )
+
+    payloads = [{"trial": copy.deepcopy(t), "out": str(out), "repo": str(REPO)} for t in todo]
+    run_config_cls = getattr(tune, "RunConfig", None)
+    if run_config_cls is None:  # Ray < 2.4x
+        from ray.train import RunConfig as run_config_cls
+    tuner = tune.Tuner(
+        tune.with_resources(_ray_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}),
+        param_space={
+            "trial": tune.grid_search([p["trial"] for p in payloads]),
+            "out": str(out),
+            "repo": str(REPO),
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent or spec.max_concurrent,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+            reuse_actors=True,  # one worker process runs trial after trial: no torch import per trial
+        ),
+        run_config=run_config_cls(
+            storage_path=str(out / "ray"),
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            verbose=0,
+            callbacks=[Progress()],
+        ),
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        if own:
+            ray.shutdown()
+    errors = {}
+    for res in grid:
+        if res.error is None:
+            continue
+        tid = (res.config or {}).get("trial", {}).get("id", "?")
+        path = out / "errors" / f"{tid}.txt"
+        if not path.exists():  # died without a Python exception (a killed worker): keep Ray's word for it
+            _write_error(out, tid, f"trial {tid} failed:\n{res.error}")
+        errors[tid] = _first_error_line(path)
+    return errors
+
+
+def _first_error_line(path: Path) -> str:
+    lines = [x for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return lines[-1].strip() if lines else "failed"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gathering: CSV, markdown, plots
+# ------------------------------------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _fmt(mean: float | None, std: float | None, digits: int = 1) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def gather(spec: Spec, out: str | os.PathLike) -> dict[str, Any]:
+    """Everything the report needs, from the files in `out` only (no Ray, no training).
+
+    RL: `rows` (one per trial and evaluation), `trials` (id, params, status finished/unfinished/error/pending, step
+    reached, final score), `cells` ((variant, dataset label) -> mean/std/n over finished seeds, and the unfinished
+    ones), `behaviour` (label -> cached score). Staircase: `rows` (one per trial and level), `trials`, `cells`.
+    """
+    out = Path(out).resolve()
+    return _gather_rl(spec, out) if spec.kind == "rl" else _gather_staircase(spec, out)
+
+
+def _status(out: Path, t: dict[str, Any], has_progress: bool) -> tuple[str, str | None]:
+    """(finished | error | unfinished | pending, the error's last line)."""
+    status, detail = trial_status(t, out)
+    if status == "finished":
+        return "finished", None
+    if status == "changed":
+        return "error", detail
+    err = out / "errors" / f"{t['id']}.txt"
+    if err.exists():
+        return "error", _first_error_line(err)
+    return ("unfinished" if has_progress else "pending"), None
+
+
+def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
+    rows, trials = [], []
+    for t in spec.trials:
+        p, d = t["params"], run_dir(out, t)
+        evals = _read_evals(d / "eval.csv")
+        res = json.loads((d / RESULT).read_text()) if (d / RESULT).exists() else None
+        if res is not None:  # the finished run's own record wins over the CSV
+            evals = [
+                {**e, "return_std": e.get("return_std", math.nan)} for e in res.get("evals", [])
+            ] or evals
+        status, error = _status(out, t, bool(evals) or (d / "checkpoint.pt").exists())
+        steps = t["steps"]
+        final = None
+        if status == "finished" and evals and evals[-1]["step"] == steps:
+            final = evals[-1]["normalized_score"]
+        for e in evals:
+            rows.append(
+                {
+                    "trial_id": t["id"],
+                    "variant": p["variant"],
+                    "dataset": p["dataset_label"],
+                    "seed": p["seed"],
+                    "status": status,
+                    "step": e["step"],
+                    "normalized_score": e["normalized_score"],
+                    "return_mean": e["return_mean"],
+                    "return_std": e["return_std"],
+                }
+            )
+        trials.append(
+            {
+                "id": t["id"],
+                **p,
+                "status": status,
+                "steps": steps,
+                "step": evals[-1]["step"] if evals else 0,
+                "final": final,
+                "error": error,
+            }
+        )
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for tr in trials:
+        c = cells.setdefault(
+            (tr["variant"], tr["dataset_label"]),
+            {"scores": [], "seeds": [], "steps": set(), "unfinished": [], "errors": [], "pending": []},
+        )
+        c["steps"].add(tr["steps"])
+        if tr["status"] == "finished" and tr["final"] is not None:
+            c["scores"].append(tr["final"])
+            c["seeds"].append(tr["seed"])
+        elif tr["status"] == "error":
+            c["errors"].append(tr)
+        elif tr["status"] == "pending":
+            c["pending"].append(tr)
+        else:
+            c["unfinished"].append(tr)
+    for c in cells.values():
+        c["mean"], c["std"] = _mean_std(c["scores"]) if c["scores"] else (None, None)
+    behaviour_path = out / "behaviour.json"
+    behaviour = json.loads(behaviour_path.read_text()) if behaviour_path.exists() else {}
+    return {"kind": "rl", "rows": rows, "trials": trials, "cells": cells, "behaviour": behaviour}
+
+
+def _gather_staircase(spec: Spec, out: Path) -> dict[str, Any]:
+    rows, trials, runs = [], [], {}
+    for t in spec.trials:
+        p, d = t["params"], run_dir(out, t)
+        res = json.loads((d / RESULT).read_text()) if (d / RESULT).exists() else None
+        status, error = _status(out, t, False)
+        trials.append({"id": t["id"], **p, "status": status, "error": error})
+        if res is None:
+            continue
+        runs[t["id"]] = res
+        for r in res["levels"]:
+            rows.append(
+                {
+                    "trial_id": t["id"],
+                    **p,
+                    "true_mi": r["mi"],
+                    "bias": r["bias"],
+                    "variance": r["variance"],
+                    "mse": r["mse"],
+                    "nonfinite": r["nonfinite"],
+                    "seconds": res["seconds"],
+                }
+            )
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["estimator"], r["critic"], r["dim"], r["true_mi"])
+        c = cells.setdefault(key, {"bias": [], "variance": [], "mse": [], "seeds": []})
+        for m in ("bias", "variance", "mse"):
+            c[m].append(r[m])
+        c["seeds"].append(r["seed"])
+    return {"kind": "staircase", "rows": rows, "trials": trials, "cells": cells, "runs": runs}
+
+
+def _csv_text(header: str, fields: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    buf.write(header)
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(
+            {k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in r.items()}
+        )
+    return buf.getvalue()
+
+
+def _write_text(path: Path, text: str) -> Path:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def write_report(spec: Spec, out: str | os.PathLike) -> list[Path]:
+    """Write results.csv, summary.csv, results.md and the plots into `out`, atomically; returns their paths."""
+    out = Path(out).resolve()
+    g = gather(spec, out)
+    cmd = command(spec, out)
+    head = f"# regenerate: {cmd}   (add --report-only to rebuild the tables from the run folders alone)\n"
+    if g["kind"] == "rl":
+        return _report_rl(spec, out, g, cmd, head)
+    return _report_staircase(spec, out, g, cmd, head)
+
+
+def _cell_text(c: dict[str, Any]) -> str:
+    parts = []
+    if c["scores"]:
+        n = len(c["scores"])
+        parts.append(f"{_fmt(c['mean'], c['std'])} ({n} seed{'s' if n > 1 else ''})")
+    if c["unfinished"]:
+        parts.append("unfinished: " + ", ".join(f"s{t['seed']} at step {t['step']}" for t in c["unfinished"]))
+    if c["pending"]:
+        parts.append("not started: " + ", ".join(f"s{t['seed']}" for t in c["pending"]))
+    if c["errors"]:
+        parts.append("failed: " + ", ".join(f"s{t['seed']}" for t in c["errors"]))
+    return "; ".join(parts) or "—"
+
+
+def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) -> list[Path]:
+    variants = list(dict.fromkeys(t["params"]["variant"] for t in spec.trials))
+    labels = list(dict.fromkeys(t["params"]["dataset_label"] for t in spec.trials))
+    fields = [
+        "trial_id",
+        "variant",
+        "dataset",
+        "seed",
+        "status",
+        "step",
+        "normalized_score",
+        "return_mean",
+        "return_std",
+    ]
+    files = [_write_text(out / "results.csv", _csv_text(head, fields, g["rows"]))]
+    srows = []
+    for v in variants:
+        for lab in labels:
+            c = g["cells"].get((v, lab))
+            if c is None:
+                continue
+            srows.append(
+                {
+                    "variant": v,
+                    "dataset": lab,
+                    "steps": "/".join(str(s) for s in sorted(c["steps"])),
+                    "n_finished": len(c["scores"]),
+                    "mean": c["mean"],
+                    "std": c["std"],
+                    "seeds": " ".join(str(s) for s in c["seeds"]),
+                    "unfinished": " ".join(f"s{t['seed']}@{t['step']}" for t in c["unfinished"]),
+                    "not_started": " ".join(f"s{t['seed']}" for t in c["pending"]),
+                    "failed": " ".join(f"s{t['seed']}" for t in c["errors"]),
+                    "behaviour_score": (g["behaviour"].get(lab) or {}).get("normalized_score"),
+                }
+            )
+    files.append(
+        _write_text(out / "summary.csv", _csv_text(head, list(srows[0]) if srows else ["variant"], srows))
+    )
+    budgets = sorted({t["steps"] for t in g["trials"]})
+    per_variant_budget = len(budgets) > 1
+    ep = sorted({t["eval_episodes"] for t in spec.trials})
+    lines = [
+        f"<!-- regenerate: {cmd} (add --report-only to rebuild the tables from the run folders alone) -->",
+        f"# Sweep `{spec.name}`",
+        "",
+        f"Regenerate: `{cmd}` (reruns unfinished trials only; `--report-only` rebuilds the tables alone). "
+        f"Spec: `{_display(spec.path)}`.",
+        "",
+        f"Final normalised score (D4RL formula; the project's v5 references for v5 datasets) "
+        f"{'at ' + str(budgets[0]) + ' gradient steps' if not per_variant_budget else 'at each row’s step budget'}: "
+        f"mean ± sample std over seeds (deterministic policy, {'/'.join(map(str, ep))} evaluation episodes). "
+        "Unfinished trials are listed with the last step they evaluated; they are not in the mean.",
+        "",
+        "| variant | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    beh = [(g["behaviour"].get(lab) or {}).get("normalized_score") for lab in labels]
+    lines.append("| behaviour data | " + " | ".join(_fmt(b, None) for b in beh) + " |")
+    for v in variants:
+        name = v
+        if per_variant_budget:
+            vs = sorted({t["steps"] for t in g["trials"] if t["variant"] == v})
+            name += f" ({'/'.join(map(str, vs))} steps)"
+        cells = [_cell_text(g["cells"][(v, lab)]) if (v, lab) in g["cells"] else "" for lab in labels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    bad = [t for t in g["trials"] if t["status"] == "error"]
+    if bad:
+        lines += ["", "Failed trials:", ""] + [f"- `{t['id']}`: {t['error']}" for t in bad]
+    plots = []
+    for lab in labels:
+        path = out / f"curves_{lab}.png"
+        if _plot_curves(spec, g, lab, variants, path):
+            plots.append(path)
+    if plots:
+        lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    files.append(_write_text(out / "results.md", "\n".join(lines) + "\n"))
+    return files + plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+def _plot_curves(spec: Spec, g: dict[str, Any], label: str, variants: list[str], path: Path) -> bool:
+    curves: dict[str, dict[int, list[float]]] = {}
+    for r in g["rows"]:
+        if r["dataset"] != label or r["normalized_score"] is None:
+            continue
+        curves.setdefault(r["variant"], {}).setdefault(r["step"], []).append(r["normalized_score"])
+    if not curves:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, v in enumerate(v for v in variants if v in curves):
+        steps = sorted(curves[v])
+        stats = [_mean_std(curves[v][s]) for s in steps]
+        mean = [m for m, _ in stats]
+        std = [s or 0.0 for _, s in stats]
+        color = f"C{i % 10}"
+        ax.plot(steps, mean, color=color, lw=1.4, label=v, ls="-" if i < 10 else "--")
+        ax.fill_between(
+            steps,
+            [m - s for m, s in zip(mean, std)],
+            [m + s for m, s in zip(mean, std)],
+            color=color,
+            alpha=0.15,
+        )
+    b = (g["behaviour"].get(label) or {}).get("normalized_score")
+    if b is not None:
+        ax.axhline(b, color="black", ls="--", lw=1.0, label="behaviour data")
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel("normalised score")
+    ax.set_title(f"{spec.name}: {label} (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) -> list[Path]:
+    fields = [
+        "trial_id",
+        "estimator",
+        "critic",
+        "dim",
+        "seed",
+        "true_mi",
+        "bias",
+        "variance",
+        "mse",
+        "nonfinite",
+        "seconds",
+    ]
+    files = [_write_text(out / "results.csv", _csv_text(head, fields, g["rows"]))]
+    srows = []
+    for (est, critic, dim, mi), c in g["cells"].items():
+        row = {"estimator": est, "critic": critic, "dim": dim, "true_mi": mi, "n_seeds": len(c["seeds"])}
+        for m in ("bias", "variance", "mse"):
+            row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(c[m])
+        srows.append(row)
+    files.append(
+        _write_text(out / "summary.csv", _csv_text(head, list(srows[0]) if srows else ["estimator"], srows))
+    )
+    s = spec.trials[0]["settings"]
+    levels = sorted({k[3] for k in g["cells"]})
+    groups = list(
+        dict.fromkeys(
+            (t["params"]["estimator"], t["params"]["critic"], t["params"]["dim"]) for t in spec.trials
+        )
+    )
+    lines = [
+        f"<!-- regenerate: {cmd} (add --report-only to rebuild the tables from the run folders alone) -->",
+        f"# Sweep `{spec.name}`: MI staircase",
+        "",
+        f"Regenerate: `{cmd}` (reruns unfinished trials only; `--report-only` rebuilds the tables alone). "
+        f"Spec: `{_display(spec.path)}`.",
+        "",
+        f"CorrelatedGaussian, true MI {', '.join(f'{m:g}' for m in levels) or '2..10'} nats, "
+        f"{s['steps_per_level']} steps per level, batch {s['batch_size']}; per level, over the second half of the "
+        "level: bias, variance and MSE of the per-step estimate, mean ± sample std over seeds (n = seeds).",
+    ]
+    for metric, unit in (("bias", "nats"), ("variance", "nats²"), ("mse", "nats²")):
+        lines += [
+            "",
+            f"**{metric}** ({unit})",
+            "",
+            "| estimator | critic | dim | n | " + " | ".join(f"{m:g}" for m in levels) + " |",
+        ]
+        lines.append("|---|---|---|---|" + "---|" * len(levels))
+        for est, critic, dim in groups:
+            cs = [g["cells"].get((est, critic, dim, m)) for m in levels]
+            if not any(cs):
+                continue
+            n = max(len(c["seeds"]) for c in cs if c)
+            vals = [_fmt(*_mean_std(c[metric]), digits=2) if c else "" for c in cs]
+            lines.append(f"| {est} | {critic} | {dim} | {n} | " + " | ".join(vals) + " |")
+    missing = [t for t in g["trials"] if t["status"] != "finished"]
+    if missing:
+        lines += ["", "Not finished: " + ", ".join(f"`{t['id']}` ({t['status']})" for t in missing)]
+    plots = []
+    if g["runs"]:
+        path = out / "staircase.png"
+        _plot_staircase(spec, g, groups, path)
+        plots.append(path)
+        lines += ["", f"![staircase]({path.name})"]
+    files.append(_write_text(out / "results.md", "\n".join(lines) + "\n"))
+    return files + plots
+
+
+def _plot_staircase(spec: Spec, g: dict[str, Any], groups: list[tuple], path: Path) -> None:
+    import numpy as np
+
+    plt = _plt()
+    sc = _staircase_module()
+    estimators = list(dict.fromkeys(e for e, _, _ in groups))
+    cols = min(4, len(estimators))
+    nrows = (len(estimators) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), sharey=True, squeeze=False)
+    spl = spec.trials[0]["settings"]["steps_per_level"]
+    for ax, est in zip(axes.flat, estimators):
+        for j, (e, critic, dim) in enumerate(x for x in groups if x[0] == est):
+            runs = [
+                g["runs"][t["id"]]["estimates"]
+                for t in spec.trials
+                if t["id"] in g["runs"]
+                and (t["params"]["estimator"], t["params"]["critic"], t["params"]["dim"]) == (e, critic, dim)
+            ]
+            if not runs:
+                continue
+            arr = np.asarray(runs, dtype=float)
+            mean, std = (
+                np.nanmean(arr, 0),
+                (np.nanstd(arr, 0, ddof=1) if len(runs) > 1 else np.zeros(arr.shape[1])),
+            )
+            x = np.arange(arr.shape[1])
+            ax.plot(x, mean, color=f"C{j}", lw=0.8, label=f"{critic} d{dim} (n={len(runs)})")
+            ax.fill_between(x, mean - std, mean + std, color=f"C{j}", alpha=0.2)
+        total = spl * len(sc.LEVELS)
+        ax.plot(
+            [sc.LEVELS[min(t // spl, len(sc.LEVELS) - 1)] for t in range(total)],
+            color="black",
+            lw=1.0,
+            label="true MI",
+        )
+        ax.set_title(est)
+        ax.set_ylim(-1, 12)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in list(axes.flat)[len(estimators) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("MI estimate (nats)")
+    fig.suptitle(f"{spec.name}: mean ± std over seeds")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/sweep.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="See docs/sweeps.md.",
+    )
+    p.add_argument("spec", type=Path, help="grid spec YAML (e.g. benchmarks/sweeps/smoke.yaml)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweeps/<name>)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (`ray start --head` prints it)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
+    p.add_argument("--report-only", action="store_true", help="only gather results.csv/.md and plots; no Ray")
+    args = p.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = (args.out or Path("runs") / "sweeps" / spec.name).resolve()
+    if args.report_only:
+        ensure_behaviour(spec, out, make=False)
+        files = write_report(spec, out)
+        print(f"wrote {', '.join(_display(f) for f in files)}")
+    else:
+        try:
+            summary = run_sweep(spec, out, args.address, args.num_cpus, args.max_concurrent)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if summary["errors"]:
+            print(
+                f"{len(summary['errors'])} trial(s) failed: {', '.join(summary['errors'])}", file=sys.stderr
+            )
+    g = gather(spec, out)
+    bad = [t for t in g["trials"] if t["status"] != "finished"]
+    if bad:
+        counts = {s: sum(t["status"] == s for t in bad) for s in ("error", "unfinished", "pending")}
+        print(
+            "not finished: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,563 @@
+"""The sweep runner (benchmarks/sweep.py): spec validation, trial ids, gathering and the tables on hand-written run
+folders, a trial's exact resume after a simulated kill, and end-to-end local Ray sweeps (a tiny BC/TD3+BC grid on a
+hand-made 400-transition Hopper file; the rerun after a kill skips finished trials and resumes the interrupted one).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import sweep  # noqa: E402
+
+from rl.config import to_dict  # noqa: E402
+from rl.data import OfflineDataset  # noqa: E402
+from rl.train import Trainer  # noqa: E402
+
+SPECS = REPO / "benchmarks" / "sweeps"
+TINY_NETS = "batch_size: 32, hidden_q: [16, 16], hidden_pi: [16, 16], log_every: 25"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hopper_file(tmp_path_factory) -> Path:
+    """400 random transitions with Hopper-v5's shapes (4 episodes), so trials evaluate on the real env."""
+    n, do, da = 400, 11, 3
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n + 1, do)).astype(np.float32)
+    terminals = np.zeros(n, bool)
+    terminals[[99, 199, 299]] = True
+    timeouts = np.zeros(n, bool)
+    timeouts[-1] = True
+    ds = OfflineDataset(
+        observations=obs[:-1],
+        actions=rng.uniform(-1, 1, size=(n, da)).astype(np.float32),
+        rewards=rng.normal(1.0, 0.1, size=n).astype(np.float32),
+        next_observations=obs[1:],
+        terminals=terminals,
+        timeouts=timeouts,
+        metadata={"env_id": "Hopper-v5"},
+    )
+    path = tmp_path_factory.mktemp("data") / "tiny-hopper.hdf5"
+    ds.to_hdf5(path)
+    return path
+
+
+def write_spec(tmp: Path, text: str, name: str = "spec.yaml") -> Path:
+    p = tmp / name
+    p.write_text(text)
+    return p
+
+
+def tiny_rl_spec(tmp: Path, dataset: Path, name: str = "tiny") -> Path:
+    return write_spec(
+        tmp,
+        f"""
+name: {name}
+kind: rl
+base: {{steps: 50, eval_every: 25, eval_episodes: 1, checkpoint_every: 25, dataset: {dataset}, {TINY_NETS}}}
+grid:
+  variant:
+    - {{name: bc, config: configs/bc/hopper-medium-v5.yaml}}
+    - {{name: td3bc, config: configs/td3bc/hopper-medium-v5.yaml}}
+  seed: [0, 1]
+""",
+        f"{name}.yaml",
+    )
+
+
+def snapshot(d: Path) -> dict[str, tuple[int, str]]:
+    """Every file under `d`: (mtime_ns, sha256)."""
+    return {
+        str(p.relative_to(d)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
+
+
+def agent_state(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", weights_only=False)["agent"]
+
+
+def assert_same(a, b, path="agent"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# regenerate: python benchmarks/sweep.py ")
+    return list(csv.DictReader(lines[1:]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# specs and trial ids
+# ------------------------------------------------------------------------------------------------------------
+RL_OK = """
+name: ok
+kind: rl
+base: {steps: 10}
+grid:
+  variant:
+    - {name: bc, config: configs/bc/hopper-medium-v5.yaml}
+  seed: [0]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (RL_OK + "grids: {}\n", r"unknown key 'grids'"),
+        (RL_OK.replace("kind: rl", "kind: ppo"), r"kind must be one of rl, staircase; got 'ppo'"),
+        (RL_OK.replace("name: ok", "name: two words"), r"^name must be"),
+        (RL_OK.replace("kind: rl\n", ""), r"missing key 'kind'"),
+        (RL_OK.replace("seed: [0]", "seeds: [0]"), r"grid: unknown axis 'seeds'"),
+        (RL_OK.replace("seed: [0]", "seed: [0, one]"), r"grid\.seed\[1\] must be an integer; got 'one'"),
+        (RL_OK.replace("{name: bc, ", "{"), r"grid\.variant\[0\]\.name must be"),
+        (
+            RL_OK.replace("bc/hopper", "bx/hopper"),
+            r"grid\.variant\[0\] \(bc\)\.config: config file not found",
+        ),
+        (RL_OK.replace("steps: 10", "stepz: 10"), r"grid\.variant\[0\] \(bc\): unknown option --stepz"),
+        (RL_OK.replace("steps: 10", "steps: many"), r"steps must be an integer; got 'many'"),
+        (RL_OK.replace("steps: 10", "run_dir: x"), r"base\.run_dir: 'run_dir' is set by the sweep"),
+        (RL_OK.replace("}\n  seed", ", seed: 3}\n  seed"), r"grid\.variant\[0\] \(bc\)\.seed: 'seed' is set"),
+        (
+            RL_OK.replace("  seed:", "    - {name: bc, algo: iql}\n  seed:"),
+            r"grid\.variant: two variants are named 'bc'",
+        ),
+        (RL_OK + "resources: {cpu: 0}\n", r"resources\.cpu must be a positive number"),
+        (RL_OK + "resources: {cpus: 2}\n", r"resources: unknown key 'cpus'"),
+        (
+            RL_OK.replace("base: {steps: 10}", "base: {dataset: x}") + "  dataset: [hopper-medium-v5]\n",
+            r"base\.dataset: the grid has a dataset axis",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj, nwx], seed: [0]}\n",
+            r"grid\.estimator\[1\]: unknown estimator 'nwx'",
+        ),
+        (
+            "name: s\nkind: staircase\nbase: {steps: 3}\ngrid: {estimator: [nwj], seed: [0]}\n",
+            r"base: unknown key 'steps' for kind staircase",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], critic: [mlp], seed: [0]}\n",
+            r"grid\.critic\[0\]: unknown critic 'mlp'",
+        ),
+        ("name: s\nkind: staircase\ngrid: {estimator: [nwj]}\n", r"grid: missing axis 'seed'"),
+        ("- a list\n", r"must be a mapping"),
+    ],
+)
+def test_spec_errors_name_the_key(tmp_path, text, match):
+    with pytest.raises(sweep.SpecError, match=match):
+        sweep.load_spec(write_spec(tmp_path, text))
+
+
+def test_cli_reports_a_bad_spec_with_exit_status_2(tmp_path, capsys):
+    path = write_spec(tmp_path, RL_OK.replace("steps: 10", "stepz: 10"))
+    assert sweep.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "--stepz" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
+    spec = sweep.load_spec(SPECS / "hopper-medium-50k.yaml")
+    ids = [t["id"] for t in spec.trials]
+    assert len(ids) == len(set(ids)) == 11 * 3
+    assert ids[:3] == ["bc__hopper-medium-v5__s0", "bc__hopper-medium-v5__s1", "bc__hopper-medium-v5__s2"]
+    assert "infonce__hopper-medium-v5__s2" in ids
+    assert [t["id"] for t in sweep.load_spec(SPECS / "hopper-medium-50k.yaml").trials] == ids  # stable
+    cfg = sweep.trial_config(spec.trial("nwj__hopper-medium-v5__s1"), tmp_path)
+    assert (cfg.algo, cfg.estimator, cfg.seed, cfg.steps, cfg.eval_every, cfg.eval_episodes, cfg.threads) == (
+        "mi",
+        "nwj",
+        1,
+        50_000,
+        5000,
+        10,
+        1,
+    )
+    assert cfg.run_dir == str(tmp_path.resolve() / "runs" / "nwj__hopper-medium-v5__s1")
+    assert sweep.trial_config(spec.trial("misa__hopper-medium-v5__s0"), tmp_path).estimator == "misa"
+    assert sweep.trial_config(spec.trial("iql__hopper-medium-v5__s2"), tmp_path).algo == "iql"
+    for name, n in (("smoke", 4), ("staircase-smoke", 4)):
+        assert len(sweep.load_spec(SPECS / f"{name}.yaml").trials) == n
+    st = sweep.load_spec(SPECS / "staircase-smoke.yaml")
+    assert [t["id"] for t in st.trials][:2] == ["nwj__separable__d20__s0", "nwj__separable__d20__s1"]
+
+
+def test_dataset_axis_and_nested_overrides(tmp_path):
+    path = write_spec(
+        tmp_path,
+        """
+name: axes
+kind: rl
+base: {steps: 100, lr_q: 1e-4}
+grid:
+  variant:
+    - {name: misa-small, config: configs/misa/hopper-medium-v5.yaml, n_negatives: 10,
+       estimator_options.n_samples: 10}
+    - {name: bc, algo: bc, hidden-pi: [64, 64]}
+  dataset: [hopper-medium-v5, walker2d-medium-replay-v5, /data/d4rl/halfcheetah-medium-v2.hdf5]
+  seed: [3]
+""",
+    )
+    spec = sweep.load_spec(path)
+    ids = [t["id"] for t in spec.trials]
+    assert ids == [
+        "misa-small__hopper-medium-v5__s3",
+        "misa-small__walker2d-medium-replay-v5__s3",
+        "misa-small__halfcheetah-medium-v2__s3",
+        "bc__hopper-medium-v5__s3",
+        "bc__walker2d-medium-replay-v5__s3",
+        "bc__halfcheetah-medium-v2__s3",
+    ]
+    cfg = sweep.trial_config(spec.trial("misa-small__walker2d-medium-replay-v5__s3"), tmp_path)
+    assert (cfg.dataset, cfg.n_negatives, cfg.estimator_options, cfg.lr_q, cfg.seed) == (
+        "walker2d-medium-replay-v5",
+        10,
+        {"n_samples": 10},
+        1e-4,
+        3,
+    )
+    bc = sweep.trial_config(spec.trial("bc__halfcheetah-medium-v2__s3"), tmp_path)
+    assert (bc.algo, bc.hidden_pi, bc.dataset) == ("bc", (64, 64), "/data/d4rl/halfcheetah-medium-v2.hdf5")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# gathering on hand-written run folders
+# ------------------------------------------------------------------------------------------------------------
+def fake_run(out: Path, trial: dict, scores: list[float], finished: bool, every: int = 50) -> None:
+    d = out / "runs" / trial["id"]
+    d.mkdir(parents=True)
+    (d / ".rl-run.json").write_text("{}")
+    evals = [
+        {"step": every * (i + 1), "return_mean": 10.0 * s, "return_std": 1.0, "normalized_score": s}
+        for i, s in enumerate(scores)
+    ]
+    with open(d / "eval.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(evals[0]))
+        w.writeheader()
+        w.writerows(evals)
+    if finished:
+        cfg = sweep.trial_config(trial, out)
+        result = {
+            "id": trial["id"],
+            "step": cfg.steps,
+            "steps": cfg.steps,
+            "evals": evals,
+            "config": to_dict(cfg),
+        }
+        (d / "result.json").write_text(json.dumps(result))
+
+
+def test_gather_mean_std_and_unfinished_trials(tmp_path):
+    path = write_spec(
+        tmp_path,
+        """
+name: synth
+kind: rl
+base: {steps: 100, eval_every: 50, dataset: hopper-medium-v5}
+grid:
+  variant: [{name: a, algo: bc}, {name: b, algo: td3bc}, {name: c, algo: iql}]
+  seed: [0, 1, 2]
+""",
+    )
+    spec = sweep.load_spec(path)
+    out = tmp_path / "out"
+    finals_a = [40.0, 50.0, 66.0]
+    for seed, final in enumerate(finals_a):
+        fake_run(out, spec.trial(f"a__hopper-medium-v5__s{seed}"), [10.0 + seed, final], finished=True)
+    fake_run(out, spec.trial("b__hopper-medium-v5__s0"), [5.0, 7.0], finished=True)
+    fake_run(out, spec.trial("b__hopper-medium-v5__s1"), [6.0], finished=False)  # killed after step 50
+    (out / "errors").mkdir()
+    (out / "errors" / "b__hopper-medium-v5__s2.txt").write_text("Traceback ...\nValueError: boom\n")
+    # c: s0 finished with other settings than the spec's now (steps 80): refused, not averaged; s1, s2 not started
+    c0 = spec.trial("c__hopper-medium-v5__s0")
+    fake_run(out, c0, [1.0, 2.0], finished=True)
+    res = json.loads((out / "runs" / c0["id"] / "result.json").read_text())
+    res["config"]["steps"] = 80
+    (out / "runs" / c0["id"] / "result.json").write_text(json.dumps(res))
+    (out / "behaviour.json").write_text(
+        json.dumps(
+            {
+                "hopper-medium-v5": {
+                    "dataset": "hopper-medium-v5",
+                    "dataset_size": None,
+                    "normalized_score": 31.25,
+                }
+            }
+        )
+    )
+
+    g = sweep.gather(spec, out)
+    status = {t["id"]: t["status"] for t in g["trials"]}
+    assert status["a__hopper-medium-v5__s2"] == "finished"
+    assert status["b__hopper-medium-v5__s1"] == "unfinished"
+    assert status["b__hopper-medium-v5__s2"] == "error"
+    assert status["c__hopper-medium-v5__s0"] == "error"
+    assert status["c__hopper-medium-v5__s1"] == "pending"
+    assert (
+        sweep.trial_status(spec.trial("b__hopper-medium-v5__s1"), out)[0] == "new"
+    )  # no checkpoint: restart
+
+    files = sweep.write_report(spec, out)
+    assert {p.name for p in files} == {
+        "results.csv",
+        "summary.csv",
+        "results.md",
+        "curves_hopper-medium-v5.png",
+    }
+    rows = read_table(out / "results.csv")
+    assert len(rows) == 3 * 2 + 2 + 1 + 2  # one row per trial and evaluation
+    assert [r["step"] for r in rows if r["trial_id"] == "b__hopper-medium-v5__s1"] == ["50"]
+    summary = {r["variant"]: r for r in read_table(out / "summary.csv")}
+    assert float(summary["a"]["mean"]) == pytest.approx(statistics.fmean(finals_a), rel=1e-5)
+    assert float(summary["a"]["std"]) == pytest.approx(statistics.stdev(finals_a), rel=1e-5)  # sample std
+    assert summary["a"]["n_finished"] == "3" and summary["a"]["steps"] == "100"
+    assert (summary["b"]["n_finished"], summary["b"]["mean"], summary["b"]["std"]) == ("1", "7", "")
+    assert (summary["b"]["unfinished"], summary["b"]["failed"]) == ("s1@50", "s2")
+    assert (summary["c"]["n_finished"], summary["c"]["failed"], summary["c"]["not_started"]) == (
+        "0",
+        "s0",
+        "s1 s2",
+    )
+    assert float(summary["a"]["behaviour_score"]) == 31.25
+
+    md = (out / "results.md").read_text()
+    cmd = f"python benchmarks/sweep.py {path} --out {out}"
+    assert md.splitlines()[0].startswith(f"<!-- regenerate: {cmd}")
+    assert "at 100 gradient steps" in md
+    assert "| variant | hopper-medium-v5 |" in md
+    assert "| behaviour data | 31.2 |" in md
+    assert "| a | 52.0 ± 13.1 (3 seeds) |" in md
+    assert "| b | 7.0 (1 seed); unfinished: s1 at step 50; failed: s2 |" in md
+    assert "| c | not started: s1, s2; failed: s0 |" in md
+    assert "ValueError: boom" in md and "finished run whose settings differ (steps: 80" in md
+    # --report-only: same tables, no Ray, exit status 1 (not everything finished)
+    before = (out / "results.md").read_text()
+    assert sweep.main([str(path), "--out", str(out), "--report-only"]) == 1
+    assert (out / "results.md").read_text() == before
+
+
+def test_staircase_trials_and_report(tmp_path):
+    path = write_spec(
+        tmp_path,
+        "name: st\nkind: staircase\nbase: {steps_per_level: 8, batch_size: 16, dim: 4}\n"
+        "grid: {estimator: [infonce], seed: [0, 1, 2]}\n",
+    )
+    spec = sweep.load_spec(path)
+    out = tmp_path / "out"
+    results = [sweep.run_trial(t, out) for t in spec.trials[:2]]
+    for res in results:
+        assert len(res["estimates"]) == 8 * 5 and [r["mi"] for r in res["levels"]] == [2, 4, 6, 8, 10]
+    assert results[0]["estimates"] != results[1]["estimates"]  # the seed matters
+    before = snapshot(out / "runs")
+    assert sweep.run_trial(spec.trials[0], out) == json.loads(json.dumps(results[0]))  # cached, not rerun
+    assert snapshot(out / "runs") == before
+    sweep.write_report(spec, out)
+    levels = [
+        json.loads((out / "runs" / t["id"] / "result.json").read_text())["levels"] for t in spec.trials[:2]
+    ]
+    summary = read_table(out / "summary.csv")
+    assert [r["true_mi"] for r in summary] == ["2", "4", "6", "8", "10"]
+    for i, row in enumerate(summary):
+        bias = [lv[i]["bias"] for lv in levels]
+        assert float(row["bias_mean"]) == pytest.approx(statistics.fmean(bias), rel=1e-4, abs=1e-6)
+        assert float(row["bias_std"]) == pytest.approx(statistics.stdev(bias), rel=1e-4, abs=1e-6)
+        assert row["n_seeds"] == "2"
+    md = (out / "results.md").read_text()
+    assert "**mse**" in md and "| infonce | separable | 4 | 2 |" in md
+    assert "Not finished: `infonce__separable__d4__s2` (pending)" in md
+    assert (out / "staircase.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one trial: chunks, skip when finished, exact resume after a kill (in-process, no Ray)
+# ------------------------------------------------------------------------------------------------------------
+def test_trial_resumes_exactly_after_a_kill(tmp_path, hopper_file):
+    spec = sweep.load_spec(tiny_rl_spec(tmp_path, hopper_file))
+    trial = spec.trial("td3bc__tiny-hopper__s1")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reports: list[dict] = []
+    res = sweep.run_trial(trial, straight, report=reports.append)
+    assert [r["step"] for r in reports] == [25, 50] and reports[-1]["normalized_score"] is not None
+    assert res["final"]["step"] == 50 and sweep.trial_status(trial, straight)[0] == "finished"
+    before = snapshot(straight / "runs")
+    assert sweep.run_trial(trial, straight) == json.loads(
+        (straight / "runs" / trial["id"] / "result.json").read_text()
+    )
+    assert snapshot(straight / "runs") == before  # a finished trial is not rerun
+
+    # the kill: the trial's own Trainer stops at step 25 (after its checkpoint), with a half-written eval row
+    cfg = sweep.trial_config(trial, killed)
+    Trainer(cfg, quiet=True).train(until=25)
+    run = Path(cfg.run_dir)
+    first = (run / "eval.csv").read_text()
+    with open(run / "eval.csv", "a") as f:
+        f.write("37,12.5")
+    assert sweep.trial_status(trial, killed) == ("resume", "step 25")
+    reports.clear()
+    torch.manual_seed(999)  # a resumed trial must not depend on the process's RNG state
+    sweep.run_trial(trial, killed, report=reports.append)
+    assert [r["step"] for r in reports] == [50]
+    text = (run / "eval.csv").read_text()
+    assert text.startswith(first) and [r["step"] for r in sweep._read_evals(run / "eval.csv")] == [25, 50]
+    assert_same(agent_state(straight / "runs" / trial["id"]), agent_state(run))
+    assert text == (straight / "runs" / trial["id"] / "eval.csv").read_text()
+
+
+def test_changed_settings_are_refused(tmp_path, hopper_file):
+    spec_path = tiny_rl_spec(tmp_path, hopper_file)
+    spec = sweep.load_spec(spec_path)
+    trial = spec.trial("bc__tiny-hopper__s0")
+    sweep.run_trial(trial, tmp_path / "out")
+    spec_path.write_text(spec_path.read_text().replace("steps: 50,", "steps: 75,"))
+    changed = sweep.load_spec(spec_path).trial("bc__tiny-hopper__s0")
+    status, why = sweep.trial_status(changed, tmp_path / "out")
+    assert status == "changed" and "steps: 50 in the run, 75 in the spec" in why
+    with pytest.raises(RuntimeError, match="settings differ"):
+        sweep.run_trial(changed, tmp_path / "out")
+    assert "settings differ" in (tmp_path / "out" / "errors" / "bc__tiny-hopper__s0.txt").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# end to end on a local Ray instance
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(ray_local, hopper_file, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec_path = tiny_rl_spec(tmp, hopper_file)
+    out = tmp / "out"
+    summary = sweep.run_sweep(sweep.load_spec(spec_path), out)
+    return spec_path, out, summary
+
+
+def test_local_ray_sweep_end_to_end(finished_sweep):
+    spec_path, out, summary = finished_sweep
+    ids = ["bc__tiny-hopper__s0", "bc__tiny-hopper__s1", "td3bc__tiny-hopper__s0", "td3bc__tiny-hopper__s1"]
+    assert (sorted(summary["started"]), summary["skipped"], summary["errors"]) == (ids, [], {})
+    rows = read_table(out / "results.csv")
+    assert sorted((r["trial_id"], r["step"]) for r in rows) == sorted(
+        (i, s) for i in ids for s in ("25", "50")
+    )
+    assert all(r["status"] == "finished" and r["normalized_score"] for r in rows)
+    summ = {r["variant"]: r for r in read_table(out / "summary.csv")}
+    for v in ("bc", "td3bc"):
+        finals = [float(r["normalized_score"]) for r in rows if r["variant"] == v and r["step"] == "50"]
+        assert summ[v]["n_finished"] == "2"
+        assert float(summ[v]["mean"]) == pytest.approx(statistics.fmean(finals), rel=1e-4)
+    md = (out / "results.md").read_text()
+    assert "| variant | tiny-hopper |" in md and "(2 seeds) |" in md and "| behaviour data |" in md
+    beh = json.loads((out / "behaviour.json").read_text())["tiny-hopper"]
+    assert beh["episodes"] == 4 and beh["transitions"] == 400 and beh["normalized_score"] is not None
+    assert (out / "curves_tiny-hopper.png").stat().st_size > 0
+    assert (out / "sweep.log").exists() and any((out / "ray").iterdir())
+    for i in ids:
+        assert json.loads((out / "runs" / i / "result.json").read_text())["step"] == 50
+
+
+def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, tmp_path, capsys):
+    spec_path, done_out, _ = finished_sweep
+    out = tmp_path / "out"
+    shutil.copytree(done_out, out)
+    victim = "td3bc__tiny-hopper__s1"
+    shutil.rmtree(out / "runs" / victim)
+    spec = sweep.load_spec(spec_path)
+    cfg = sweep.trial_config(spec.trial(victim), out)
+    Trainer(cfg, quiet=True).train(until=25)  # killed after the step-25 checkpoint
+    with open(Path(cfg.run_dir) / "eval.csv", "a") as f:
+        f.write("30,1")  # and in the middle of writing a row
+    before = {
+        i: snapshot(out / "runs" / i)
+        for i in ("bc__tiny-hopper__s0", "bc__tiny-hopper__s1", "td3bc__tiny-hopper__s0")
+    }
+    capsys.readouterr()
+
+    assert sweep.main([str(spec_path), "--out", str(out)]) == 0  # the same command again
+    said = capsys.readouterr().out
+    assert (
+        "3 finished (skipped), 1 to resume: td3bc__tiny-hopper__s1 (evaluated up to step 25), 0 new" in said
+    )
+    assert said.count("  done  ") == 1 and f"done  {victim} step 50" in said
+    for i, snap in before.items():
+        assert snapshot(out / "runs" / i) == snap, f"{i} was touched"
+    evals = sweep._read_evals(out / "runs" / victim / "eval.csv")
+    assert [e["step"] for e in evals] == [25, 50]
+    log = (out / "logs" / f"{victim}.log").read_text()
+    assert "resumed td3bc__tiny-hopper__s1 at step 25 of 50" in log
+    assert_same(agent_state(done_out / "runs" / victim), agent_state(out / "runs" / victim))
+    assert (out / "runs" / victim / "eval.csv").read_text() == (
+        done_out / "runs" / victim / "eval.csv"
+    ).read_text()
+
+
+def test_a_failing_trial_is_reported_not_fatal(ray_local, hopper_file, tmp_path, capsys):
+    path = write_spec(
+        tmp_path,
+        f"""
+name: broken
+kind: rl
+base: {{steps: 20, eval_every: 0, final_eval: false, dataset: {hopper_file}, {TINY_NETS}}}
+grid:
+  variant:
+    - {{name: nope, algo: mi, estimator: no-such-bound}}
+    - {{name: bc, algo: bc}}
+  seed: [0]
+""",
+    )
+    out = tmp_path / "out"
+    assert sweep.main([str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "1 trial(s) failed: nope__tiny-hopper__s0" in err
+    assert "unknown estimator 'no-such-bound'" in (out / "errors" / "nope__tiny-hopper__s0.txt").read_text()
+    assert (out / "runs" / "bc__tiny-hopper__s0" / "result.json").exists()
+    md = (out / "results.md").read_text()
+    assert "| nope | failed: s0 |" in md and "unknown estimator 'no-such-bound'" in md
+
+
+def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    spec = sweep.load_spec(write_spec(tmp_path, RL_OK))
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".sweep.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(sweep.SweepError, match=r"another sweep driver \(pid 4242\) is running"):
+            sweep.run_sweep(spec, out)
+    assert not (out / "runs").exists()
