@@ -1032,6 +1032,7 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
                 "step": evals[-1]["step"] if evals else 0,
                 "final": final,
                 "error": error,
+                "updates_per_s": _median_rate(d / "progress.csv"),
             }
         )
     cells: dict[tuple[str, str], dict[str, Any]] = {}
@@ -1050,11 +1051,22 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
             c["pending"].append(tr)
         else:
             c["unfinished"].append(tr)
-    for c in cells.values():
+    for (variant, _), c in cells.items():
         c["mean"], c["std"] = _mean_std(c["scores"]) if c["scores"] else (None, None)
+        rates = [tr["updates_per_s"] for tr in trials if tr["variant"] == variant and tr["updates_per_s"]]
+        c["updates_per_s"] = statistics.median(rates) if rates else None
     behaviour_path = out / "behaviour.json"
     behaviour = json.loads(behaviour_path.read_text()) if behaviour_path.exists() else {}
     return {"kind": "rl", "rows": rows, "trials": trials, "cells": cells, "behaviour": behaviour}
+
+
+def _median_rate(progress: Path) -> float | None:
+    """Median of the `updates_per_s` column a run logs (its training speed, evaluations excluded), or None."""
+    if not progress.exists():
+        return None
+    with open(progress, newline="") as f:
+        rates = [float(r["updates_per_s"]) for r in csv.DictReader(f) if r.get("updates_per_s")]
+    return statistics.median(rates) if rates else None
 
 
 def _gather_staircase(spec: Spec, out: Path) -> dict[str, Any]:
@@ -1166,6 +1178,7 @@ def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) ->
                     "not_started": " ".join(f"s{t['seed']}" for t in c["pending"]),
                     "failed": " ".join(f"s{t['seed']}" for t in c["errors"]),
                     "behaviour_score": (g["behaviour"].get(lab) or {}).get("normalized_score"),
+                    "updates_per_s": c["updates_per_s"],
                 }
             )
     files.append(
@@ -1184,20 +1197,25 @@ def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) ->
         f"Final normalised score (D4RL formula; the project's v5 references for v5 datasets) "
         f"{'at ' + str(budgets[0]) + ' gradient steps' if not per_variant_budget else 'at each row’s step budget'}: "
         f"mean ± sample std over seeds (deterministic policy, {'/'.join(map(str, ep))} evaluation episodes). "
-        "Unfinished trials are listed with the last step they evaluated; they are not in the mean.",
+        "Unfinished trials are listed with the last step they evaluated; they are not in the mean. "
+        "updates/s: the median training speed the runs logged (evaluations excluded; on their `threads`, "
+        "beside whatever else the machine ran).",
         "",
-        "| variant | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
+        "| variant | " + " | ".join(labels) + " | updates/s |",
+        "|---|" + "---|" * (len(labels) + 1),
     ]
     beh = [(g["behaviour"].get(lab) or {}).get("normalized_score") for lab in labels]
-    lines.append("| behaviour data | " + " | ".join(_fmt(b, None) for b in beh) + " |")
+    lines.append("| behaviour data | " + " | ".join(_fmt(b, None) for b in beh) + " | |")
     for v in variants:
         name = v
         if per_variant_budget:
             vs = sorted({t["steps"] for t in g["trials"] if t["variant"] == v})
             name += f" ({'/'.join(map(str, vs))} steps)"
         cells = [_cell_text(g["cells"][(v, lab)]) if (v, lab) in g["cells"] else "" for lab in labels]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rates = [g["cells"][(v, lab)]["updates_per_s"] for lab in labels if (v, lab) in g["cells"]]
+        rates = [r for r in rates if r]
+        rate = f"{statistics.median(rates):.3g}" if rates else "—"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rate} |")
     bad = [t for t in g["trials"] if t["status"] == "error"]
     if bad:
         lines += ["", "Failed trials:", ""] + [f"- `{t['id']}`: {t['error']}" for t in bad]

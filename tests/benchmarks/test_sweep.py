@@ -294,6 +294,12 @@ grid:
         fake_run(out, spec.trial(f"a__hopper-medium-v5__s{seed}"), [10.0 + seed, final], finished=True)
     fake_run(out, spec.trial("b__hopper-medium-v5__s0"), [5.0, 7.0], finished=True)
     fake_run(out, spec.trial("b__hopper-medium-v5__s1"), [6.0], finished=False)  # killed after step 50
+    # training speed: the median of the logged rates, per trial, then over the variant's trials
+    for seed, rates in ((0, "10,30,20"), (1, "40")):
+        rows = "".join(f"{50 * (i + 1)},{r}\n" for i, r in enumerate(rates.split(",")))
+        (out / "runs" / f"b__hopper-medium-v5__s{seed}" / "progress.csv").write_text(
+            "step,updates_per_s\n" + rows
+        )
     (out / "errors").mkdir()
     (out / "errors" / "b__hopper-medium-v5__s2.txt").write_text("Traceback ...\nValueError: boom\n")
     # c: s0 finished with other settings than the spec's now (steps 80): refused, not averaged; s1, s2 not started
@@ -352,11 +358,12 @@ grid:
     cmd = f"python benchmarks/sweep.py {path} --out {out}"
     assert md.splitlines()[0].startswith(f"<!-- regenerate: {cmd}")
     assert "at 100 gradient steps" in md
-    assert "| variant | hopper-medium-v5 |" in md
-    assert "| behaviour data | 31.2 |" in md
-    assert "| a | 52.0 ± 13.1 (3 seeds) |" in md
-    assert "| b | 7.0 (1 seed); unfinished: s1 at step 50; failed: s2 |" in md
-    assert "| c | not started: s1, s2; failed: s0 |" in md
+    assert "| variant | hopper-medium-v5 | updates/s |" in md
+    assert "| behaviour data | 31.2 | |" in md
+    assert "| a | 52.0 ± 13.1 (3 seeds) | — |" in md
+    assert "| b | 7.0 (1 seed); unfinished: s1 at step 50; failed: s2 | 30 |" in md  # median(20, 40)
+    assert float(summary["b"]["updates_per_s"]) == 30.0
+    assert "| c | not started: s1, s2; failed: s0 | — |" in md
     assert "ValueError: boom" in md and "finished run whose settings differ (steps: 80" in md
     # --report-only: same tables, no Ray, exit status 1 (not everything finished)
     before = (out / "results.md").read_text()
