@@ -595,9 +595,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    args.command = "python benchmarks/misa_parity.py " + " ".join(
-        a if not a.startswith("/") else Path(a).name for a in (argv if argv is not None else sys.argv[1:])
-    )
+    # The command as the docs give it: the two machine-specific paths as placeholders.
+    shown, hide = [], {"--official": "OFFICIAL_DIR", "--official-python": "OFFICIAL_PYTHON"}
+    raw = list(argv if argv is not None else sys.argv[1:])
+    for i, a in enumerate(raw):
+        shown.append(hide[raw[i - 1]] if i and raw[i - 1] in hide else a)
+    args.command = "python benchmarks/misa_parity.py " + " ".join(shown)
     if args.mode == "update":
         results = [compare_update(args, 0), compare_update(args, args.warmup)]
         text, ok = update_report(results, args.command)

@@ -62,6 +62,7 @@ __all__ = [
     "run_sweep",
     "gather",
     "write_report",
+    "publish",
     "main",
 ]
 
@@ -1399,6 +1400,18 @@ def _plot_staircase(spec: Spec, g: dict[str, Any], groups: list[tuple], path: Pa
     plt.close(fig)
 
 
+def publish(files: Sequence[Path], folder: Path) -> list[Path]:
+    """Copy report files (tables, plots; never the run folders) into `folder`, each atomically."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in files:
+        atomic_write(folder / f.name, lambda tmp, src=f: shutil.copyfile(src, tmp))
+        copied.append(folder / f.name)
+    return copied
+
+
 # ------------------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------------------
@@ -1414,6 +1427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
     p.add_argument("--report-only", action="store_true", help="only gather results.csv/.md and plots; no Ray")
+    p.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="also copy the tables and plots into this folder (e.g. benchmarks/results/<name>, to commit)",
+    )
     args = p.parse_args(argv)
     try:
         spec = load_spec(args.spec)
@@ -1435,6 +1454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{len(summary['errors'])} trial(s) failed: {', '.join(summary['errors'])}", file=sys.stderr
             )
+    if args.publish is not None:
+        publish(write_report(spec, out), args.publish)
     g = gather(spec, out)
     bad = [t for t in g["trials"] if t["status"] != "finished"]
     if bad:

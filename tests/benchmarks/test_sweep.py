@@ -568,3 +568,14 @@ def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
         with pytest.raises(sweep.SweepError, match=r"another sweep driver \(pid 4242\) is running"):
             sweep.run_sweep(spec, out)
     assert not (out / "runs").exists()
+
+
+def test_publish_copies_the_report_files_only(tmp_path):
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "results.md").write_text("# table\n")
+    (src / "curves_x.png").write_bytes(b"\x89PNG")
+    copied = sweep.publish([src / "results.md", src / "curves_x.png"], tmp_path / "pub" / "sweep")
+    assert [p.name for p in copied] == ["results.md", "curves_x.png"]
+    assert (tmp_path / "pub" / "sweep" / "results.md").read_text() == "# table\n"
+    assert sorted(p.name for p in (tmp_path / "pub" / "sweep").iterdir()) == ["curves_x.png", "results.md"]
