@@ -38,6 +38,9 @@ CASES: dict[str, tuple[str, dict]] = {
     "misa-pyro-hmc": ("mi", {"estimator_options": {"sampler": "pyro-hmc"}}),
     "misa-hmc-compiled": ("mi", {"compile": True}),
     "misa-biased": ("mi", {"estimator": "misa-biased"}),
+    # fewer critic negatives and retained MCMC samples (benchmarks/sweeps/misa-cost.yaml trains them)
+    "misa-n20-s20": ("mi", {"n_negatives": 20, "estimator_options": {"n_samples": 20}}),
+    "misa-n10-s10": ("mi", {"n_negatives": 10, "estimator_options": {"n_samples": 10}}),
     "misa-dv": ("mi", {"estimator": "misa-dv"}),
     "mi-nwj": ("mi", {"estimator": "nwj"}),
     "cql": ("cql", {}),
