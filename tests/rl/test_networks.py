@@ -297,7 +297,7 @@ def test_lecun_hidden_init_is_flax_default_dense_init() -> None:
         assert float(w.abs().max()) <= 2.0 * std / 0.87962566103423978 + 1e-6  # truncated at 2 sigma
         assert float(w.abs().max()) > 1.5 * std  # and not a uniform of the same variance (bound sqrt(3) std)
         assert torch.count_nonzero(b) == 0
-    last = q.layers[-1].weight
+    last = q.layers[-1].weight.detach()
     assert float(last.abs().max()) <= math.sqrt(3 * 1e-2 / 256) + 1e-7
     # the default is unchanged: nn.Linear's uniform init with non-zero biases
     torch.manual_seed(0)
