@@ -63,6 +63,7 @@ __all__ = [
     "gather",
     "write_report",
     "publish",
+    "carry_files",
     "main",
 ]
 
@@ -1400,6 +1401,18 @@ def _plot_staircase(spec: Spec, g: dict[str, Any], groups: list[tuple], path: Pa
     plt.close(fig)
 
 
+def carry_files(spec: Spec, out: str | os.PathLike) -> list[Path]:
+    """What a later session needs, beyond the small text files, to resume this sweep exactly: the checkpoint of
+    every RL trial that has one and is not finished. (Finished trials need only their `result.json`; a sweep kept
+    in git ignores checkpoints and force-adds these, see docs/sweeps.md.)"""
+    out = Path(out)
+    return [
+        run_dir(out, t) / "checkpoint.pt"
+        for t in spec.trials
+        if t["kind"] == "rl" and trial_status(t, out)[0] == "resume"
+    ]
+
+
 def publish(files: Sequence[Path], folder: Path) -> list[Path]:
     """Copy report files (tables, plots; never the run folders) into `folder`, each atomically."""
     import shutil
@@ -1428,6 +1441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
     p.add_argument("--report-only", action="store_true", help="only gather results.csv/.md and plots; no Ray")
     p.add_argument(
+        "--list-carry",
+        action="store_true",
+        help="print the checkpoints of unfinished trials (what a later session needs to resume) and exit",
+    )
+    p.add_argument(
         "--publish",
         type=Path,
         default=None,
@@ -1440,6 +1458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = (args.out or Path("runs") / "sweeps" / spec.name).resolve()
+    if args.list_carry:
+        for path in carry_files(spec, out):
+            print(_display(path))
+        return 0
     if args.report_only:
         ensure_behaviour(spec, out, make=False)
         files = write_report(spec, out)

@@ -512,7 +512,11 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
         i: snapshot(out / "runs" / i)
         for i in ("bc__tiny-hopper__s0", "bc__tiny-hopper__s1", "td3bc__tiny-hopper__s0")
     }
+    # what a later session needs to resume: the interrupted trial's checkpoint, nothing of the finished ones
+    assert sweep.carry_files(spec, out) == [out / "runs" / victim / "checkpoint.pt"]
     capsys.readouterr()
+    assert sweep.main([str(spec_path), "--out", str(out), "--list-carry"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{victim}/checkpoint.pt")
 
     assert sweep.main([str(spec_path), "--out", str(out)]) == 0  # the same command again
     said = capsys.readouterr().out
@@ -527,6 +531,7 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     log = (out / "logs" / f"{victim}.log").read_text()
     assert "resumed td3bc__tiny-hopper__s1 at step 25 of 50" in log
     assert_same(agent_state(done_out / "runs" / victim), agent_state(out / "runs" / victim))
+    assert sweep.carry_files(spec, out) == []
     assert (out / "runs" / victim / "eval.csv").read_text() == (
         done_out / "runs" / victim / "eval.csv"
     ).read_text()
