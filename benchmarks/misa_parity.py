@@ -514,7 +514,11 @@ def train_curves(args: argparse.Namespace) -> None:
                         "normalized_score": float(r["normalized_score"]),
                     }
                 )
-    _write_curves(rows, args)
+    from rl.references import normalized_score
+
+    returns = load(str(data_file)).episode_returns
+    returns = np.asarray(returns() if callable(returns) else returns, np.float64)
+    _write_curves(rows, args, float(normalized_score(DATASET, float(returns.mean()))))
 
 
 def _last_step(run_dir: Path) -> int:
@@ -523,7 +527,7 @@ def _last_step(run_dir: Path) -> int:
     return max(steps, default=0)
 
 
-def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviour: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -544,13 +548,18 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         for step in steps:
             vals = [r["normalized_score"] for r in rows if r["code"] == code and r["step"] == step]
             if vals:
-                table[(code, step)] = (float(np.mean(vals)), float(np.std(vals)), vals)
+                table[(code, step)] = (
+                    float(np.mean(vals)),
+                    float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    vals,
+                )
     lines = [
         "# MISA learning curves: ours vs the official code",
         "",
         f"Made by `{args.command}`. Same exported hopper-medium-v5 file, official settings on both sides, seeds "
         f"{' '.join(map(str, args.seeds))}; every policy evaluated by our evaluation (Hopper-v5, 10 episodes, "
-        "deterministic tanh(mean)). D4RL-normalised score, mean ± std over seeds (per-seed values).",
+        "deterministic tanh(mean)). D4RL-normalised score, mean ± sample std over seeds (per-seed values); "
+        f"the behaviour data scores {behaviour:.1f}.",
         "",
         "| step | official | ours |",
         "|---|---|---|",
@@ -572,6 +581,7 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         sd = np.array([table[(code, s)][1] for s in xs])
         ax.plot(xs, mu, color=color, label=f"{code} (mean over {len(args.seeds)} seeds)")
         ax.fill_between(xs, mu - sd, mu + sd, color=color, alpha=0.2)
+    ax.axhline(behaviour, color="k", linestyle="--", linewidth=1, label=f"behaviour data ({behaviour:.1f})")
     ax.set_xlabel("gradient steps")
     ax.set_ylabel("normalised score")
     ax.set_title("MISA on hopper-medium-v5: ours vs official")

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import sweep  # noqa: E402
+from conftest import assert_same_state  # noqa: E402
 
 from rl.config import to_dict  # noqa: E402
 from rl.data import OfflineDataset  # noqa: E402
@@ -91,21 +92,6 @@ def snapshot(d: Path) -> dict[str, tuple[int, str]]:
 
 def agent_state(run: Path) -> dict:
     return torch.load(run / "checkpoint.pt", weights_only=False)["agent"]
-
-
-def assert_same(a, b, path="agent"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
@@ -189,9 +175,9 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     ids = [t["id"] for t in spec.trials]
     assert len(ids) == len(set(ids)) == 11 * 3
     assert ids[:3] == ["bc__hopper-medium-v5__s0", "bc__hopper-medium-v5__s1", "bc__hopper-medium-v5__s2"]
-    assert "infonce__hopper-medium-v5__s2" in ids
+    assert "infonce-n10__hopper-medium-v5__s2" in ids
     assert [t["id"] for t in sweep.load_spec(SPECS / "hopper-medium-50k.yaml").trials] == ids  # stable
-    cfg = sweep.trial_config(spec.trial("nwj__hopper-medium-v5__s1"), tmp_path)
+    cfg = sweep.trial_config(spec.trial("nwj-n10__hopper-medium-v5__s1"), tmp_path)
     assert (cfg.algo, cfg.estimator, cfg.seed, cfg.steps, cfg.eval_every, cfg.eval_episodes, cfg.threads) == (
         "mi",
         "nwj",
@@ -201,10 +187,12 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         10,
         1,
     )
-    assert cfg.run_dir == str(tmp_path.resolve() / "runs" / "nwj__hopper-medium-v5__s1")
-    assert sweep.trial_config(spec.trial("misa__hopper-medium-v5__s0"), tmp_path).estimator == "misa"
+    assert cfg.n_negatives == 10
+    assert cfg.run_dir == str(tmp_path.resolve() / "runs" / "nwj-n10__hopper-medium-v5__s1")
+    misa = sweep.trial_config(spec.trial("misa-n10-s10__hopper-medium-v5__s0"), tmp_path)
+    assert (misa.estimator, misa.n_negatives, misa.estimator_options) == ("misa", 10, {"n_samples": 10})
     assert sweep.trial_config(spec.trial("iql__hopper-medium-v5__s2"), tmp_path).algo == "iql"
-    for name, n in (("smoke", 4), ("staircase-smoke", 4)):
+    for name, n in (("smoke", 4), ("staircase-smoke", 4), ("misa-cost", 4), ("locomotion-10k", 81)):
         assert len(sweep.load_spec(SPECS / f"{name}.yaml").trials) == n
     st = sweep.load_spec(SPECS / "staircase-smoke.yaml")
     assert [t["id"] for t in st.trials][:2] == ["nwj__separable__d20__s0", "nwj__separable__d20__s1"]
@@ -434,7 +422,7 @@ def test_trial_resumes_exactly_after_a_kill(tmp_path, hopper_file):
     assert [r["step"] for r in reports] == [50]
     text = (run / "eval.csv").read_text()
     assert text.startswith(first) and [r["step"] for r in sweep._read_evals(run / "eval.csv")] == [25, 50]
-    assert_same(agent_state(straight / "runs" / trial["id"]), agent_state(run))
+    assert_same_state(agent_state(straight / "runs" / trial["id"]), agent_state(run))
     assert text == (straight / "runs" / trial["id"] / "eval.csv").read_text()
 
 
@@ -530,7 +518,7 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     assert [e["step"] for e in evals] == [25, 50]
     log = (out / "logs" / f"{victim}.log").read_text()
     assert "resumed td3bc__tiny-hopper__s1 at step 25 of 50" in log
-    assert_same(agent_state(done_out / "runs" / victim), agent_state(out / "runs" / victim))
+    assert_same_state(agent_state(done_out / "runs" / victim), agent_state(out / "runs" / victim))
     assert sweep.carry_files(spec, out) == []
     assert (out / "runs" / victim / "eval.csv").read_text() == (
         done_out / "runs" / victim / "eval.csv"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_state
 
 from rl.agents import ALGOS, config_class
 from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
@@ -122,21 +123,6 @@ def _state(trainer: Trainer) -> dict:
     return trainer.agent.state_dict()
 
 
-def _assert_same(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 @pytest.mark.parametrize("algo", ["mi", "iql", "td3bc"])
 def test_resume_is_exact(tmp_path, algo):
     ds = tiny_dataset()
@@ -154,7 +140,7 @@ def test_resume_is_exact(tmp_path, algo):
     resumed = Trainer(cfg(tmp_path / "b"), dataset=ds, resume=True, quiet=True)
     assert resumed.step == 3
     resumed.train()
-    _assert_same(_state(straight), _state(resumed))
+    assert_same_state(_state(straight), _state(resumed))
     a = (tmp_path / "a" / "progress.csv").read_text()
     b = (tmp_path / "b" / "progress.csv").read_text()
     strip = lambda t: [line.rsplit(",", 1)[0] for line in t.splitlines()]  # noqa: E731 (drop the timing column)
