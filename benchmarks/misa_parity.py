@@ -574,7 +574,7 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
                 cells.append("-")
         lines.append(f"| {step} | {cells[0]} | {cells[1]} |")
     _write_text(out / "misa_parity_curves.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.3))
     for code, color in (("official", "tab:blue"), ("ours", "tab:orange")):
         xs = [s for s in steps if (code, s) in table]
         mu = np.array([table[(code, s)][0] for s in xs])
@@ -585,7 +585,7 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
     ax.set_xlabel("gradient steps")
     ax.set_ylabel("normalised score")
     ax.set_title("MISA on hopper-medium-v5: ours vs official")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     atomic_write(out / "misa_parity_curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
