@@ -259,12 +259,13 @@ def compare_update(args: argparse.Namespace, warmup: int) -> dict[str, Any]:
     logs = ours["logs"]
     # The official critic regulariser is logsumexp(Q - log B) - Q(s, a_D) per member; ours logmeanexp over the
     # N policy actions: the same up to the constant log N - log B per member (no gradient effect).
-    shift = 2 * (math.log(agent.cfg.n_negatives) - math.log(256))
+    cw, b = agent.cfg.critic_weight, batch["actions"].shape[0]
+    shift = 2 * (math.log(agent.cfg.n_negatives) - math.log(b))
     rows = [
         (
             "critic: TD error (sum of members)",
             logs["critic_td"],
-            m["qf1_loss"] + m["qf2_loss"] - 5.0 * (m["cql/qf1_diff"] + m["cql/qf2_diff"]),
+            m["qf1_loss"] + m["qf2_loss"] - cw * (m["cql/qf1_diff"] + m["cql/qf2_diff"]),
             TOL_LOSS,
         ),
         (
@@ -285,14 +286,10 @@ def compare_update(args: argparse.Namespace, warmup: int) -> dict[str, Any]:
     ]
     loss_rows = [(name, o, r, abs(o - r) / max(abs(r), 1e-12), tol) for name, o, r, tol in rows]
 
-    def group(prefix_ours: str, prefix_off: str, source: dict[str, np.ndarray], tol: float) -> list[tuple]:
-        out = []
-        for key in sorted(k for k in source if k.startswith(prefix_ours)):
-            ref = off[f"{prefix_off}/{key}"]
-            out.append((key, _rel(source[key], ref), float(np.abs(ref).max()), tol))
-        return out
-
-    grad_rows = group("", "grad", ours["grads"], TOL_GRAD)
+    grad_rows = [
+        (key, _rel(g, off[f"grad/{key}"]), float(np.abs(off[f"grad/{key}"]).max()), TOL_GRAD)
+        for key, g in sorted(ours["grads"].items())
+    ]
     param_rows = _step_rows(ours, off, agent)
     density_rows = [
         (
