@@ -192,7 +192,13 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     misa = sweep.trial_config(spec.trial("misa-n10-s10__hopper-medium-v5__s0"), tmp_path)
     assert (misa.estimator, misa.n_negatives, misa.estimator_options) == ("misa", 10, {"n_samples": 10})
     assert sweep.trial_config(spec.trial("iql__hopper-medium-v5__s2"), tmp_path).algo == "iql"
-    for name, n in (("smoke", 4), ("staircase-smoke", 4), ("misa-cost", 4), ("locomotion-10k", 81)):
+    for name, n in (
+        ("smoke", 4),
+        ("staircase-smoke", 4),
+        ("misa-cost", 4),
+        ("locomotion-10k", 81),
+        ("locomotion-1m", 297),
+    ):
         assert len(sweep.load_spec(SPECS / f"{name}.yaml").trials) == n
     st = sweep.load_spec(SPECS / "staircase-smoke.yaml")
     assert [t["id"] for t in st.trials][:2] == ["nwj__separable__d20__s0", "nwj__separable__d20__s1"]
