@@ -511,11 +511,9 @@ def train_curves(args: argparse.Namespace) -> None:
                         "normalized_score": float(r["normalized_score"]),
                     }
                 )
-    from rl.references import normalized_score
+    from rl.references import behaviour_score
 
-    returns = load(str(data_file)).episode_returns
-    returns = np.asarray(returns() if callable(returns) else returns, np.float64)
-    _write_curves(rows, args, float(normalized_score(DATASET, float(returns.mean()))))
+    _write_curves(rows, args, behaviour_score(load(str(data_file)), [DATASET]))
 
 
 def _last_step(run_dir: Path) -> int:

@@ -731,23 +731,12 @@ def _load_dataset(dataset: str, size: int | None, make: bool, probe: bool = Fals
 
 
 def _behaviour_score(dataset: str, ds: Any) -> dict[str, Any]:
-    import numpy as np
+    from rl.references import behaviour_score
 
-    from rl.references import normalized_score
-
-    rets = np.asarray(ds.episode_returns(), dtype=float)
-    score = None
+    rets = ds.episode_returns()
     env_id = (getattr(ds, "metadata", None) or {}).get("env_id")
-    for name in (dataset.removeprefix("d4rl:").removeprefix("minari:"), env_id):
-        if not name:
-            continue
-        try:
-            score = float(np.mean(normalized_score(name, rets)))
-            break
-        except ValueError:
-            continue
     return {
-        "normalized_score": score,
+        "normalized_score": behaviour_score(ds, (dataset, env_id)),
         "return_mean": float(rets.mean()) if len(rets) else None,
         "episodes": int(len(rets)),
         "transitions": int(len(ds)),

@@ -29,8 +29,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,8 @@ __all__ = [
     "Reference",
     "load_v5_references",
     "normalized_score",
+    "first_normalized_score",
+    "behaviour_score",
     "reference",
     "reference_returns",
 ]
@@ -168,3 +172,24 @@ def normalized_score(
     # Divide before scaling by 100: (x / x) is exactly 1 in floating point, (100 x) / x need not be 100.
     score = 100.0 * ((r - ref.random) / (ref.expert - ref.random))
     return float(score) if score.ndim == 0 else score
+
+
+def first_normalized_score(names: Iterable[str | None], mean_return: float) -> float | None:
+    """`normalized_score` of `mean_return` under the first of `names` that has reference returns (a dataset name,
+    then its env id, say; `d4rl:`/`minari:` prefixes dropped, None entries skipped), or None when none has."""
+    for name in names:
+        if not name:
+            continue
+        try:
+            return float(normalized_score(name.removeprefix("d4rl:").removeprefix("minari:"), mean_return))
+        except ValueError:
+            continue
+    return None
+
+
+def behaviour_score(dataset: Any, names: Iterable[str | None]) -> float | None:
+    """The behaviour data's score: `first_normalized_score` of the mean return of `dataset`'s episodes (an
+    `OfflineDataset`; the last episode may be cut), the way an agent's evaluation is scored; None without episodes
+    or references."""
+    returns = np.asarray(dataset.episode_returns(), np.float64)
+    return first_normalized_score(names, float(returns.mean())) if returns.size else None

@@ -34,6 +34,7 @@ from rl._atomic import atomic_write
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
 from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from rl.references import behaviour_score, first_normalized_score
 from rl.sac import evaluate
 
 __all__ = ["Trainer", "TrainingError", "RunDirError", "build_config", "main"]
@@ -108,19 +109,6 @@ def _env_id(cfg: AgentConfig, dataset: Any) -> str | None:
         return parse_name(cfg.dataset).env_id
     except Exception:  # noqa: BLE001 - not one of our names
         return None
-
-
-def _score(cfg: AgentConfig, env_id: str | None, mean_return: float) -> float | None:
-    from rl.references import normalized_score
-
-    for name in (cfg.dataset.removeprefix("d4rl:").removeprefix("minari:"), env_id):
-        if not name:
-            continue
-        try:
-            return float(normalized_score(name, mean_return))
-        except ValueError:
-            continue
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -270,7 +258,7 @@ class Trainer:
             "step": self.step,
             "return_mean": round(mean, 3),
             "return_std": round(float(rets.std()), 3),
-            "normalized_score": _score(cfg, self.env_id, mean),
+            "normalized_score": first_normalized_score((cfg.dataset, self.env_id), mean),
         }
         self.evals.append(rec)
         self._append_csv("eval.csv", rec)
@@ -338,9 +326,7 @@ class Trainer:
     def behaviour_score(self) -> float | None:
         """The behaviour data's D4RL-normalised score: the mean return of the dataset's episodes, normalised as the
         agent's evaluation is (None without episodes or reference returns)."""
-        rets = self.dataset.episode_returns
-        rets = np.asarray(rets() if callable(rets) else rets, np.float64)
-        return _score(self.cfg, self.env_id, float(rets.mean())) if rets.size else None
+        return behaviour_score(self.dataset, (self.cfg.dataset, self.env_id))
 
     def _eval_line(self, rec: dict[str, Any]) -> str:
         score = rec["normalized_score"]

@@ -574,6 +574,14 @@ def test_normalized_score_of_d4rl_references_is_0_and_100(name, family):
     assert scores.shape == (1, 2) and scores.tolist() == [[0.0, 100.0]]
 
 
+def test_first_normalized_score_takes_the_first_name_with_references():
+    lo, hi = references.D4RL_REFERENCES["hopper"]
+    mid = (lo + hi) / 2
+    assert references.first_normalized_score(["mine.hdf5", None, "d4rl:hopper-medium-v2"], mid) == 50.0
+    assert references.first_normalized_score(["minari:hopper-expert-v2"], hi) == 100.0
+    assert references.first_normalized_score(["mine.hdf5", "NoSuchEnv-v5", None], mid) is None
+
+
 def test_published_d4rl_values():
     assert references.D4RL_REFERENCES == {
         "hopper": (-20.272305, 3234.3),
