@@ -64,27 +64,21 @@ TOL_STEP, NOISE_FLOOR = 1e-3, 1e-4
 # ----------------------------------------------------------------------------------------------------------------
 # Our networks <-> the official flax parameters (flattened paths, e.g. policy/params/base_network/Dense_0/kernel)
 # ----------------------------------------------------------------------------------------------------------------
-def policy_to_flax(policy: TanhGaussianPolicy, prefix: str = "policy") -> dict[str, np.ndarray]:
+def policy_to_flax(
+    policy: TanhGaussianPolicy, prefix: str = "policy", grad: bool = False
+) -> dict[str, np.ndarray]:
+    """The policy's parameters (or, with `grad`, their gradients) under the official flax paths."""
+
+    def t(p: torch.Tensor) -> np.ndarray:
+        return (p.grad if grad else p.detach()).numpy().copy()
+
     linears = [m for m in policy.net if isinstance(m, torch.nn.Linear)]
     out = {}
     for i, lin in enumerate(linears):
-        out[f"{prefix}/params/base_network/Dense_{i}/kernel"] = lin.weight.detach().T.numpy().copy()
-        out[f"{prefix}/params/base_network/Dense_{i}/bias"] = lin.bias.detach().numpy().copy()
-    out[f"{prefix}/params/log_std_multiplier_module/value"] = (
-        policy.log_std_multiplier.detach().numpy().copy()
-    )
-    out[f"{prefix}/params/log_std_offset_module/value"] = policy.log_std_offset.detach().numpy().copy()
-    return out
-
-
-def policy_grads_to_flax(policy: TanhGaussianPolicy, prefix: str) -> dict[str, np.ndarray]:
-    linears = [m for m in policy.net if isinstance(m, torch.nn.Linear)]
-    out = {}
-    for i, lin in enumerate(linears):
-        out[f"{prefix}/params/base_network/Dense_{i}/kernel"] = lin.weight.grad.T.numpy().copy()
-        out[f"{prefix}/params/base_network/Dense_{i}/bias"] = lin.bias.grad.numpy().copy()
-    out[f"{prefix}/params/log_std_multiplier_module/value"] = policy.log_std_multiplier.grad.numpy().copy()
-    out[f"{prefix}/params/log_std_offset_module/value"] = policy.log_std_offset.grad.numpy().copy()
+        out[f"{prefix}/params/base_network/Dense_{i}/kernel"] = t(lin.weight).T.copy()
+        out[f"{prefix}/params/base_network/Dense_{i}/bias"] = t(lin.bias)
+    out[f"{prefix}/params/log_std_multiplier_module/value"] = t(policy.log_std_multiplier)
+    out[f"{prefix}/params/log_std_offset_module/value"] = t(policy.log_std_offset)
     return out
 
 
@@ -141,6 +135,14 @@ def _fresh_copy(agent: MIAgent) -> MIAgent:
     return other
 
 
+def _snapshot(agent: MIAgent) -> dict[str, np.ndarray]:
+    """Policy, both Q networks, their targets and log alpha under the official flax paths."""
+    out = {**policy_to_flax(agent.policy), **q_to_flax(agent.critic)}
+    out.update(q_to_flax(agent.critic_target, ("qf1_target", "qf2_target")))
+    out["log_alpha/params/value"] = agent.log_alpha.detach().numpy().copy()
+    return out
+
+
 def _one_update(agent: MIAgent, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Our update, recording what the official side needs to replay it: noise, MCMC samples, gradients."""
     gen_state = agent.generator.get_state()
@@ -157,14 +159,12 @@ def _one_update(agent: MIAgent, batch: dict[str, torch.Tensor]) -> dict[str, Any
     grads: dict[str, np.ndarray] = {}
 
     def grab(*_: Any) -> None:
-        grads.update(policy_grads_to_flax(agent.policy, "policy"))
+        grads.update(policy_to_flax(agent.policy, grad=True))
         grads.update(q_to_flax(agent.critic, grad=True))
         grads["log_alpha/params/value"] = agent.log_alpha.grad.numpy().copy()
 
     hook = agent.optimizers["critic"].register_step_pre_hook(grab)
-    pre = {**policy_to_flax(agent.policy), **q_to_flax(agent.critic)}
-    pre.update(q_to_flax(agent.critic_target, ("qf1_target", "qf2_target")))
-    pre["log_alpha/params/value"] = agent.log_alpha.detach().numpy().copy()
+    pre = _snapshot(agent)
     try:
         logs = {k: float(v) for k, v in agent.update(batch).items()}
     finally:
@@ -178,12 +178,9 @@ def _one_update(agent: MIAgent, batch: dict[str, torch.Tensor]) -> dict[str, Any
     eps_neg = torch.randn(b, n, da, generator=g)
     eps_new = torch.randn(b, 1, da, generator=g)
     u = torch.cat(recorded["u"])  # [B, S, da] unconstrained
-    new = {**policy_to_flax(agent.policy), **q_to_flax(agent.critic)}
-    new.update(q_to_flax(agent.critic_target, ("qf1_target", "qf2_target")))
-    new["log_alpha/params/value"] = agent.log_alpha.detach().numpy().copy()
     return {
         "pre": pre,
-        "new": new,
+        "new": _snapshot(agent),
         "grads": grads,
         "logs": logs,
         "noise": {"new": eps_new[:, 0].numpy(), "next": eps_next[:, 0].numpy(), "negatives": eps_neg.numpy()},
@@ -216,8 +213,8 @@ def compare_update(args: argparse.Namespace, warmup: int) -> dict[str, Any]:
         agent.update(dataset.sample(256, data_gen))
     agent = _fresh_copy(agent)
     batch = dataset.sample(256, data_gen)
-    pre_obs = agent.prepare(batch)["observations"]
-    clipped = agent.prepare(batch)["actions"]
+    prepared = agent.prepare(batch)
+    pre_obs, clipped = prepared["observations"], prepared["actions"]
     density_agent = _fresh_copy(agent)  # pre-update weights, for the density check
     ours = _one_update(agent, batch)
     # Our chain again with other random streams, for the acceptance rate's spread (the official side runs 4 seeds).
