@@ -178,18 +178,18 @@ def update(official_dir: str, in_path: str, out_path: str) -> None:
 
     policy, qf = _models(o, obs_dim, act_dim, NoisePolicy)
     agent = _agent(o, policy, qf, act_dim)
+    pre = {}  # the pre-update parameters, ours
     for key, state in agent._train_states.items():
-        params = _replace(state.params, data, key)
-        agent._train_states[key] = RecordingState.create(apply_fn=None, params=params, tx=state.tx)
+        pre[key] = _replace(state.params, data, key)
+        agent._train_states[key] = RecordingState.create(apply_fn=None, params=pre[key], tx=state.tx)
     agent._target_qf_params = {
         k: _replace(agent._target_qf_params[k], data, f"{k}_target") for k in ("qf1", "qf2")
     }
 
+    # experiments/main.py clips the dataset's actions to +-0.999
     batch = {
         "observations": data["batch/observations"],
-        "actions": data[
-            "batch/actions_clipped"
-        ],  # experiments/main.py clips the dataset's actions to +-0.999
+        "actions": data["batch/actions_clipped"],
         "rewards": data["batch/rewards"],
         "next_observations": data["batch/next_observations"],
         "dones": data["batch/dones"],
@@ -216,9 +216,6 @@ def update(official_dir: str, in_path: str, out_path: str) -> None:
 
     # The official tilted log-density `log pi(a|s) + min Q(s, a)` (its closure's body, with the pre-update
     # parameters) and its action gradient at the given points.
-    pre = {
-        k: _replace(s.params, data, k) for k, s in agent._train_states.items()
-    }  # the pre-update parameters
     obs_j = jnp.asarray(batch["observations"])
 
     def log_prob(x):
