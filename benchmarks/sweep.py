@@ -173,10 +173,12 @@ def load_spec(path: str | os.PathLike) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
+    from rl.config import ConfigError, parse_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        data = parse_yaml(path.read_text(), str(path))
+    except ConfigError as e:
+        raise SpecError(str(e)) from None
     data = _mapping(data, str(path))
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
@@ -476,7 +478,7 @@ def run_trial(
 
 def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
     from rl.config import to_dict
-    from rl.train import MARKER, Trainer
+    from rl.train import Trainer
 
     cfg = trial_config(trial, out)
     d = Path(cfg.run_dir)
@@ -485,15 +487,8 @@ def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any
         raise RuntimeError(why)
     if status == "finished":
         return json.loads((d / RESULT).read_text())
+    # A trial killed before its first checkpoint starts afresh (the trainer voids the logs it left).
     resume = (d / "checkpoint.pt").exists()
-    if not resume and (d / MARKER).exists():
-        # killed before its first checkpoint: logs written so far would be appended to; start them afresh
-        for name in ("eval.csv", "progress.csv"):
-            (d / name).unlink(missing_ok=True)
-        if (d / "tb").is_dir():
-            import shutil
-
-            shutil.rmtree(d / "tb")
     t0 = time.perf_counter()
     trainer = Trainer(cfg, resume=resume, quiet=True)
     start = trainer.step

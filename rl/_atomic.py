@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_file", "atomic_write", "atomic_dir_replace", "jsonable"]
+__all__ = ["atomic_file", "atomic_write", "atomic_dir_replace", "remove_stale_temps", "jsonable"]
+
+# `.NAME.XXXXXXXX.tmp` (atomic_file) and `.NAME.old.XXXXXXXX` (atomic_dir_replace): mkstemp/mkdtemp's 8 characters
+_STALE = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp|old\.[a-z0-9_]{8})$")
 
 
 @contextlib.contextmanager
@@ -66,6 +70,28 @@ def atomic_dir_replace(src: Path, dst: Path, overwrite: bool) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left in `directory` (a process killed between `mkstemp` and the
+    rename leaves `.NAME.XXXXXXXX.tmp`; one killed inside `atomic_dir_replace` leaves `.NAME.old.XXXXXXXX`).
+
+    Only for a directory one process writes to (a claimed run directory): a concurrent writer's temp file would
+    look the same. Returns the removed paths (sorted).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in sorted(d.iterdir()):
+        if _STALE.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            removed.append(p)
+    return removed
 
 
 def jsonable(value: Any) -> Any:

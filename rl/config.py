@@ -12,11 +12,15 @@ Overrides come from the command line as `--name value` (dashes or underscores, `
 `--steps 5000`, `--run-dir DIR`) or, for dict fields, `--estimator-options.sampler mala`; values are parsed as
 YAML scalars (so `--hidden-q [256,256]`, `--target-entropy null` and `--normalize-observations true` work) and then
 coerced to the field's type.
+
+Files and values are read as plain data (`yaml.SafeLoader`: no tags that build objects) with YAML 1.2's numbers:
+PyYAML follows YAML 1.1, where `3e-4` and `1e6` are strings; here they are floats, as in every other YAML reader.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -25,7 +29,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "ConfigError", "to_dict", "from_dict", "load_yaml", "save_yaml", "apply_overrides"]
+__all__ = [
+    "RunConfig",
+    "ConfigError",
+    "to_dict",
+    "from_dict",
+    "load_yaml",
+    "parse_yaml",
+    "save_yaml",
+    "apply_overrides",
+]
 
 
 class ConfigError(ValueError):
@@ -79,6 +92,33 @@ class RunConfig:
                 raise ConfigError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ConfigError(f"{type(self).__name__}.eval_every must be >= 0; got {self.eval_every}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# YAML as plain data, with YAML 1.2 numbers
+# ------------------------------------------------------------------------------------------------------------
+class _PlainLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads exponent floats without a dot (`3e-4`, `1E6`, `-2e+3`)."""
+
+
+_PlainLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, where: str = "YAML") -> Any:
+    """`text` as plain data (dicts, lists, str, int, float, bool, None); a syntax error raises `ConfigError`
+    naming `where`, the line and the column."""
+    try:
+        return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: invalid YAML{at}: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: invalid YAML: {str(err).splitlines()[0]}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -178,7 +218,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping; got {type(data).__name__}")
     return data
@@ -202,7 +246,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, str], cls: type) 
     names = {f.name for f in fields(cls) if f.init}
     for raw_key, raw_value in overrides.items():
         key = raw_key.replace("-", "_")
-        value = yaml.safe_load(raw_value) if isinstance(raw_value, str) else raw_value
+        value = parse_yaml(raw_value, f"--{raw_key}") if isinstance(raw_value, str) else raw_value
         head, _, sub = key.partition(".")
         if head not in names:
             raise ConfigError(

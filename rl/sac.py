@@ -28,8 +28,10 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl._atomic import atomic_write
+from rl._atomic import atomic_write, remove_stale_temps
+from rl._safe_load import CheckpointError, load_torch_file
 from rl.networks import QEnsemble, TanhGaussianPolicy
 
 __all__ = [
@@ -371,10 +374,9 @@ def load_policy_snapshot(path: str | os.PathLike) -> tuple[TanhGaussianPolicy, d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"policy snapshot not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "obs_dim", "act_dim", "hidden"):
-        if key not in blob:
-            raise ValueError(f"{path} is not a policy snapshot: missing key {key!r}")
+    blob = load_torch_file(
+        path, what="policy snapshot", required=("state_dict", "obs_dim", "act_dim", "hidden")
+    )
     policy = TanhGaussianPolicy(
         blob["obs_dim"],
         blob["act_dim"],
@@ -423,6 +425,19 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------------------------
 # Training loop
 # ----------------------------------------------------------------------------------------------------------------
+SAC_CHECKPOINT_KEYS = (
+    "config",
+    "agent",
+    "step",
+    "episode",
+    "ep_return",
+    "ep_len",
+    "obs",
+    "physics",
+    "buffer_file",
+)
+
+
 class Trainer:
     """Runs SAC on one environment with checkpoints, evaluations and snapshots in `run_dir`."""
 
@@ -474,7 +489,7 @@ class Trainer:
                 p.unlink()
 
     def load_checkpoint(self) -> None:
-        blob = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        blob = load_torch_file(self.ckpt_path, required=SAC_CHECKPOINT_KEYS)
         saved_cfg = blob["config"]
         for key in ("env", "seed"):
             if saved_cfg[key] != getattr(self.cfg, key):
@@ -482,9 +497,15 @@ class Trainer:
                     f"--resume: checkpoint {self.ckpt_path} was made with {key}={saved_cfg[key]!r}, "
                     f"but this run asks for {key}={getattr(self.cfg, key)!r}"
                 )
+        name = blob["buffer_file"]
+        if not isinstance(name, str) or not re.fullmatch(r"buffer_\d{8}\.npz", name):
+            raise CheckpointError(f"{self.ckpt_path}: buffer_file {name!r} is not a buffer file name")
         self.agent.load_state_dict(blob["agent"])
-        with np.load(self.run_dir / blob["buffer_file"]) as z:
-            self.buffer.load_state(z)
+        try:
+            with np.load(self.run_dir / name, allow_pickle=False) as z:
+                self.buffer.load_state(z)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise CheckpointError(f"cannot read the replay buffer {self.run_dir / name}: {err}") from None
         self.step, self.episode = blob["step"], blob["episode"]
         self.ep_return, self.ep_len = blob["ep_return"], blob["ep_len"]
         self.obs = np.asarray(blob["obs"], np.float32)
@@ -529,7 +550,10 @@ class Trainer:
         cfg, agent, g = self.cfg, self.agent, self.agent.generator
         until = cfg.steps if until is None else min(until, cfg.steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        remove_stale_temps(self.run_dir)
+        remove_stale_temps(self.run_dir / "snapshots")
+        cfg_json = json.dumps(dataclasses.asdict(cfg), indent=1)
+        atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
         if self.step == 0 and not self.evals:
             self._evaluate_and_snapshot()  # the initial policy, step 0
         log_path = self.run_dir / "train_log.csv"
@@ -605,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        done = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
+        done = int(load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)["step"])
         if done >= cfg.steps:  # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
             print(f"{cfg.env}: {run_dir} is already at step {done} >= --steps {cfg.steps}; nothing to do")
             return 0

@@ -21,8 +21,10 @@ import json
 import math
 import random
 import re
+import shutil
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,16 +32,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl._atomic import atomic_write
+from rl._atomic import atomic_write, remove_stale_temps
+from rl._safe_load import CheckpointError, load_torch_file
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
 from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
 from rl.references import behaviour_score, first_normalized_score
 from rl.sac import evaluate
 
-__all__ = ["Trainer", "TrainingError", "RunDirError", "build_config", "main"]
+__all__ = [
+    "Trainer",
+    "TrainingError",
+    "RunDirError",
+    "CheckpointError",
+    "RESUME_OVERRIDABLE",
+    "build_config",
+    "check_device",
+    "check_data_fits",
+    "main",
+]
 
 MARKER = ".rl-run.json"
+CHECKPOINT_KEYS = ("config", "agent", "step", "evals", "offsets", "log_sums", "log_counts", "rng")
+#: the fields a resumed run may change: how long it runs, how often it logs, evaluates and checkpoints, where
+#: and on what it computes. Everything else is the run's identity and comes from its checkpoint.
+RESUME_OVERRIDABLE = (
+    "steps",
+    "eval_every",
+    "eval_episodes",
+    "log_every",
+    "checkpoint_every",
+    "run_dir",
+    "threads",
+    "device",
+    "final_eval",
+    "max_abs_loss",
+)
 
 
 class TrainingError(RuntimeError):
@@ -54,10 +82,13 @@ class RunDirError(RuntimeError):
 # Config from YAML + command line
 # ------------------------------------------------------------------------------------------------------------
 def build_config(
-    config: str | Path | None, overrides: dict[str, str], algo: str | None = None
+    config: str | Path | None,
+    overrides: dict[str, str],
+    algo: str | None = None,
+    base: dict[str, Any] | None = None,
 ) -> AgentConfig:
-    """The config dataclass from a YAML file (or an algorithm's defaults) and `--key value` overrides."""
-    data = load_yaml(config) if config is not None else {}
+    """The config dataclass from a YAML file (or `base`, or an algorithm's defaults) and `--key value` overrides."""
+    data = load_yaml(config) if config is not None else dict(base or {})
     if algo is not None:
         data["algo"] = algo
     name = overrides.get("algo", data.get("algo", "mi"))
@@ -87,6 +118,93 @@ def _parse_overrides(rest: Sequence[str]) -> dict[str, str]:
             i += 2
         out[key] = value
     return out
+
+
+def check_device(device: str) -> torch.device:
+    """`device` as a `torch.device` this process can use; `ConfigError` naming it otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use 'cpu' or 'cuda' (or 'cuda:N')"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ConfigError(f"device {device!r}: only 'cpu' and 'cuda' are supported")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r}: this torch build sees no CUDA device (torch.cuda.is_available() is False); "
+            "use --device cpu"
+        )
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def check_data_fits(dataset: Any, env_id: str | None, name: str = "the dataset") -> None:
+    """Refuse data that the agents or the evaluation env cannot use, before any training.
+
+    The policies act in [-1, 1] (tanh), rescaled to the env's action bounds at evaluation, so actions beyond
+    [-1, 1] are refused (a D4RL file's rounding up to 1e-3 is clipped by `action_clip`); with an env, the
+    observation and action sizes must be the env's.
+    """
+    actions = np.asarray(dataset.actions)
+    if actions.size and float(np.abs(actions).max()) > 1.0 + 1e-3:
+        row, col = np.unravel_index(int(np.abs(actions).argmax()), actions.shape)
+        raise ConfigError(
+            f"{name}: actions[{row}, {col}] = {float(actions[row, col]):.4g} lies outside [-1, 1], the range of "
+            "the agents' tanh policies; rescale the actions to [-1, 1] (the env's bounds are applied at evaluation)"
+        )
+    if env_id is None:
+        return
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id)
+    except Exception as err:  # noqa: BLE001 - reported with the name
+        raise ConfigError(f"cannot make the evaluation env {env_id!r}: {err}") from None
+    try:
+        obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    finally:
+        env.close()
+    for what, have, want in (
+        ("observations", dataset.obs_dim, obs_shape),
+        ("actions", dataset.act_dim, act_shape),
+    ):
+        if want is None or int(np.prod(want)) != have:
+            raise ConfigError(
+                f"{name} has {what} of size {have}, but the evaluation env {env_id} has {what} of shape {want}: "
+                "the data does not come from this env (set --env, or use data collected on it)"
+            )
+
+
+def check_resume_config(saved: dict[str, Any], cfg: AgentConfig, where: Path) -> None:
+    """`RunDirError` naming the first field, outside `RESUME_OVERRIDABLE`, where `cfg` differs from the config
+    saved in the checkpoint (a field the checkpoint predates must be at its default)."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where}: its 'config' is a {type(saved).__name__}, not a mapping")
+    now = to_dict(cfg)
+    defaults = to_dict(type(cfg)())
+    for key, value in now.items():
+        if key in RESUME_OVERRIDABLE:
+            continue
+        before = saved.get(key, defaults[key])
+        if _plain(before) != _plain(value):
+            raise RunDirError(
+                f"--resume: {where} was made with {key}={before!r}, but this run asks for {key}={value!r}; "
+                f"a resumed run keeps its config except {', '.join(RESUME_OVERRIDABLE)}"
+            )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def default_run_dir(cfg: AgentConfig) -> Path:
@@ -120,16 +238,28 @@ class Trainer:
     Args:
         cfg: the agent config (its `run_dir` or `default_run_dir`).
         dataset: an `OfflineDataset` (None: `rl.data.load(cfg.dataset)`).
-        resume: continue from `run_dir/checkpoint.pt` (required when it exists).
+        resume: continue from `run_dir/checkpoint.pt` (required when it exists; an error when it does not), whose
+            config must equal `cfg` outside `RESUME_OVERRIDABLE`.
         quiet: no progress bar or prints.
+        claim: write the run dir's marker and config (False: check and build only, as `--dry-run` does).
+
+    Every check (run dir, device, dataset, env, checkpoint) runs before the first write, so a start that fails
+    leaves the run dir as it was; the claim removes temp files that killed writes left behind.
     """
 
     def __init__(
-        self, cfg: AgentConfig, dataset: Any = None, resume: bool = False, quiet: bool = False
+        self,
+        cfg: AgentConfig,
+        dataset: Any = None,
+        resume: bool = False,
+        quiet: bool = False,
+        claim: bool = True,
     ) -> None:
         self.cfg, self.quiet = cfg, quiet
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-        self._claim_run_dir(resume)
+        # Everything is checked and built before the first write: a start that fails leaves the dir as it was.
+        blob = self._check_run_dir(resume)
+        check_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if dataset is None:
@@ -139,6 +269,8 @@ class Trainer:
             dataset = load(cfg.dataset, **kwargs)
         self.dataset = dataset
         self.env_id = _env_id(cfg, dataset)
+        evaluates = bool(cfg.eval_every or cfg.final_eval)
+        check_data_fits(dataset, self.env_id if evaluates else None, cfg.dataset)
         self.agent: OfflineAgent = make_agent(cfg, dataset.obs_dim, dataset.act_dim)
         self.agent.fit_dataset_stats(dataset)
         self.step = 0
@@ -147,28 +279,62 @@ class Trainer:
         self._sums: dict[str, torch.Tensor] = {}
         # Counted per key: some terms are logged on some steps only (TD3+BC's delayed actor).
         self._counts: dict[str, int] = {}
-        if resume and self.ckpt_path.exists():
-            self.load_checkpoint()
+        if blob is not None:
+            self._restore(blob)
+        if claim:
+            self._claim_run_dir()
 
     # -- run directory ---------------------------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
-    def _claim_run_dir(self, resume: bool) -> None:
+    def _check_run_dir(self, resume: bool) -> dict[str, Any] | None:
+        """Refuse a directory that is not ours, a second run over a checkpoint, and a resume of nothing or of
+        another run; reads but writes nothing. Returns the checkpoint to resume (None for a fresh start)."""
         d = self.run_dir
-        if d.exists() and any(d.iterdir()) and not (d / MARKER).exists():
+        if d.exists() and not d.is_dir():
+            raise RunDirError(f"--run-dir {d} is a file, not a directory")
+        ours = (d / MARKER).exists()
+        if d.exists() and any(d.iterdir()) and not ours:
             raise RunDirError(
                 f"{d} holds files that are not from rl.train (no {MARKER}); choose another --run-dir"
             )
-        if (d / "checkpoint.pt").exists() and not resume:
+        if not resume:
+            if self.ckpt_path.exists():
+                raise RunDirError(
+                    f"{d} already holds a run; pass --resume to continue it or choose another --run-dir"
+                )
+            return None
+        if not ours:
+            raise RunDirError(f"--resume: {d} holds no run (no {MARKER}); start one without --resume")
+        if not self.ckpt_path.exists():
             raise RunDirError(
-                f"{d} already holds a run; pass --resume to continue it or choose another --run-dir"
+                f"--resume: {d} holds a run that stopped before its first checkpoint; start it again without "
+                "--resume"
             )
+        blob = load_torch_file(self.ckpt_path, required=CHECKPOINT_KEYS, map_location="cpu")
+        check_resume_config(blob["config"], self.cfg, self.ckpt_path)
+        return blob
+
+    def _claim_run_dir(self) -> None:
+        d = self.run_dir
         d.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(d)
         if not (d / MARKER).exists():
             text = json.dumps({"tool": "rl.train", "algo": self.cfg.algo, "created": time.time()})
             atomic_write(d / MARKER, lambda tmp: Path(tmp).write_text(text))
+        if self.step == 0:  # a fresh start over a run that never reached a checkpoint: its logs are void
+            for name in self.offsets:
+                (d / name).unlink(missing_ok=True)
+            if (d / "tb").is_dir():
+                shutil.rmtree(d / "tb")
+        else:  # drop rows logged after the checkpoint: they will be redone
+            for name, off in self.offsets.items():
+                p = d / name
+                if p.exists():
+                    with open(p, "r+b") as f:
+                        f.truncate(off)
         save_yaml(self.cfg, d / "config.yaml")
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -189,27 +355,19 @@ class Trainer:
         }
         atomic_write(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
 
-    def load_checkpoint(self) -> None:
-        blob = torch.load(self.ckpt_path, map_location=self.agent.device, weights_only=False)
-        saved = blob["config"]
-        for key in ("algo", "dataset", "seed", "estimator"):
-            if key in saved and saved[key] != getattr(self.cfg, key, None):
-                raise RunDirError(
-                    f"--resume: {self.ckpt_path} was made with {key}={saved[key]!r}, but this run asks for "
-                    f"{key}={getattr(self.cfg, key, None)!r}"
-                )
-        self.agent.load_state_dict(blob["agent"])
-        self.step, self.evals, self.offsets = blob["step"], list(blob["evals"]), dict(blob["offsets"])
-        self._sums = {k: v.to(self.agent.device) for k, v in blob["log_sums"].items()}
-        self._counts = dict(blob["log_counts"])
-        torch.set_rng_state(blob["rng"]["torch"])
-        np.random.set_state(blob["rng"]["numpy"])  # noqa: NPY002
-        random.setstate(blob["rng"]["python"])
-        for name, off in self.offsets.items():  # drop rows logged after the checkpoint: they will be redone
-            p = self.run_dir / name
-            if p.exists():
-                with open(p, "r+b") as f:
-                    f.truncate(off)
+    def _restore(self, blob: dict[str, Any]) -> None:
+        try:
+            self.agent.load_state_dict(blob["agent"])
+            step, evals, offsets = int(blob["step"]), list(blob["evals"]), dict(blob["offsets"])
+            sums = {k: v.to(self.agent.device) for k, v in blob["log_sums"].items()}
+            counts = dict(blob["log_counts"])
+            torch.set_rng_state(blob["rng"]["torch"])
+            np.random.set_state(blob["rng"]["numpy"])  # noqa: NPY002
+            random.setstate(blob["rng"]["python"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{self.ckpt_path} does not fit this run's agent: {msg}") from None
+        self.step, self.evals, self.offsets, self._sums, self._counts = step, evals, offsets, sums, counts
 
     # -- logging ---------------------------------------------------------------------------------------------------
     def _append_csv(self, name: str, row: dict[str, Any]) -> None:
@@ -311,17 +469,30 @@ class Trainer:
                     means = self._log_row(rate)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]}, refresh=False)
                 final = self.step == cfg.steps
+                if final:  # the trained agent is on disk before the final evaluation, which may fail
+                    self.save_checkpoint()
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or (final and cfg.final_eval):
-                    last = self.evaluate()
-                    if last is not None and not self.quiet:
-                        bar.write(self._eval_line(last))
+                    last = self._evaluate_and_print(bar)
                 if self.step % cfg.checkpoint_every == 0 or self.step == until:
                     self.save_checkpoint()
+            if self.step == cfg.steps and cfg.final_eval and self._final_eval_missing():
+                # resumed after the last checkpoint but before (or during) the final evaluation
+                last = self._evaluate_and_print(bar)
+                self.save_checkpoint()
         finally:
             bar.close()
             if getattr(self, "_writer", None) is not None:
                 self._writer.flush()
         return last
+
+    def _evaluate_and_print(self, bar: Any) -> dict[str, Any] | None:
+        rec = self.evaluate()
+        if rec is not None and not self.quiet:
+            bar.write(self._eval_line(rec))
+        return rec
+
+    def _final_eval_missing(self) -> bool:
+        return self.env_id is not None and not (self.evals and self.evals[-1]["step"] == self.step)
 
     def behaviour_score(self) -> float | None:
         """The behaviour data's D4RL-normalised score: the mean return of the dataset's episodes, normalised as the
@@ -339,31 +510,90 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------------------
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    ours = (ConfigError, RunDirError, CheckpointError, FileNotFoundError, TrainingError)
+    return text if isinstance(err, ours) else f"{type(err).__name__}: {text}"
+
+
+def _resume_base(rest: dict[str, str]) -> dict[str, Any]:
+    """The config saved in `--run-dir`'s checkpoint (empty when there is none: the run-dir check says why)."""
+    run_dir = rest.get("run-dir", rest.get("run_dir"))
+    if run_dir is None:
+        raise ConfigError("--resume needs --run-dir DIR (or the --config that made the run)")
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    if not ckpt.is_file():
+        return {}
+    saved = load_torch_file(ckpt, required=CHECKPOINT_KEYS)["config"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{ckpt}: its 'config' is a {type(saved).__name__}, not a mapping")
+    return dict(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. Exit status: 0 done, 1 training stopped (a NaN/diverging term, a crash), 2 bad input (caught
+    before anything is written; one line on stderr, the traceback with --debug), 130 interrupted."""
     p = argparse.ArgumentParser(
         prog="python -m rl.train",
         description="Train an offline RL agent (MI actor-critic/MISA, CQL, IQL, TD3+BC, BC) from a YAML config.",
-        epilog="Any config field can be overridden: --estimator nwj --steps 5000 --run-dir DIR --device cuda",
+        epilog="Any config field can be overridden: --estimator nwj --steps 5000 --run-dir DIR --device cuda. "
+        "--resume --run-dir DIR continues a run with its own config (only "
+        + ", ".join(RESUME_OVERRIDABLE)
+        + " may change).",
     )
     p.add_argument("--config", default=None, help="YAML config (e.g. configs/misa/hopper-medium-v5.yaml)")
     p.add_argument(
         "--algo", default=None, help="algorithm when no --config is given (mi, cql, iql, td3bc, bc)"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config, device, dataset, env and run dir, say what would run, write nothing to the run dir",
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--quiet", action="store_true")
     args, rest = p.parse_known_args(argv)
     try:
-        cfg = build_config(args.config, _parse_overrides(rest), args.algo)
-        trainer = Trainer(cfg, resume=args.resume, quiet=args.quiet)
-    except (ConfigError, RunDirError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        overrides = _parse_overrides(rest)
+        base = _resume_base(overrides) if args.resume and args.config is None and args.algo is None else None
+        cfg = build_config(args.config, overrides, args.algo, base=base)
+        trainer = Trainer(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
+    except Exception as e:  # noqa: BLE001 - every misuse ends in one line; --debug shows where
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        ds = trainer.dataset
+        at = f", resuming at step {trainer.step}" if trainer.step else ""
+        print(
+            f"ok: {cfg.algo} on {cfg.dataset} ({len(ds)} transitions, observations {ds.obs_dim}, actions "
+            f"{ds.act_dim}; evaluation env {trainer.env_id}) for {cfg.steps} steps on {cfg.device} into "
+            f"{trainer.run_dir}{at}; nothing written"
+        )
+        return 0
     if args.resume and trainer.step and not args.quiet:
         print(f"resumed {trainer.run_dir} at step {trainer.step}", flush=True)
     try:
         trainer.train()
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"interrupted at step {trainer.step}; continue with --resume --run-dir {trainer.run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if args.debug:
+            raise
+        last = f"; last checkpoint: {trainer.ckpt_path}" if trainer.ckpt_path.exists() else ""
+        print(
+            f"error at step {trainer.step}: {_one_line(e)}{last} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     rec = trainer.evals[-1] if trainer.evals else None
     where = f"logs: {trainer.run_dir}/progress.csv, eval.csv, tb/ (tensorboard --logdir {trainer.run_dir}/tb)"

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from rl._safe_load import load_torch_file
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -91,7 +93,7 @@ def snapshot(d: Path) -> dict[str, tuple[int, str]]:
 
 
 def agent_state(run: Path) -> dict:
-    return torch.load(run / "checkpoint.pt", weights_only=False)["agent"]
+    return load_torch_file(run / "checkpoint.pt")["agent"]
 
 
 def read_table(path: Path) -> list[dict[str, str]]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import assert_same_state
 
+from rl._safe_load import load_torch_file
 from rl.agents import ALGOS, config_class
 from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
 from rl.data import OfflineDataset
@@ -164,7 +165,11 @@ class NaNAt:
     def __init__(self, ds, at: int) -> None:
         self.ds, self.at, self.calls = ds, at, 0
         self.obs_dim, self.act_dim, self.metadata = ds.obs_dim, ds.act_dim, ds.metadata
-        self.observations, self.episode_returns = ds.observations, ds.episode_returns
+        self.observations, self.actions, self.episode_returns = (
+            ds.observations,
+            ds.actions,
+            ds.episode_returns,
+        )
 
     def sample(self, *args, **kwargs):
         self.calls += 1
@@ -180,7 +185,7 @@ def test_nan_batch_names_step_and_term_and_keeps_last_checkpoint(tmp_path):
     trainer = Trainer(cfg, dataset=NaNAt(tiny_dataset(), at=5), quiet=True)
     with pytest.raises(TrainingError, match=r"step 5: .*is nan.*'rewards'.*row 1.*step 4"):
         trainer.train()
-    blob = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    blob = load_torch_file(tmp_path / "checkpoint.pt")
     assert blob["step"] == 4
     assert all(torch.isfinite(p).all() for p in blob["agent"]["modules"]["critic"].values())
 
