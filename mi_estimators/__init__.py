@@ -8,7 +8,7 @@ est.bound(s), est.loss(s)             # estimate (nats) and training loss
 hist = mie.estimate("infonce", mie.tasks.CorrelatedGaussian(dim=5, mi=2.0), steps=2000)
 """
 
-from . import bounds, critics, misa, partition, proposals, samplers, tasks
+from . import bounds, critics, misa, options, partition, proposals, samplers, tasks
 from ._math import logmeanexp
 from .bounds import (
     ba_bound,
@@ -97,6 +97,7 @@ __all__ = [
     "misa_dv_bound",
     "misa_f_bound",
     "nwj_bound",
+    "options",
     "partition",
     "proposals",
     "register",

@@ -3,8 +3,10 @@
 Every function here takes `Scores` (`positive [N]`, `negative [N, K]`) and returns a 0-d tensor in nats. The
 negatives of `dv`, `nwj`, `tuba`, `smile` and `js` must be draws from the product of marginals p(x)p(y); those of
 `infonce` and `interpolated` are the other members of the contrastive set (e.g. the off-diagonal of an all-pairs
-matrix). All reductions of exponentials run through log-sum-exp, so float32 scores of +-1e4 give finite values wherever
-the true value is finite.
+matrix). Every reduction of exponentials is a log-sum-exp or a sum of entrywise `exp(t - log count)` (`meanexp`), so
+float32 scores of +-1e4 give finite values and gradients wherever the true value is within float range, and the
+NWJ-type means `E e^T` give `-inf` (never NaN) when they exceed it. float16/bfloat16 scores are computed in float32
+and the result is rounded to their dtype (`computed_in_float32`). docs/estimators-numerics.md states the ranges.
 
 References: Poole et al. 2019 (On variational bounds of MI), Belghazi et al. 2018 (MINE), Nguyen-Wainwright-Jordan
 2010 (NWJ), van den Oord et al. 2018 (InfoNCE), Song & Ermon 2020 (SMILE), Barber & Agakov 2003.
@@ -18,7 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-from ._math import exp_minus_one_mean, logmeanexp
+from ._math import HALF_DTYPES, computed_in_float32, exp_minus_one_mean, logmeanexp, meanexp
+from .options import flag, number
 from .proposals import ProposalEstimator
 from .registry import Estimator, register
 from .scores import Scores
@@ -27,28 +30,36 @@ from .scores import Scores
 # Pure bounds
 # ---------------------------------------------------------------------------------------------------------------
 
+#: the checks of the options that the pure bounds share with their estimators
+_TAU = number(0.0, low_open=True, allow_inf=True, what="a positive number")
+_ALPHA = number(0.0, 1.0, what="a number in [0, 1]")
 
+
+@computed_in_float32
 def dv_bound(s: Scores) -> Tensor:
     """Donsker-Varadhan: `E_p[T] - log E_{p(x)p(y)}[e^T]`, nats. Invariant to adding a constant to all scores.
     Always finite for finite scores (log-mean-exp)."""
     return s.positive.mean() - logmeanexp(s.negative)
 
 
+@computed_in_float32
 def nwj_bound(s: Scores) -> Tensor:
     """NWJ / f-divergence (MINE-f): `E_p[T] - E_{p(x)p(y)}[e^(T-1)]`, nats; `<= dv_bound` for the same scores.
 
-    The exponential mean is taken as `exp(logmeanexp(T) - 1)`, so no summand overflows; when the mean itself
-    exceeds float range (scores beyond ~+88 in float32) the result is `-inf`, which is the honest value of the bound
-    in that precision (the true bound is hugely negative), never NaN."""
+    The exponential mean is a sum of `exp(T - 1 - log count)` (`meanexp`), so no summand overflows unless the mean
+    does; when the mean itself exceeds float range (`log mean e^T > 89.7` in float32) the result is `-inf`, which
+    is the honest value of the bound in that precision (the true bound is below -3.4e38), never NaN."""
     return s.positive.mean() - exp_minus_one_mean(s.negative)
 
 
+@computed_in_float32
 def infonce_bound(s: Scores) -> Tensor:
     """InfoNCE (CPC): `E_i[T_ii - log mean_{j in {i} + negatives_i} e^{T_ij}]`, nats; never above `log(K+1)`."""
     all_scores = s.all_scores()
     return (s.positive - logmeanexp(all_scores, dim=1)).mean()
 
 
+@computed_in_float32
 def tuba_bound(s: Scores, log_baseline: Tensor | float = 0.0) -> Tensor:
     """TUBA: `1 + E_p[T - a] - E_{p(x)p(y)}[e^{T - a}]` with log-baseline `a` (a number, or `[N]` per x), nats.
     `a = 1` gives NWJ; the optimal constant `a = log E e^T` gives DV."""
@@ -58,17 +69,21 @@ def tuba_bound(s: Scores, log_baseline: Tensor | float = 0.0) -> Tensor:
             f"log_baseline must be a number or have shape [N] = [{s.n}]; got shape {tuple(b.shape)}"
         )
     neg = s.negative - (b.unsqueeze(-1) if b.dim() == 1 else b)
-    return 1.0 + (s.positive - b).mean() - torch.exp(logmeanexp(neg))
+    return 1.0 + (s.positive - b).mean() - meanexp(neg)
 
 
+@computed_in_float32
 def js_objective(s: Scores) -> Tensor:
     """The f-GAN Jensen-Shannon objective `E_p[-softplus(-T)] - E_q[softplus(T)]` (not an MI bound: a training
     objective whose optimal critic is the log density ratio)."""
     return (-softplus(-s.positive)).mean() - softplus(s.negative).mean()
 
 
+@computed_in_float32
 def smile_bound(s: Scores, tau: float = 5.0) -> Tensor:
     """SMILE: DV with the partition term's scores clipped to `[-tau, tau]`, nats; `tau=inf` is exactly DV."""
+    _TAU.check("smile", "tau", tau)
+    tau = float(tau)
     neg = s.negative if math.isinf(tau) else s.negative.clamp(-tau, tau)
     return s.positive.mean() - logmeanexp(neg)
 
@@ -76,20 +91,22 @@ def smile_bound(s: Scores, tau: float = 5.0) -> Tensor:
 def _leave_one_out_logsumexp(all_scores: Tensor) -> Tensor:
     """`[N, 1+K]` -> `[N, K]`: for each negative k (columns 1..K), log-sum-exp of the row without column k.
 
-    Stable without cumulative scans: removing a column that is not the row's maximum removes at most half of the
-    total, so `lse + log1p(-e^(s_k - lse))` has no cancellation; the maximum's own entry is the log-sum-exp of the
-    row with the maximum masked out."""
-    lse = torch.logsumexp(all_scores, dim=1, keepdim=True)
+    Relative to the row's maximum `m` (detached: the result does not depend on it): with `e_j = exp(s_j - m)` and
+    `S = sum_j e_j`, the row without a column k that is not the maximum has log-sum-exp `m + log(S - e_k)`, and
+    `S - e_k >= 1` (the maximum's own term remains), so there is no cancellation at any magnitude of the scores;
+    the maximum's own column is the log-sum-exp of the row with it masked out. No cumulative scans, no [N, K, K]."""
+    m = all_scores.detach().amax(dim=1, keepdim=True)
+    e = torch.exp(all_scores - m)
     top = all_scores.argmax(dim=1, keepdim=True)
     is_top = torch.zeros_like(all_scores, dtype=torch.bool).scatter_(1, top, True)
     without_top = torch.logsumexp(all_scores.masked_fill(is_top, -math.inf), dim=1, keepdim=True)
-    share = torch.exp(all_scores - lse).masked_fill(
-        is_top, 0.0
-    )  # masked so the unused branch has no inf gradient
-    loo = torch.where(is_top, without_top, lse + torch.log1p(-share))
+    # S - e_k >= 1 on the other columns, S itself on the maximum's (whose value comes from without_top)
+    rest = e.sum(dim=1, keepdim=True) - e.masked_fill(is_top, 0.0)
+    loo = torch.where(is_top, without_top, m + torch.log(rest))
     return loo[:, 1:]
 
 
+@computed_in_float32
 def interpolated_bound(s: Scores, alpha: float = 0.5, log_baseline: Tensor | float = 0.0) -> Tensor:
     """Poole et al.'s alpha-interpolated bound between InfoNCE (`alpha=1`) and TUBA/NWJ (`alpha=0`), nats.
 
@@ -98,8 +115,8 @@ def interpolated_bound(s: Scores, alpha: float = 0.5, log_baseline: Tensor | flo
     (averaged over which negative is left out), for the marginal term the K negatives. With `alpha=1` the bound is
     at most `log K`; with `alpha=0` and `a=1` it is NWJ.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
+    _ALPHA.check("interpolated", "alpha", alpha)
+    alpha = float(alpha)
     if s.k < 2 and alpha > 0:
         raise ValueError(f"interpolated bound with alpha > 0 needs K >= 2 negatives; got K={s.k}")
     dtype, device = s.positive.dtype, s.positive.device
@@ -121,19 +138,27 @@ def interpolated_bound(s: Scores, alpha: float = 0.5, log_baseline: Tensor | flo
     joint_m = _leave_one_out_logsumexp(s.all_scores()) - log_k if alpha > 0 else s.negative
     joint = (s.positive.unsqueeze(1) - mix(joint_m)).mean()
     marg_m = torch.logsumexp(s.negative, dim=1, keepdim=True) - log_k if alpha > 0 else s.negative
-    marginal = torch.exp(logmeanexp(s.negative - mix(marg_m)))
+    marginal = meanexp(s.negative - mix(marg_m))
     return 1.0 + joint - marginal
 
 
+@computed_in_float32
 def ba_bound(s: Scores) -> Tensor:
     """Barber-Agakov: `E_p[log q(y|x)] + H(Y)`, nats. Reads `log_proposal` and `marginal_entropy` only."""
     return s.log_proposal_or_raise("ba").mean() + s.entropy_or_raise("ba")
 
 
+@computed_in_float32
 def club_bound(s: Scores) -> Tensor:
     """CLUB (an UPPER bound when the critic is the log-density `log q(y|x)` of a good variational conditional):
     `E_p[log q(y|x)] - E_{p(x)p(y)}[log q(y|x)]`, nats."""
     return s.positive.mean() - s.negative.mean()
+
+
+@computed_in_float32
+def _js_report(s: Scores) -> Tensor:
+    """JS's reported bound: NWJ of the shifted critic `T + 1`, `E_p[T] + 1 - E_{p(x)p(y)}[e^T]`, nats."""
+    return s.positive.mean() + 1.0 - meanexp(s.negative)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,18 +187,20 @@ class MINE(Estimator):
     """
 
     ema_log_z: Tensor
+    options = {"ema_rate": number(0.0, 1.0, low_open=True, what="a number in (0, 1]")}
 
     def __init__(self, ema_rate: float = 0.01) -> None:
         super().__init__()
-        if not 0.0 < ema_rate <= 1.0:
-            raise ValueError(f"ema_rate must lie in (0, 1]; got {ema_rate}")
-        self.ema_rate = ema_rate
+        self.ema_rate = float(ema_rate)
         self.register_buffer("ema_log_z", torch.tensor(math.nan))
 
     def bound(self, s: Scores) -> Tensor:
         return dv_bound(s)
 
     def loss(self, s: Scores) -> Tensor:
+        dtype = s.positive.dtype
+        if dtype in HALF_DTYPES:  # computed in float32, rounded once (as `computed_in_float32`)
+            return self.loss(s.astype(torch.float32)).to(dtype)
         log_z = logmeanexp(s.negative)
         with torch.no_grad():
             batch = log_z.detach().to(self.ema_log_z.dtype)
@@ -214,7 +241,7 @@ class JS(Estimator):
     (the JS-optimal critic is the log density ratio, the NWJ-optimal one is `1 + ` that)."""
 
     def bound(self, s: Scores) -> Tensor:
-        return s.positive.mean() + 1.0 - torch.exp(logmeanexp(s.negative))
+        return _js_report(s)
 
     def loss(self, s: Scores) -> Tensor:
         return -js_objective(s)
@@ -224,6 +251,8 @@ class JS(Estimator):
 class TUBA(Estimator):
     """TUBA with a constant log-baseline `a`: fixed (`log_baseline`), or learned jointly with the critic
     (`learned_baseline=True`, a scalar parameter initialised at `log_baseline`; its optimum makes TUBA equal DV)."""
+
+    options = {"log_baseline": number(what="a finite number"), "learned_baseline": flag()}
 
     def __init__(self, log_baseline: float = 0.0, learned_baseline: bool = False) -> None:
         super().__init__()
@@ -241,10 +270,10 @@ class SMILE(Estimator):
     """SMILE (Song & Ermon 2020): reports DV with the partition's scores clipped to `[-tau, tau]`; trains the critic
     with the JS objective, as in the paper. `tau=float('inf')` reports exactly DV."""
 
+    options = {"tau": _TAU}
+
     def __init__(self, tau: float = 5.0) -> None:
         super().__init__()
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0; got {tau}")
         self.tau = float(tau)
 
     def bound(self, s: Scores) -> Tensor:
@@ -258,10 +287,14 @@ class SMILE(Estimator):
 class Interpolated(Estimator):
     """Poole et al.'s alpha-interpolated InfoNCE/NWJ bound with a learned (or fixed) constant log-baseline."""
 
+    options = {
+        "alpha": _ALPHA,
+        "log_baseline": number(what="a finite number"),
+        "learned_baseline": flag(),
+    }
+
     def __init__(self, alpha: float = 0.5, log_baseline: float = 0.0, learned_baseline: bool = True) -> None:
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1]; got {alpha}")
         self.alpha = float(alpha)
         if learned_baseline:
             self.log_baseline = nn.Parameter(torch.tensor(float(log_baseline)))

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._math import exp_minus_one_mean, logmeanexp
+from ._math import computed_in_float32, exp_minus_one_mean, logmeanexp
+from .options import Option, choice, flag, integer, number
 from .partition import (
     LogZEstimate,
     MCMCLogZ,
@@ -42,6 +43,7 @@ from .partition import (
 )
 from .proposals import ProposalEstimator
 from .registry import register
+from .samplers import Sampler, _PyroSampler, available_samplers
 from .scores import Scores
 
 __all__ = [
@@ -77,6 +79,7 @@ def _data_term(s: Scores, name: str) -> Tensor:
     return (lq + s.positive).mean() + h
 
 
+@computed_in_float32
 def misa_bound(s: Scores, log_z: str = "auto") -> Tensor:
     """MISA: `E[log q + T] - E_x logmeanexp_k T(x, y'_k) + H(Y)`, per-x log partition. Nats, 0-d.
 
@@ -95,6 +98,7 @@ def _tilted_mean(s: Scores) -> Tensor:
     return m - m.detach()  # zero value, gradient of the per-x surrogate
 
 
+@computed_in_float32
 def misa_dv_bound(s: Scores, log_z: str = "auto") -> Tensor:
     """MISA-DV: `E[log q + T] - log mean_{x,k} e^{T(x, y'_k)} + H(Y)`, one global log partition. Nats, 0-d.
 
@@ -108,6 +112,7 @@ def misa_dv_bound(s: Scores, log_z: str = "auto") -> Tensor:
     return data - value
 
 
+@computed_in_float32
 def misa_f_bound(s: Scores, log_z: str = "auto") -> Tensor:
     """MISA-f: `E[log q + T] - mean_{x,k} e^{T(x, y'_k) - 1} + H(Y)`, the NWJ form. Nats, 0-d.
 
@@ -116,9 +121,11 @@ def misa_f_bound(s: Scores, log_z: str = "auto") -> Tensor:
     data = _data_term(s, "misa-f")
     value = exp_minus_one_mean(s.negative)
     if _mode(s, log_z, "misa-f") == "mcmc":
-        c = torch.exp(logmeanexp(s.negative.detach(), 1) - 1.0)
-        # Rows whose Z overflowed carry no finite gradient; keep their surrogate out instead of producing inf * 0.
-        term = torch.where(torch.isfinite(c), c * _tilted_mean(s), torch.zeros_like(c))
+        c = exp_minus_one_mean(s.negative.detach(), 1)
+        # Rows whose Z overflowed carry no finite gradient: their weight is zeroed before the product, so that
+        # neither the value nor the gradient meets inf * 0.
+        c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
+        term = c * _tilted_mean(s)
         return data - (value.detach() + term.mean())
     return data - value
 
@@ -146,6 +153,37 @@ class _MISAFamily(ProposalEstimator):
 
     needs_proposal = True
     default_log_z = "mc"
+    options = {
+        **ProposalEstimator.options,
+        "log_z": choice(
+            None,
+            "mc",
+            "mcmc",
+            types=(MonteCarloLogZ, MCMCLogZ),
+            what="'mc', 'mcmc', a MonteCarloLogZ/MCMCLogZ or None",
+        ),
+        "sampler": Option(
+            f"a sampler name ({', '.join(available_samplers())}) or a Sampler",
+            lambda v: (
+                isinstance(v, (Sampler, _PyroSampler))
+                or (isinstance(v, str) and v.lower() in available_samplers())
+            ),
+        ),
+        "n_samples": integer(1),
+        "burn_in": integer(0),
+        "thin": integer(1),
+        "chains": integer(1),
+        "k": integer(1),
+        "step_size": number(0.0, low_open=True, optional=True, what="a positive finite number"),
+        "n_leapfrog": integer(1, optional=True),
+        "adapt": choice(None, "simple", "dual_averaging", "none"),
+        "target_accept": number(
+            0.0, 1.0, low_open=True, high_open=True, optional=True, what="a number in (0, 1)"
+        ),
+        "per_chain": flag(optional=True),
+        "precondition": flag(),
+        "init": choice("data", "proposal"),
+    }
 
     def __init__(
         self,
@@ -171,8 +209,6 @@ class _MISAFamily(ProposalEstimator):
         marginal_entropy: float | None = None,
     ) -> None:
         super().__init__(proposal, x_dim, y_dim, hidden, squashed, marginal_entropy)
-        if init not in ("data", "proposal"):
-            raise ValueError(f"init must be 'data' or 'proposal'; got {init!r}")
         self.init = init
         spec = self.default_log_z if log_z is None else log_z
         self.partition = self._make_partition(
@@ -185,7 +221,7 @@ class _MISAFamily(ProposalEstimator):
             chains=chains,
             precondition=precondition,
             sampler_options={
-                "step_size": step_size,
+                "step_size": None if step_size is None else float(step_size),
                 "n_leapfrog": n_leapfrog,
                 "adapt": adapt,
                 "target_accept": target_accept,

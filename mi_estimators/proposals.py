@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from .options import Option, flag, integer, number, sizes
 from .registry import Estimator
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -250,6 +251,16 @@ class ProposalEstimator(Estimator):
     """
 
     needs_proposal = True
+    options = {
+        "proposal": Option(
+            "a module mapping x [N, dx] to a batched law, or None", lambda v: v is None or callable(v)
+        ),
+        "x_dim": integer(1, optional=True),
+        "y_dim": integer(1, optional=True),
+        "hidden": sizes(),
+        "squashed": flag(),
+        "marginal_entropy": number(what="a finite number (H(Y) in nats)", optional=True),
+    }
 
     def __init__(
         self,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from .options import Option, check_options
 from .scores import Scores
 
 _REGISTRY: dict[str, Callable[..., Estimator]] = {}
@@ -20,6 +21,10 @@ class Estimator(nn.Module):
     unless the estimator trains with another objective (MINE's debiased gradient, JS). Estimators are
     `nn.Module`s so that their state (MINE's moving average, TUBA's baseline, a proposal) moves with `.to()` and
     round-trips through `state_dict()`.
+
+    A subclass declares the options its constructor takes in `options` (name -> `mi_estimators.options.Option`, a
+    type and range check); every option passed to the constructor, by `make()` or directly, is checked against it
+    before `__init__` runs, and a bad value raises a `ValueError` naming the estimator and the option.
     """
 
     name: str = "estimator"
@@ -27,6 +32,16 @@ class Estimator(nn.Module):
     needs_proposal: bool = False
     #: the estimator's critic term is a lower bound on MI (False for upper bounds such as CLUB)
     lower_bound: bool = True
+    #: the constructor's options and their checks (type and range)
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Estimator:
+        # One place checks the declared options, for make() and direct construction alike. (Unpickling and
+        # deepcopy call __new__ without arguments: nothing to check.)
+        if cls.options and (args or kwargs):
+            bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments
+            check_options(cls.name, cls.options, dict(list(bound.items())[1:]))  # [0] is self
+        return super().__new__(cls)
 
     def bound(self, s: Scores) -> Tensor:
         raise NotImplementedError
@@ -115,8 +130,9 @@ def make(name: str, **options: Any) -> Estimator:
     """Build the estimator registered as `name` with its keyword options.
 
     Raises:
-        ValueError: unknown name (the message lists `available()`), or an option the estimator does not take (the
-            message names the option, the estimator and the options it does take).
+        ValueError: unknown name (the message lists `available()`), an option the estimator does not take (the
+            message names the option, the estimator and the options it does take), or an option value of the wrong
+            type or out of range (the message names the estimator, the option and what it must be).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown estimator {name!r}; available: {', '.join(available())}")

@@ -159,6 +159,25 @@ class Scores:
         negative = m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
         return cls(positive, negative, log_proposal=log_proposal, marginal_entropy=marginal_entropy)
 
+    def astype(self, dtype: torch.dtype) -> Scores:
+        """The same scores with every tensor field cast to the floating `dtype` (differentiable; not re-validated).
+        The bounds use it to compute half-precision scores in float32."""
+        if self.positive.dtype == dtype:
+            return self
+
+        def cast(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        h = self.marginal_entropy
+        return Scores(
+            cast(self.positive),  # type: ignore[arg-type]
+            cast(self.negative),  # type: ignore[arg-type]
+            log_proposal=cast(self.log_proposal),
+            marginal_entropy=h.to(dtype) if isinstance(h, Tensor) else h,
+            tilted=cast(self.tilted),
+            validate=False,
+        )
+
     def matrix_like(self) -> bool:
         """True when K == N - 1, i.e. the scores could come from an all-pairs matrix."""
         return self.k == self.n - 1

@@ -599,8 +599,10 @@ def test_mine_state_dict_round_trip_restores_the_ema():
 
 
 def test_mine_rejects_bad_rates():
-    for rate in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"ema_rate must lie in \(0, 1\]"):
+    for rate in (0.0, -0.1, 1.5, math.nan, "0.1", True):
+        with pytest.raises(
+            ValueError, match=r"estimator 'mine' option ema_rate must be a number in \(0, 1\]"
+        ):
             mie.make("mine", ema_rate=rate)
 
 
@@ -646,16 +648,21 @@ def test_js_optimal_critic_is_the_log_ratio_and_its_report_is_the_mi(optimal_all
 
 
 def test_bad_options_raise():
-    with pytest.raises(ValueError, match=r"tau must be > 0; got 0"):
+    with pytest.raises(ValueError, match=r"option tau must be a positive number; got 0.0"):
         mie.make("smile", tau=0.0)
-    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]; got 1.5"):
+    with pytest.raises(ValueError, match=r"option alpha must be a number in \[0, 1\]; got 1.5"):
         mie.make("interpolated", alpha=1.5)
     s1 = Scores(torch.zeros(3), torch.zeros(3, 1))
     with pytest.raises(ValueError, match=r"alpha > 0 needs K >= 2.*K=1"):
         interpolated_bound(s1, 0.5)
     assert torch.isfinite(interpolated_bound(s1, 0.0))
-    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]; got -0.1"):
+    with pytest.raises(ValueError, match=r"option alpha must be a number in \[0, 1\]; got -0.1"):
         interpolated_bound(Scores(torch.zeros(3), torch.zeros(3, 2)), -0.1)
+    # the pure bounds check their options as the estimators do (no bare TypeError from a comparison)
+    with pytest.raises(ValueError, match=r"option alpha must be a number in \[0, 1\]; got 'abc'"):
+        interpolated_bound(Scores(torch.zeros(3), torch.zeros(3, 2)), "abc")
+    with pytest.raises(ValueError, match=r"option tau must be a positive number; got 'abc'"):
+        smile_bound(Scores(torch.zeros(3), torch.zeros(3, 2)), "abc")
     s = Scores(torch.zeros(3), torch.zeros(3, 2))
     for bound in (tuba_bound, lambda s, b: interpolated_bound(s, 0.5, b)):
         with pytest.raises(ValueError, match=r"log_baseline .*\[N\] = \[3\].*\(2,\)"):

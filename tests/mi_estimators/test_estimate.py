@@ -194,8 +194,153 @@ TASK = CorrelatedGaussian(dim=2, mi=1.0)
 X = torch.zeros(10, 2)
 
 BAD = [
-    ("steps 0", dict(estimator="dv", task=TASK, steps=0), ValueError, r"steps must be >= 1; got 0"),
-    ("batch 1", dict(estimator="dv", task=TASK, batch_size=1), ValueError, r"batch_size must be >= 2.*got 1"),
+    ("steps 0", dict(estimator="dv", task=TASK, steps=0), ValueError, r"steps must be an int >= 1; got 0"),
+    (
+        "steps float",
+        dict(estimator="dv", task=TASK, steps=2.0),
+        ValueError,
+        r"steps must be an int >= 1; got 2.0",
+    ),
+    (
+        "steps bool",
+        dict(estimator="dv", task=TASK, steps=True),
+        ValueError,
+        r"steps must be an int >= 1; got True",
+    ),
+    (
+        "batch 1",
+        dict(estimator="dv", task=TASK, batch_size=1),
+        ValueError,
+        r"batch_size must be an int >= 2.*got 1",
+    ),
+    (
+        "batch float",
+        dict(estimator="dv", task=TASK, batch_size=8.5),
+        ValueError,
+        r"batch_size must be an int >= 2.*got 8.5",
+    ),
+    (
+        "lr string",
+        dict(estimator="dv", task=TASK, lr="fast"),
+        ValueError,
+        r"lr must be a positive finite number; got 'fast'",
+    ),
+    (
+        "lr 0",
+        dict(estimator="dv", task=TASK, lr=0.0),
+        ValueError,
+        r"lr must be a positive finite number; got 0.0",
+    ),
+    (
+        "lr nan",
+        dict(estimator="dv", task=TASK, lr=math.nan),
+        ValueError,
+        r"lr must be a positive finite number; got nan",
+    ),
+    (
+        "lr bool",
+        dict(estimator="dv", task=TASK, lr=True),
+        ValueError,
+        r"lr must be a positive finite number; got True",
+    ),
+    (
+        "seed float",
+        dict(estimator="dv", task=TASK, seed=1.5),
+        ValueError,
+        r"seed must be an int or None; got 1.5",
+    ),
+    (
+        "generator",
+        dict(estimator="dv", task=TASK, generator=3),
+        TypeError,
+        r"generator must be a torch.Generator",
+    ),
+    (
+        "progress",
+        dict(estimator="dv", task=TASK, progress="yes"),
+        ValueError,
+        r"progress must be True, False or None",
+    ),
+    ("device", dict(estimator="dv", task=TASK, device="gpu0"), ValueError, r"device must be .*; got 'gpu0'"),
+    (
+        "critic options list",
+        dict(estimator="dv", task=TASK, critic_options=[("hidden", (4,))]),
+        TypeError,
+        r"critic_options must be a dict",
+    ),
+    (
+        "estimator type",
+        dict(estimator=3, task=TASK),
+        TypeError,
+        r"estimator must be a registered name or an Estimator; got int",
+    ),
+    ("task without sample", dict(estimator="dv", task=3), TypeError, r"task must have .sample.*got int"),
+    (
+        "schedule of non-tasks",
+        dict(estimator="dv", task=lambda step: 3),
+        TypeError,
+        r"the schedule's task at step 0 lacks \['sample', 'dim_x', 'dim_y', 'mi'\]",
+    ),
+    (
+        "integer x",
+        dict(estimator="dv", x=torch.arange(20).reshape(10, 2), y=X),
+        TypeError,
+        r"^x must have a floating dtype .*; got torch.int64 with shape \(10, 2\)$",
+    ),
+    (
+        "integer y",
+        dict(estimator="dv", x=X, y=torch.ones(10, 2, dtype=torch.int32)),
+        TypeError,
+        r"^y must have a floating dtype .*; got torch.int32 with shape \(10, 2\)$",
+    ),
+    (
+        "bool y",
+        dict(estimator="dv", x=X, y=torch.ones(10, 2, dtype=torch.bool)),
+        TypeError,
+        r"^y must have a floating dtype .*; got torch.bool",
+    ),
+    (
+        "x a list",
+        dict(estimator="dv", x=[[0.0, 1.0]] * 10, y=X),
+        TypeError,
+        r"x must be a torch.Tensor .*; got list",
+    ),
+    (
+        "empty",
+        dict(estimator="dv", x=torch.zeros(0, 2), y=torch.zeros(0, 2)),
+        ValueError,
+        r"x must have at least 2 samples .*; got shape \(0, 2\)",
+    ),
+    (
+        "one sample",
+        dict(estimator="dv", x=torch.zeros(1, 2), y=torch.zeros(1, 2)),
+        ValueError,
+        r"x must have at least 2 samples .*; got shape \(1, 2\)",
+    ),
+    (
+        "no features",
+        dict(estimator="dv", x=X, y=torch.zeros(10, 0)),
+        ValueError,
+        r"y must have .*at least one feature; got shape \(10, 0\)",
+    ),
+    (
+        "x rank 3",
+        dict(estimator="dv", x=torch.zeros(10, 2, 1), y=X),
+        ValueError,
+        r"\[M, dx\].*\(10, 2, 1\)",
+    ),
+    (
+        "nan in y",
+        dict(estimator="dv", x=X, y=torch.zeros(10, 2).index_fill_(0, torch.tensor([3]), math.nan)),
+        ValueError,
+        r"^y has a non-finite value nan at index \(3, 0\)$",
+    ),
+    (
+        "inf in x",
+        dict(estimator="dv", x=torch.zeros(10, 2).index_fill_(1, torch.tensor([1]), math.inf), y=X),
+        ValueError,
+        r"^x has a non-finite value inf at index \(0, 1\)$",
+    ),
     ("no data", dict(estimator="dv"), ValueError, r"either a task .* or both x and y"),
     ("task and samples", dict(estimator="dv", task=TASK, x=X, y=X), ValueError, r"either a task"),
     ("x without y", dict(estimator="dv", x=X), ValueError, r"either a task"),
@@ -261,5 +406,17 @@ def test_bad_arguments_raise(kwargs, exc, pattern):
     kwargs = dict(kwargs)
     estimator = kwargs.pop("estimator")
     task = kwargs.pop("task", None)
+    kwargs.setdefault("progress", False)
     with pytest.raises(exc, match=pattern):
-        mie.estimate(estimator, task, progress=False, steps=kwargs.pop("steps", 2), **kwargs)
+        mie.estimate(estimator, task, steps=kwargs.pop("steps", 2), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_samples_of_any_floating_dtype_train_the_float32_networks(dtype):
+    """float64 or half samples are cast to the networks' dtype per minibatch (they used to fail inside torch)."""
+    x, y = TASK.sample(64, generator=torch.Generator().manual_seed(0))
+    hist = mie.estimate(
+        "infonce", x=x.to(dtype), y=y.to(dtype), steps=3, batch_size=16, critic="bilinear", progress=False
+    )
+    assert len(hist.estimates) == 3 and all(math.isfinite(v) for v in hist.estimates)
+    assert next(hist.critic.parameters()).dtype == torch.float32

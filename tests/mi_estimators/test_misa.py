@@ -119,7 +119,7 @@ def test_options_and_errors():
         make("misa", temperature=2.0)
     with pytest.raises(PartitionError, match="misa-biased"):
         make("misa-biased", log_z="mcmc")
-    with pytest.raises(PartitionError, match="k must be a positive int"):
+    with pytest.raises(ValueError, match="estimator 'misa' option k must be an int >= 1; got 0"):
         make("misa", k=0)
     with pytest.raises(ValueError, match="unknown option"):
         make("misa", sampler="mala", n_leapfrog=2)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import mi_estimators as mie
 from mi_estimators import Estimator, Scores
-from mi_estimators.bounds import dv_bound, nwj_bound
+from mi_estimators.bounds import MINE, SMILE, dv_bound, nwj_bound
+from mi_estimators.options import integer, number
+from mi_estimators.registry import _REGISTRY, _accepted_options
 
 ANCHORS = ["ba", "club", "dv", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
+#: every estimator the package registers (user registrations in these tests come and go)
+BUILTIN = mie.available()
 
 
 @pytest.fixture
@@ -190,3 +198,171 @@ def test_register_rejects_non_estimators():
     with pytest.raises(TypeError, match=r"Estimator subclass or a function"):
         mie.register("test-not-callable")(42)
     assert "test-not-estimator" not in mie.available() and "test-not-callable" not in mie.available()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Option values: type and range, checked on construction (make() and direct), the message naming the estimator
+# and the option
+
+
+def _declared(name: str) -> tuple[set[str], set[str]]:
+    """(options the estimator's constructor takes, options its `options` spec declares)."""
+    factory = _REGISTRY[name]
+    accepted, _ = _accepted_options(factory)
+    return accepted, set(getattr(factory, "options", {}))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_option_of_every_builtin_estimator_is_declared(name):
+    accepted, declared = _declared(name)
+    assert accepted == declared, (name, accepted ^ declared)
+
+
+EVERY_OPTION = [(name, option) for name in BUILTIN for option in sorted(_declared(name)[0])]
+
+
+@pytest.mark.parametrize("name, option", EVERY_OPTION, ids=[f"{n}.{o}" for n, o in EVERY_OPTION])
+def test_every_option_refuses_a_string_of_garbage_by_name(name, option):
+    with pytest.raises(
+        ValueError, match=rf"^estimator '{re.escape(name)}' option {option} must be .+; got 'abc'$"
+    ):
+        mie.make(name, **{option: "abc"})
+
+
+#: (estimator, option, value) triples that must be refused: booleans are not numbers, counts are ints, NaN and
+#: infinities are not finite numbers, ranges are enforced
+BAD_VALUES = [
+    ("smile", "tau", True),
+    ("smile", "tau", math.nan),
+    ("smile", "tau", -math.inf),
+    ("smile", "tau", 0),
+    ("smile", "tau", -1.0),
+    ("smile", "tau", None),
+    ("smile", "tau", [5.0]),
+    ("mine", "ema_rate", True),
+    ("mine", "ema_rate", math.nan),
+    ("mine", "ema_rate", 0.0),
+    ("mine", "ema_rate", 1.5),
+    ("interpolated", "alpha", False),
+    ("interpolated", "alpha", math.nan),
+    ("interpolated", "alpha", -0.1),
+    ("interpolated", "alpha", 1.01),
+    ("interpolated", "log_baseline", math.inf),
+    ("interpolated", "log_baseline", math.nan),
+    ("interpolated", "learned_baseline", 1),
+    ("interpolated", "learned_baseline", "yes"),
+    ("tuba", "log_baseline", True),
+    ("tuba", "log_baseline", -math.inf),
+    ("tuba", "learned_baseline", 0),
+    ("ba", "x_dim", 2.0),
+    ("ba", "x_dim", True),
+    ("ba", "y_dim", 0),
+    ("ba", "hidden", 64),
+    ("ba", "hidden", (64, 0)),
+    ("ba", "hidden", (64.0,)),
+    ("ba", "squashed", 1),
+    ("ba", "marginal_entropy", math.nan),
+    ("ba", "marginal_entropy", math.inf),
+    ("ba", "marginal_entropy", True),
+    ("ba", "proposal", 3),
+    ("misa", "k", 0),
+    ("misa", "k", 8.0),
+    ("misa", "k", True),
+    ("misa", "k", np.int64(8)),
+    ("misa", "n_samples", 0),
+    ("misa", "n_samples", 2.5),
+    ("misa", "burn_in", -1),
+    ("misa", "thin", 0),
+    ("misa", "chains", False),
+    ("misa", "n_leapfrog", 0),
+    ("misa", "n_leapfrog", 2.0),
+    ("misa", "step_size", 0.0),
+    ("misa", "step_size", math.inf),
+    ("misa", "step_size", math.nan),
+    ("misa", "step_size", True),
+    ("misa", "target_accept", 1.0),
+    ("misa", "target_accept", 0),
+    ("misa", "target_accept", math.nan),
+    ("misa", "adapt", "fast"),
+    ("misa", "per_chain", 1),
+    ("misa", "precondition", None),
+    ("misa", "init", "random"),
+    ("misa", "log_z", "exact"),
+    ("misa", "sampler", "metropolis"),
+    ("misa", "sampler", 3),
+    ("misa-dv", "k", -5),
+    ("misa-f", "burn_in", 1.0),
+    ("misa-biased", "k", 0),
+]
+
+
+@pytest.mark.parametrize("name, option, value", BAD_VALUES, ids=[f"{n}.{o}={v!r}" for n, o, v in BAD_VALUES])
+def test_bad_option_values_are_refused_by_name(name, option, value):
+    with pytest.raises(ValueError, match=rf"^estimator '{re.escape(name)}' option {option} must be .+; got "):
+        mie.make(name, **{option: value})
+
+
+def test_the_issue_example_message():
+    with pytest.raises(ValueError) as info:
+        mie.make("smile", tau="abc")
+    assert str(info.value) == "estimator 'smile' option tau must be a positive number; got 'abc'"
+
+
+def test_good_option_values_are_accepted():
+    assert mie.make("smile", tau=math.inf).tau == math.inf  # plain DV
+    assert mie.make("smile", tau=3).tau == 3.0  # an int is a number
+    assert mie.make("smile", tau=np.float32(2.5)).tau == 2.5
+    assert mie.make("smile", tau=torch.tensor(1.5)).tau == 1.5  # a one-element tensor is a number
+    assert mie.make("mine", ema_rate=1).ema_rate == 1.0
+    assert mie.make("interpolated", alpha=0).alpha == 0.0
+    assert mie.make("interpolated", alpha=1.0, log_baseline=-3, learned_baseline=np.bool_(False)).alpha == 1.0
+    assert float(mie.make("tuba", log_baseline=np.float64(0.25)).log_baseline) == 0.25
+    est = mie.make(
+        "misa", k=7, n_samples=3, burn_in=0, step_size=np.float32(0.5), target_accept=0.6, sampler="HMC"
+    )
+    assert est.partition.k == 7 and est.partition.burn_in == 0
+    assert (
+        mie.make("ba", x_dim=2, y_dim=3, hidden=[8, 8], marginal_entropy=torch.tensor(1.0)).proposal
+        is not None
+    )
+    assert mie.make("misa", log_z=mie.MonteCarloLogZ(4)).partition.k == 4
+    assert mie.make("misa", sampler=mie.HMC(n_leapfrog=3)).partition.sampler.n_leapfrog == 3
+
+
+def test_direct_construction_is_checked_the_same_way():
+    with pytest.raises(
+        ValueError, match=r"^estimator 'smile' option tau must be a positive number; got 'abc'$"
+    ):
+        SMILE(tau="abc")
+    with pytest.raises(ValueError, match=r"^estimator 'misa' option k must be an int >= 1; got 0$"):
+        mie.MISA(k=0)
+    with pytest.raises(
+        ValueError, match=r"^estimator 'mine' option ema_rate must be a number in \(0, 1\]; got 2$"
+    ):
+        MINE(2)  # positionally too
+    # copies and pickles do not re-run the checks (they construct without arguments)
+    est = mie.make("smile", tau=2.0)
+    assert copy.deepcopy(est).tau == 2.0
+    assert pickle.loads(pickle.dumps(est)).tau == 2.0
+
+
+def test_a_user_class_declares_its_options(cleanup):
+    @mie.register("test-checked")
+    class Checked(Estimator):
+        options = {"scale": number(0.0, low_open=True, what="a positive number"), "count": integer(1)}
+
+        def __init__(self, scale: float = 1.0, count: int = 1) -> None:
+            super().__init__()
+            self.scale, self.count = scale, count
+
+        def bound(self, s: Scores) -> torch.Tensor:
+            return self.scale * dv_bound(s)
+
+    cleanup.append("test-checked")
+    assert mie.make("test-checked", scale=2.0, count=3).count == 3
+    with pytest.raises(
+        ValueError, match=r"^estimator 'test-checked' option count must be an int >= 1; got 1.0$"
+    ):
+        mie.make("test-checked", count=1.0)
+    with pytest.raises(ValueError, match=r"^estimator 'test-checked' option scale must be a positive number"):
+        Checked(scale=-1.0)

@@ -1,0 +1,123 @@
+"""Declarative checks of estimator options, by type and range.
+
+Each estimator class declares its options once, as a mapping from option name to an `Option`:
+
+    options = {"tau": number(low=0.0, low_open=True, allow_inf=True, what="a positive number")}
+
+and `Estimator` checks every option given to its constructor against that mapping (so `make(name, **options)` and
+direct construction behave alike). A bad value raises
+
+    ValueError: estimator 'smile' option tau must be a positive number; got 'abc'
+
+Conventions: booleans are never numbers (`True` is not 1); counts are Python ints, not floats; NaN is never a
+number here, and +-inf only where the option says so; numpy floats and one-element real tensors count as numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Option", "check_options", "choice", "flag", "integer", "number", "sizes"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option's check: `accepts(value) -> bool`, and `what` describes the accepted values for the message."""
+
+    what: str
+    accepts: Callable[[Any], bool]
+
+    def check(self, estimator: str, name: str, value: Any) -> None:
+        if not self.accepts(value):
+            raise ValueError(f"estimator {estimator!r} option {name} must be {self.what}; got {value!r}")
+
+
+def check_options(estimator: str, spec: Mapping[str, Option], options: Mapping[str, Any]) -> None:
+    """Check each of `options` that `spec` declares (undeclared names are the caller's concern)."""
+    for name, value in options.items():
+        if name in spec:
+            spec[name].check(estimator, name, value)
+
+
+def _real(value: Any) -> float | None:
+    """`value` as a float when it is a real number (not a bool), or a one-element real tensor; else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        if value.is_complex():
+            return None
+        return float(value.detach().reshape(()).item())
+    return None
+
+
+def _optional(accepts: Callable[[Any], bool], optional: bool) -> Callable[[Any], bool]:
+    return (lambda v: v is None or accepts(v)) if optional else accepts
+
+
+def number(
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_inf: bool = False,
+    optional: bool = False,
+    what: str,
+) -> Option:
+    """A real number in [low, high] (each end open when asked); NaN never, +-inf only with `allow_inf`."""
+
+    def accepts(v: Any) -> bool:
+        x = _real(v)
+        if x is None or math.isnan(x) or (math.isinf(x) and not allow_inf):
+            return False
+        above = x > low if low_open else x >= low
+        below = x < high if high_open else x <= high
+        return above and below
+
+    return Option(what + (" or None" if optional else ""), _optional(accepts, optional))
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def integer(low: int, *, optional: bool = False) -> Option:
+    """A Python int (not a bool, not a float, not a numpy integer: the partition functions and samplers take
+    Python ints) >= low."""
+    return Option(
+        f"an int >= {low}" + (" or None" if optional else ""),
+        _optional(lambda v: _int(v) and v >= low, optional),
+    )
+
+
+def flag(*, optional: bool = False) -> Option:
+    """True or False (not 0/1, not a string)."""
+    return Option(
+        "True or False" + (" or None" if optional else ""),
+        _optional(lambda v: isinstance(v, (bool, np.bool_)), optional),
+    )
+
+
+def choice(*values: Any, types: tuple[type, ...] = (), what: str | None = None) -> Option:
+    """One of `values` (compared by equality, strings case-sensitively), or an instance of one of `types`."""
+
+    def accepts(v: Any) -> bool:
+        if types and isinstance(v, types):
+            return True
+        return any(v is c or (type(v) is type(c) and v == c) for c in values)
+
+    return Option(what or "one of " + ", ".join(repr(v) for v in values), accepts)
+
+
+def sizes(what: str = "a tuple of ints >= 1 (layer widths)") -> Option:
+    """A tuple or list of positive ints (possibly empty)."""
+    return Option(what, lambda v: isinstance(v, (tuple, list)) and all(_int(w) and w >= 1 for w in v))
