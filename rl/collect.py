@@ -45,6 +45,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -480,6 +481,19 @@ def is_cached(
     return (data_root(root) / did / "data").is_dir()
 
 
+def _check_writable(root: Path) -> None:
+    """`PermissionError` naming the cache directory (and how to pick another) when a dataset cannot be saved there."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test.", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"the dataset cache {root} is not writable ({err.strerror or err}); set MISA_DATA_DIR to a writable "
+            "directory (or pass root=) so the generated dataset can be kept"
+        ) from None
+
+
 def load_or_make(
     name: str,
     size: int | None = None,
@@ -509,6 +523,7 @@ def load_or_make(
             f"cached dataset {did} in {root_path} was made from other checkpoints; regenerating it",
             stacklevel=2,
         )
+    _check_writable(root_path)  # before the generation, whose minutes would be lost on a failed save
     ds = make_dataset(
         name, size, seed, n_envs=n_envs, progress=progress, checkpoint_dir=checkpoint_dir, root=root
     )

@@ -90,6 +90,8 @@ class RunConfig:
         for name in ("steps", "batch_size", "eval_episodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{type(self).__name__}.threads must be >= 1 or null; got {self.threads}")
         if self.eval_every < 0:
             raise ConfigError(f"{type(self).__name__}.eval_every must be >= 0; got {self.eval_every}")
 

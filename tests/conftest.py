@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,8 @@ def assert_same_state(a, b, path: str = "state") -> None:
     not (exact resume checks: checkpoints, agent states)."""
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:

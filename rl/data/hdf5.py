@@ -7,7 +7,8 @@ rebuild it), the action bounds as ``metadata/action_space/low|high``, each scala
 ``metadata/<key>`` dataset (readable by D4RL tools), and the whole metadata dict as a JSON string in
 ``metadata/metadata_json`` (what `read_hdf5` prefers, so metadata round-trips exactly when JSON-able; a
 dataset rather than an attribute, because HDF5 attributes are limited to 64 KiB).
-``infos/*`` (qpos, qvel, log-probs in D4RL files) is not loaded.
+``infos/*`` (qpos, qvel, log-probs in D4RL files) is not loaded. The six arrays carry HDF5's fletcher32
+checksum, so a corrupted copy of a file we wrote fails to read instead of loading other numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +54,39 @@ def _scalar_metadata(group) -> dict[str, Any]:
     return out
 
 
+class _Invalid(ValueError):
+    """A readable file that is not a D4RL dataset (our message, passed on as it is)."""
+
+
+def _read_open_file(f, path: Path, action_low, action_high, max_episode_steps):
+    keys = sorted(str(k) for k in f.keys())
+    for key in REQUIRED_D4RL_KEYS:
+        if key not in f and not (key == "timeouts" and max_episode_steps is not None):
+            raise _Invalid(
+                f"{path} has no {key!r} dataset (a D4RL-format file needs "
+                f"{', '.join(REQUIRED_D4RL_KEYS)}; next_observations is optional); it has: {keys}"
+            )
+    data: dict[str, np.ndarray] = {}
+    for key in _ARRAY_KEYS:
+        if key in f:
+            data[key] = f[key][()]
+    meta_group = f.get("metadata")
+    metadata: dict[str, Any]
+    if meta_group is not None and _JSON_KEY in meta_group:
+        raw = meta_group[_JSON_KEY][()]
+        metadata = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        if not isinstance(metadata, dict):
+            raise _Invalid(f"{path}: metadata/{_JSON_KEY} holds a {type(metadata).__name__}, not a mapping")
+    else:
+        metadata = _scalar_metadata(meta_group) if meta_group is not None else {}
+        metadata.setdefault("source", str(path))
+    if action_low is None and action_high is None and meta_group is not None:
+        if "action_space/low" in meta_group and "action_space/high" in meta_group:
+            action_low = meta_group["action_space/low"][()]
+            action_high = meta_group["action_space/high"][()]
+    return data, metadata, action_low, action_high
+
+
 def read_hdf5(
     path: str | os.PathLike,
     *,
@@ -78,33 +112,18 @@ def read_hdf5(
         handle = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(f"cannot open {path} as an HDF5 file (truncated or corrupt?): {err}") from err
-    with handle as f:
-        for key in REQUIRED_D4RL_KEYS:
-            if key not in f and not (key == "timeouts" and max_episode_steps is not None):
-                raise ValueError(
-                    f"{path} has no {key!r} dataset (a D4RL-format file needs "
-                    f"{', '.join(REQUIRED_D4RL_KEYS)}; next_observations is optional); it has: {sorted(f.keys())}"
-                )
-        data: dict[str, np.ndarray] = {}
-        try:
-            for key in _ARRAY_KEYS:
-                if key in f:
-                    data[key] = f[key][()]
-            meta_group = f.get("metadata")
-            metadata: dict[str, Any]
-            if meta_group is not None and _JSON_KEY in meta_group:
-                raw = meta_group[_JSON_KEY][()]
-                metadata = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-            else:
-                metadata = _scalar_metadata(meta_group) if meta_group is not None else {}
-                metadata.setdefault("source", str(path))
-            if action_low is None and action_high is None and meta_group is not None:
-                if "action_space/low" in meta_group and "action_space/high" in meta_group:
-                    action_low = meta_group["action_space/low"][()]
-                    action_high = meta_group["action_space/high"][()]
-        except Exception as err:  # only I/O happens in this block
-            # h5py raises these when the data blocks behind an intact header are missing (a cut-off file).
-            raise ValueError(f"cannot read {path} (truncated or corrupt HDF5 file?): {err}") from err
+    try:
+        with handle as f:
+            data, metadata, action_low, action_high = _read_open_file(
+                f, path, action_low, action_high, max_episode_steps
+            )
+    except _Invalid:
+        raise
+    except Exception as err:  # only I/O and parsing happen in there
+        # h5py raises these when the data blocks behind an intact header are missing or damaged (a cut-off or
+        # corrupted file: a failed fletcher32 checksum, a garbled name, a broken B-tree).
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"cannot read {path} (truncated or corrupt HDF5 file?): {msg}") from None
     return from_d4rl_dict(
         data,
         action_low=action_low,
@@ -138,7 +157,8 @@ def to_hdf5(
     with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for key in _ARRAY_KEYS:
-                f.create_dataset(key, data=getattr(dataset, key), compression=compression)
+                # fletcher32: a flipped bit in the arrays fails the read instead of training on it
+                f.create_dataset(key, data=getattr(dataset, key), compression=compression, fletcher32=True)
             meta = f.create_group("metadata")
             for key, value in metadata.items():
                 if (
