@@ -393,7 +393,12 @@ def trial_status(trial: dict[str, Any], out: str | os.PathLike) -> tuple[str, st
     d = run_dir(Path(out), trial)
     res = d / RESULT
     if res.exists():
-        data = json.loads(res.read_text())
+        try:
+            data = json.loads(res.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds a {type(data).__name__}, not a mapping")
+        except (ValueError, OSError) as err:
+            return "changed", f"{res} is unreadable ({err}); remove it to rerun the trial"
         if trial["kind"] == "rl":
             why = _drift(data.get("config", {}), trial_config(trial, out))
         else:
@@ -408,7 +413,10 @@ def trial_status(trial: dict[str, Any], out: str | os.PathLike) -> tuple[str, st
     if trial["kind"] == "rl" and (d / "config.yaml").exists() and (d / "checkpoint.pt").exists():
         from rl.config import load_yaml
 
-        why = _drift(load_yaml(d / "config.yaml"), trial_config(trial, out))
+        try:
+            why = _drift(load_yaml(d / "config.yaml"), trial_config(trial, out))
+        except (ValueError, OSError) as err:  # ConfigError is a ValueError
+            return "changed", f"{d / 'config.yaml'} is unreadable ({err}); remove {d} to rerun the trial"
         if why:
             return "changed", f"{d} holds a run whose settings differ ({why}); remove it or use another --out"
         return "resume", f"step {_last_eval_step(d)}"

@@ -170,8 +170,18 @@ def read_minari(dataset_id: str, *, root: str | os.PathLike | None = None) -> Of
         data_path = minari_root(root) / dataset_id / "data"
         if not data_path.is_dir():
             raise FileNotFoundError(f"Minari dataset {dataset_id!r} not found: no directory {data_path}")
-        mds = minari.MinariDataset(data_path)
-    return from_minari(mds, source=f"minari:{dataset_id}")
+        try:
+            mds = minari.MinariDataset(data_path)
+        except Exception as err:  # noqa: BLE001 - minari and h5py meet damaged files with many exception types
+            msg = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"cannot read the Minari dataset in {data_path} (damaged files?): {msg}") from None
+    try:
+        return from_minari(mds, source=f"minari:{dataset_id}")
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the episodes are read here: a truncated or corrupted data file
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"cannot read the Minari dataset {dataset_id!r} (damaged files?): {msg}") from None
 
 
 def _episode_buffers(dataset: OfflineDataset) -> list:

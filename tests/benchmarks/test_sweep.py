@@ -448,6 +448,17 @@ def test_changed_settings_are_refused(tmp_path, hopper_file):
     assert "settings differ" in (tmp_path / "out" / "errors" / "bc__tiny-hopper__s0.txt").read_text()
 
 
+def test_damaged_trial_files_are_named_not_fatal(tmp_path, hopper_file):
+    spec = sweep.load_spec(tiny_rl_spec(tmp_path, hopper_file))
+    trial = spec.trial("bc__tiny-hopper__s0")
+    sweep.run_trial(trial, tmp_path / "out")
+    result = sweep.run_dir(tmp_path / "out", trial) / "result.json"
+    for damaged in (result.read_bytes()[:40], b"\xff\xfe garbage", b"[1, 2]"):
+        result.write_bytes(damaged)
+        status, why = sweep.trial_status(trial, tmp_path / "out")
+        assert status == "changed" and str(result) in why and "unreadable" in why
+
+
 # ------------------------------------------------------------------------------------------------------------
 # end to end on a local Ray instance
 # ------------------------------------------------------------------------------------------------------------

@@ -502,3 +502,75 @@ def test_fuzzed_cli_exits_0_or_2_with_one_line_and_writes_nothing(tmp_path, data
     else:
         assert_one_line_error(rc, err)
     assert not run.exists()
+
+
+# --- the other file types: SAC checkpoints and buffers, Minari datasets, the dataset cache -----------------------
+def test_damaged_sac_checkpoints_and_buffers_fail_by_name(tmp_path):
+    from rl.sac import SACConfig
+    from rl.sac import Trainer as SACTrainer
+
+    cfg = SACConfig(
+        env="Hopper-v5",
+        steps=40,
+        seed=0,
+        hidden=(8, 8),
+        batch_size=8,
+        start_steps=20,
+        eval_every=10_000,
+        eval_episodes=1,
+        checkpoint_every=40,
+        buffer_size=64,
+    )
+    SACTrainer(cfg, tmp_path, quiet=True).train()
+    ckpt, (buf,) = tmp_path / "checkpoint.pt", list(tmp_path.glob("buffer_*.npz"))
+    good_ckpt, good_buf = ckpt.read_bytes(), buf.read_bytes()
+    for data in (good_ckpt[:100], b"", b"PK\x03\x04" + good_ckpt[4:1000]):
+        ckpt.write_bytes(data)
+        with pytest.raises(CheckpointError, match="checkpoint.pt"):
+            SACTrainer(cfg, tmp_path, quiet=True).load_checkpoint()
+    ckpt.write_bytes(good_ckpt)
+    for data in (good_buf[: len(good_buf) // 2], b"garbage"):
+        buf.write_bytes(data)
+        with pytest.raises(CheckpointError, match="replay buffer"):
+            SACTrainer(cfg, tmp_path, quiet=True).load_checkpoint()
+    buf.write_bytes(good_buf)
+    blob = load_torch_file(ckpt)
+    blob["buffer_file"] = "../../etc/passwd"
+    torch.save(blob, ckpt)
+    with pytest.raises(CheckpointError, match="not a buffer file name"):
+        SACTrainer(cfg, tmp_path, quiet=True).load_checkpoint()
+
+
+def test_damaged_minari_files_fail_by_name(tmp_path):
+    from rl.data import to_minari
+    from rl.data.minari_io import read_minari
+
+    to_minari(small_dataset(n=200, do=11, da=3), "misa/tiny-v0", root=tmp_path, env_id="Hopper-v5")
+    data_dir = tmp_path / "misa" / "tiny-v0" / "data"
+    for name in ("main_data.hdf5", "metadata.json"):
+        good = (data_dir / name).read_bytes()
+        for cut in (0, 1, len(good) // 2, len(good) - 1):
+            (data_dir / name).write_bytes(good[:cut])
+            with pytest.raises(ValueError, match="tiny-v0"):
+                read_minari("misa/tiny-v0", root=tmp_path)
+        (data_dir / name).write_bytes(good)
+
+
+def test_damaged_cached_datasets_are_caught_by_their_checksums(tmp_path):
+    from rl.collect import load_or_make
+
+    ds = load_or_make("hopper-medium-v5", size=1500, root=tmp_path, progress=False)
+    (f,) = tmp_path.rglob("main_data.hdf5")
+    good = f.read_bytes()
+    rng = np.random.default_rng(0)
+    for off in rng.integers(
+        len(good), size=5
+    ):  # Minari's HDF5 has no checksums: a flip could load other numbers
+        b = bytearray(good)
+        b[int(off)] ^= 0x01
+        f.write_bytes(bytes(b))
+        with pytest.raises(ValueError, match="damaged.*main_data.hdf5"):
+            load_or_make("hopper-medium-v5", size=1500, root=tmp_path, progress=False)
+    f.write_bytes(good)
+    again = load_or_make("hopper-medium-v5", size=1500, root=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.observations, ds.observations)
