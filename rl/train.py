@@ -8,9 +8,15 @@ One `fit` loop serves every algorithm: a tqdm bar with the losses, evaluation ev
 policy `tanh(mean)`, `eval_episodes` episodes on the dataset's gymnasium env, D4RL-normalised score via
 `rl.references.normalized_score`), CSV (`progress.csv`, `eval.csv`) and TensorBoard (`tb/`) logs, and atomic
 checkpoints (`checkpoint.pt`: networks, targets, optimisers, temperature, estimator state, generator and global RNG
-states, step, logger positions). `--resume` continues a run exactly where its last checkpoint left it. A run
-directory that holds files but not our marker (`.rl-run.json`) is never written to. A NaN/inf or diverging logged
-term stops the run with `TrainingError("step 1234: critic term 'misa' is nan")`; the last good checkpoint stays.
+states, step, logger positions; the last one is written before the final evaluation). `--resume --run-dir DIR`
+continues a run exactly where its last checkpoint left it, with the run's own config (only `RESUME_OVERRIDABLE`
+fields such as `--steps` may change). Checkpoints are loaded weights-only (`rl._safe_load`). A run directory that
+holds files but not our marker (`.rl-run.json`) is never written to.
+
+Every check (config, device, dataset, env, run dir, checkpoint) runs before the first write: a misuse ends in one
+`error:` line and exit status 2 with the run dir as it was (`--debug` shows the traceback, `--dry-run` only checks).
+A NaN/inf or diverging logged term stops the run with `TrainingError("step 1234: critic term 'misa' is nan")`
+(exit status 1); the last good checkpoint stays. docs/faults.md lists what is tried.
 """
 
 from __future__ import annotations
