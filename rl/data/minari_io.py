@@ -174,7 +174,9 @@ def read_minari(dataset_id: str, *, root: str | os.PathLike | None = None) -> Of
             mds = minari.MinariDataset(data_path)
         except Exception as err:  # noqa: BLE001 - minari and h5py meet damaged files with many exception types
             msg = " ".join(str(err).split()) or type(err).__name__
-            raise ValueError(f"cannot read the Minari dataset in {data_path} (damaged files?): {msg}") from None
+            raise ValueError(
+                f"cannot read the Minari dataset in {data_path} (damaged files?): {msg}"
+            ) from None
     try:
         return from_minari(mds, source=f"minari:{dataset_id}")
     except ValueError:
