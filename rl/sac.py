@@ -606,35 +606,46 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=20_000)
     p.add_argument("--start-steps", type=int, default=5_000)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; a misuse (unknown env, bad numbers, an unreadable or foreign checkpoint) is one `error:` line with
+    exit status 2 (`--debug` shows the traceback), before anything is written."""
     args = _parse(argv)
-    torch.set_num_threads(args.threads)
-    run_dir = Path(args.run_dir or f"runs/sac/{args.env}")
-    cfg = SACConfig(
-        env=args.env,
-        steps=args.steps,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        start_steps=args.start_steps,
-    )
-    trainer = Trainer(cfg, run_dir)
-    if (run_dir / "checkpoint.pt").exists():
-        if not args.resume:
-            print(
-                f"{run_dir}/checkpoint.pt exists; pass --resume to continue it or choose another --run-dir",
-                file=sys.stderr,
-            )
-            return 2
-        done = int(load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)["step"])
-        if done >= cfg.steps:  # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
-            print(f"{cfg.env}: {run_dir} is already at step {done} >= --steps {cfg.steps}; nothing to do")
-            return 0
-        trainer.load_checkpoint()
-        print(f"resumed {cfg.env} at step {trainer.step}", flush=True)
+    try:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+        run_dir = Path(args.run_dir or f"runs/sac/{args.env}")
+        cfg = SACConfig(
+            env=args.env,
+            steps=args.steps,
+            seed=args.seed,
+            eval_every=args.eval_every,
+            checkpoint_every=args.checkpoint_every,
+            start_steps=args.start_steps,
+        )
+        trainer = Trainer(cfg, run_dir)
+        if (run_dir / "checkpoint.pt").exists():
+            if not args.resume:
+                raise ValueError(
+                    f"{run_dir}/checkpoint.pt exists; pass --resume to continue it or choose another --run-dir"
+                )
+            done = int(load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)["step"])
+            if (
+                done >= cfg.steps
+            ):  # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
+                print(f"{cfg.env}: {run_dir} is already at step {done} >= --steps {cfg.steps}; nothing to do")
+                return 0
+            trainer.load_checkpoint()
+            print(f"resumed {cfg.env} at step {trainer.step}", flush=True)
+    except Exception as e:  # noqa: BLE001 - one line per misuse; --debug shows where
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
     trainer.train()
     best = max(trainer.evals, key=lambda r: r["return_mean"]) if trainer.evals else None
     if best is not None:

@@ -575,3 +575,13 @@ def test_damaged_cached_datasets_are_caught_by_their_checksums(tmp_path):
     f.write_bytes(good)
     again = load_or_make("hopper-medium-v5", size=1500, root=tmp_path, progress=False)
     np.testing.assert_array_equal(again.observations, ds.observations)
+
+
+def test_sac_cli_misuse_is_one_line(tmp_path, capsys):
+    from rl.sac import main as sac_main
+
+    assert sac_main(["--env", "Bogus-v0", "--run-dir", str(tmp_path / "s"), "--steps", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Bogus-v0" in err and len(err.strip().splitlines()) == 1
+    assert sac_main(["--threads", "0", "--run-dir", str(tmp_path / "s")]) == 2
+    assert "--threads" in capsys.readouterr().err and not (tmp_path / "s").exists()
