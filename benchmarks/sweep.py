@@ -1238,6 +1238,8 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _plot_curves(spec: Spec, g: dict[str, Any], label: str, variants: list[str], path: Path) -> bool:
+    from rl.plot import draw_curves
+
     curves: dict[str, dict[int, list[float]]] = {}
     for r in g["rows"]:
         if r["dataset"] != label or r["normalized_score"] is None:
@@ -1247,28 +1249,11 @@ def _plot_curves(spec: Spec, g: dict[str, Any], label: str, variants: list[str],
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, v in enumerate(v for v in variants if v in curves):
-        steps = sorted(curves[v])
-        stats = [_mean_std(curves[v][s]) for s in steps]
-        mean = [m for m, _ in stats]
-        std = [s or 0.0 for _, s in stats]
-        color = f"C{i % 10}"
-        ax.plot(steps, mean, color=color, lw=1.4, label=v, ls="-" if i < 10 else "--")
-        ax.fill_between(
-            steps,
-            [m - s for m, s in zip(mean, std)],
-            [m + s for m, s in zip(mean, std)],
-            color=color,
-            alpha=0.15,
-        )
-    b = (g["behaviour"].get(label) or {}).get("normalized_score")
-    if b is not None:
-        ax.axhline(b, color="black", ls="--", lw=1.0, label="behaviour data")
+    draw_curves(ax, curves, (g["behaviour"].get(label) or {}).get("normalized_score"), order=variants)
     ax.set_xlabel("gradient step")
     ax.set_ylabel("normalised score")
     ax.set_title(f"{spec.name}: {label} (mean ± std over seeds)")
     ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -23,10 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--critic", default="separable", choices=["separable", "concat", "bilinear"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    # One thread: the tensors are small, so each parallel op would pay more in synchronisation than it saves
+    # (and several threads crawl when another job shares the cores).
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1; got {args.threads}")
+    torch.set_num_threads(args.threads)
     task = CorrelatedGaussian(dim=args.dim, mi=args.mi)
     print(f"CorrelatedGaussian(dim={args.dim}, mi={args.mi}) - {args.steps} steps, batch {args.batch_size}")
     print(f"{'estimator':<14}{'estimate (nats)':>16}{'error':>10}{'seconds':>10}")

@@ -266,5 +266,52 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, str], cls: type) 
     return out
 
 
+_ENTRY = re.compile(r"^(\w+(?:\s*/\s*\w+)*):\s+(.*)$")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's meaning, from the `Attributes:` sections of `cls` and its bases (`a / b: text` documents both;
+    a subclass's entry wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = klass.__dict__.get("__doc__") or ""
+        if "Attributes:" not in doc:
+            continue
+        names: list[str] = []
+        for line in doc.split("Attributes:", 1)[1].splitlines():
+            text = line.strip()
+            if not text:
+                continue
+            m = _ENTRY.match(text) if line.startswith(" " * 8) and not line.startswith(" " * 9) else None
+            if m:
+                names = [n.strip() for n in m.group(1).split("/")]
+                for n in names:
+                    out[n] = m.group(2)
+            elif names:  # a continuation line
+                for n in names:
+                    out[n] += " " + text
+    return out
+
+
+def config_help(cls: type) -> str:
+    """Every field of config class `cls` as `--name TYPE (default X): meaning`, one per line (for `--help`)."""
+    hints, docs = _hints(cls), field_docs(cls)
+    lines = []
+    for f in fields(cls):
+        if not f.init:
+            continue
+        tp = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        value = (
+            yaml.safe_dump(to_dict(cls())[f.name], default_flow_style=True)
+            .strip()
+            .removesuffix("...")
+            .strip()
+        )
+        lines.append(
+            f"  --{f.name.replace('_', '-')} {tp} (default {value}): {docs.get(f.name, '')}".rstrip(": ")
+        )
+    return "\n".join(lines)
+
+
 def config_fields(cfg: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(cfg)]

@@ -42,7 +42,7 @@ from rl._atomic import atomic_write, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
-from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from rl.config import ConfigError, apply_overrides, config_help, from_dict, load_yaml, save_yaml, to_dict
 from rl.references import behaviour_score, first_normalized_score
 from rl.sac import evaluate
 
@@ -536,16 +536,37 @@ def _resume_base(rest: dict[str, str]) -> dict[str, Any]:
     return dict(saved)
 
 
+def _fields_epilog(argv: Sequence[str] | None) -> str:
+    """`--help`'s list of config fields: those of `--algo`'s (or `--config`'s) algorithm, default `mi`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    algo = "mi"
+    try:
+        if "--algo" in args:
+            algo = args[args.index("--algo") + 1]
+        elif "--config" in args:
+            algo = str(load_yaml(args[args.index("--config") + 1]).get("algo", "mi"))
+        cls = config_class(algo)
+    except Exception:  # noqa: BLE001 - the help must print whatever the other arguments are
+        algo, cls = "mi", config_class("mi")
+    return (
+        f"config fields of {cls.__name__} (--algo {algo}; `--algo NAME --help` lists another algorithm's), each "
+        "settable in the YAML file or as --name value (values are YAML: 3e-4, true, null, [256, 256]; dict fields "
+        "also as --name.key value):\n"
+        + config_help(cls)
+        + "\n\n--resume --run-dir DIR continues a run with its own config; only "
+        + ", ".join(RESUME_OVERRIDABLE)
+        + " may change."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Exit status: 0 done, 1 training stopped (a NaN/diverging term, a crash), 2 bad input (caught
     before anything is written; one line on stderr, the traceback with --debug), 130 interrupted."""
     p = argparse.ArgumentParser(
         prog="python -m rl.train",
         description="Train an offline RL agent (MI actor-critic/MISA, CQL, IQL, TD3+BC, BC) from a YAML config.",
-        epilog="Any config field can be overridden: --estimator nwj --steps 5000 --run-dir DIR --device cuda. "
-        "--resume --run-dir DIR continues a run with its own config (only "
-        + ", ".join(RESUME_OVERRIDABLE)
-        + " may change).",
+        epilog=_fields_epilog(argv),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help="YAML config (e.g. configs/misa/hopper-medium-v5.yaml)")
     p.add_argument(
