@@ -18,11 +18,12 @@ import torch
 from conftest import assert_same_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_sac import _tiny_cfg
+from test_train import tiny_dataset
 
 from rl._atomic import atomic_write, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
 from rl.config import ConfigError, load_yaml
-from rl.data import OfflineDataset
 from rl.data.hdf5 import read_hdf5
 from rl.sac import TanhGaussianPolicy, load_policy_snapshot, save_policy_snapshot
 from rl.train import Trainer, main
@@ -30,26 +31,10 @@ from rl.train import Trainer, main
 REPO = Path(__file__).resolve().parents[2]
 
 
-def small_dataset(n: int = 64, do: int = 4, da: int = 2, seed: int = 0) -> OfflineDataset:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n + 1, do)).astype(np.float32)
-    timeouts = np.zeros(n, bool)
-    timeouts[-1] = True
-    return OfflineDataset(
-        observations=obs[:-1],
-        actions=rng.uniform(-1, 1, size=(n, da)).astype(np.float32),
-        rewards=rng.normal(size=n).astype(np.float32),
-        next_observations=obs[1:],
-        terminals=np.zeros(n, bool),
-        timeouts=timeouts,
-        metadata={"env_id": None},
-    )
-
-
 @pytest.fixture
 def data_file(tmp_path) -> Path:
     path = tmp_path / "data" / "small.hdf5"
-    small_dataset().to_hdf5(path)
+    tiny_dataset().to_hdf5(path)
     return path
 
 
@@ -174,7 +159,7 @@ def test_damaged_policy_snapshots_and_hdf5_fail_by_name_or_load_identically(tmp_
             continue
         assert_same_state(good_sd, loaded.state_dict())
 
-    ds = small_dataset(n=500)
+    ds = tiny_dataset(n=500)
     ds.to_hdf5(tmp_path / "d.hdf5")
     target = tmp_path / "bad.hdf5"
     errors = 0
@@ -323,7 +308,7 @@ def test_unwritable_dataset_cache_fails_before_generating(tmp_path, monkeypatch)
 
 
 def test_out_of_range_actions_are_refused_before_training(tmp_path):
-    ds = small_dataset()
+    ds = tiny_dataset()
     ds = ds.replace(actions=ds.actions * 3.0)
     path = tmp_path / "wide.hdf5"
     ds.to_hdf5(path)
@@ -335,7 +320,7 @@ def test_out_of_range_actions_are_refused_before_training(tmp_path):
 def test_checkpoint_is_written_before_the_final_evaluation(tmp_path, monkeypatch):
     from rl.agents import config_class
 
-    ds = small_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
+    ds = tiny_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
     cfg = config_class("bc")(
         hidden_pi=(8,), batch_size=8, steps=3, eval_every=0, run_dir=str(tmp_path), eval_episodes=1
     )
@@ -507,21 +492,9 @@ def test_fuzzed_cli_exits_0_or_2_with_one_line_and_writes_nothing(tmp_path, data
 
 # --- the other file types: SAC checkpoints and buffers, Minari datasets, the dataset cache -----------------------
 def test_damaged_sac_checkpoints_and_buffers_fail_by_name(tmp_path):
-    from rl.sac import SACConfig
     from rl.sac import Trainer as SACTrainer
 
-    cfg = SACConfig(
-        env="Hopper-v5",
-        steps=40,
-        seed=0,
-        hidden=(8, 8),
-        batch_size=8,
-        start_steps=20,
-        eval_every=10_000,
-        eval_episodes=1,
-        checkpoint_every=40,
-        buffer_size=64,
-    )
+    cfg = _tiny_cfg(40)
     SACTrainer(cfg, tmp_path, quiet=True).train()
     ckpt, (buf,) = tmp_path / "checkpoint.pt", list(tmp_path.glob("buffer_*.npz"))
     good_ckpt, good_buf = ckpt.read_bytes(), buf.read_bytes()
@@ -546,7 +519,7 @@ def test_damaged_minari_files_fail_by_name(tmp_path):
     from rl.data import to_minari
     from rl.data.minari_io import read_minari
 
-    to_minari(small_dataset(n=200, do=11, da=3), "misa/tiny-v0", root=tmp_path, env_id="Hopper-v5")
+    to_minari(tiny_dataset(n=200, do=11, da=3), "misa/tiny-v0", root=tmp_path, env_id="Hopper-v5")
     data_dir = tmp_path / "misa" / "tiny-v0" / "data"
     for name in ("main_data.hdf5", "metadata.json"):
         good = (data_dir / name).read_bytes()
