@@ -413,8 +413,8 @@ def _export(path: Path) -> None:
 
 
 def _evaluate_official(policy_files: list[Path], episodes: int, eval_seed: int) -> list[dict[str, Any]]:
+    from rl.evaluation import evaluate
     from rl.references import normalized_score
-    from rl.sac import evaluate
 
     rows = []
     for f in policy_files:

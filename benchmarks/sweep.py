@@ -717,7 +717,7 @@ def _load_dataset(dataset: str, size: int | None, make: bool, probe: bool = Fals
                 return True
         else:
             try:
-                from rl.collect import is_cached, parse_name
+                from rl.data.generate import is_cached, parse_name
 
                 parse_name(dataset)
                 if not is_cached(dataset, size):

@@ -5,8 +5,9 @@ twin Q, Polyak tau 5e-3, automatic entropy with target `-|A|`, Adam lr 3e-4, bat
 5000 uniform-random start steps, one update per environment step. Timeouts (time-limit truncation) are not
 terminal in the TD target; only `terminated` is.
 
-The loss pieces (`td_target`, `critic_loss`, `actor_loss`, `alpha_loss`, `soft_update_`) are small pure functions
-that the offline agents reuse.
+The loss pieces (`td_target`, `critic_loss`, `actor_loss`, `alpha_loss`, `soft_update_`, `make_adam`) live in
+`rl.common`, shared with the offline agents; `evaluate` in `rl.evaluation`, the policy snapshots in `rl.snapshots`.
+All are re-exported here under their old names.
 
 Everything is seeded: network init by `torch.manual_seed(seed)`, every later draw (random start actions,
 exploration noise, minibatch indices) by one `torch.Generator`, environment resets by `reset(seed=...)`.
@@ -40,11 +41,16 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rl._atomic import atomic_write, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
+from rl.common import actor_loss, alpha_loss, critic_loss, make_adam, soft_update_, td_target
+from rl.evaluation import evaluate
+from rl.evaluation import make_env as _make_env
+from rl.evaluation import scale_action as _scale_action
 from rl.networks import QEnsemble, TanhGaussianPolicy
+from rl.snapshots import load_policy_snapshot, save_policy_snapshot
 
 __all__ = [
     "SACConfig",
@@ -64,70 +70,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loss pieces (shared with the offline agents)
+# Replay buffer
 # ----------------------------------------------------------------------------------------------------------------
-def td_target(
-    rewards: Tensor,
-    terminals: Tensor,
-    next_q: Tensor,
-    gamma: float,
-    next_log_prob: Tensor | None = None,
-    alpha: Tensor | float | None = None,
-) -> Tensor:
-    """Soft TD target `r + gamma (1 - d) (Q'(s', a') - alpha log pi(a'|s'))`, `[B]`, no gradient.
-
-    `rewards`, `terminals` (1.0 where terminated; timeouts are NOT terminals) and `next_q` (e.g. the min over
-    target critics) are `[B]`; with `next_log_prob=None` or `alpha=None` there is no entropy term (MISA, CQL-JAX).
-    """
-    with torch.no_grad():
-        v = next_q
-        if next_log_prob is not None and alpha is not None:
-            v = v - alpha * next_log_prob
-        return rewards + gamma * (1.0 - terminals) * v
-
-
-def critic_loss(q: Tensor, target: Tensor) -> Tensor:
-    """Sum over ensemble members of the mean squared TD error: `q [E, B]`, `target [B]` -> scalar."""
-    if q.dim() != 2 or target.shape != q.shape[1:]:
-        raise ValueError(f"q must be [E, B] and target [B]; got {tuple(q.shape)} and {tuple(target.shape)}")
-    return (q - target.detach()).square().mean(dim=1).sum()
-
-
-def actor_loss(log_prob: Tensor, q: Tensor, alpha: Tensor | float) -> Tensor:
-    """SAC policy loss `mean(alpha log pi(a~|s) - min Q(s, a~))` over reparameterised actions; `[B]`/`[B, K]`."""
-    return (alpha * log_prob - q).mean()
-
-
-def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
-    """Temperature loss `-mean(log_alpha (log pi + target_entropy))` (log pi detached)."""
-    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
-
-
-@torch.no_grad()
-def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """Polyak averaging in place: `target <- (1 - tau) target + tau source` (one fused foreach call)."""
-    tp = [p for p in target.parameters()]
-    sp = [p for p in source.parameters()]
-    torch._foreach_lerp_(tp, sp, tau)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Small utilities
-# ----------------------------------------------------------------------------------------------------------------
-def make_adam(params, lr: float, **kwargs: Any) -> torch.optim.Adam:
-    """Adam with the fused implementation (one kernel for all parameters; ~4x faster on CPU than the default)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # fused not supported for these tensors/device
-        return torch.optim.Adam(params, lr=lr, **kwargs)
-
-
-def _scale_action(a: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Map policy actions in [-1, 1] to the environment's box."""
-    return low + (a + 1.0) * 0.5 * (high - low)
-
-
 class ReplayBuffer:
     """Fixed-capacity numpy replay buffer of `(obs, act, rew, next_obs, terminated)`; actions in policy space [-1, 1].
 
@@ -220,18 +164,6 @@ class SACConfig:
             raise ValueError(f"SACConfig.tau must be in (0, 1]; got {self.tau}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"SACConfig.gamma must be in [0, 1]; got {self.gamma}")
-
-
-def _make_env(env_id: str) -> gym.Env:
-    try:
-        env = gym.make(env_id)
-    except Exception as exc:  # noqa: BLE001 -- re-raised with the name
-        raise ValueError(f"cannot make gymnasium environment {env_id!r}: {exc}") from exc
-    if not isinstance(env.action_space, gym.spaces.Box) or not isinstance(
-        env.observation_space, gym.spaces.Box
-    ):
-        raise ValueError(f"SAC needs Box observation and action spaces; {env_id} has {env.action_space}")
-    return env
 
 
 def _physics_state(env: gym.Env) -> dict[str, Any] | None:
@@ -342,84 +274,6 @@ class SAC:
         self.critic_opt.load_state_dict(sd["critic_opt"])
         self.alpha_opt.load_state_dict(sd["alpha_opt"])
         self.generator.set_state(sd["generator"])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Snapshots and evaluation
-# ----------------------------------------------------------------------------------------------------------------
-def save_policy_snapshot(
-    path: str | os.PathLike,
-    policy: TanhGaussianPolicy,
-    meta: dict[str, Any],
-    dtype: torch.dtype = torch.float32,
-) -> None:
-    """Policy-only snapshot: `{"state_dict", "obs_dim", "act_dim", "hidden", "log_std_mode", "meta"}`, atomic."""
-    sd = {k: v.detach().to(dtype).clone() for k, v in policy.state_dict().items()}
-    hidden = [m.out_features for m in policy.net if isinstance(m, nn.Linear)][:-1]
-    blob = {
-        "state_dict": sd,
-        "obs_dim": policy.obs_dim,
-        "act_dim": policy.act_dim,
-        "hidden": hidden,
-        "log_std_mode": policy.log_std_mode,
-        "log_std_bounds": list(policy.log_std_bounds),
-        "mean_clip": policy.mean_clip,
-        "meta": meta,
-    }
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
-
-
-def load_policy_snapshot(path: str | os.PathLike) -> tuple[TanhGaussianPolicy, dict[str, Any]]:
-    """Load a policy snapshot (any stored float dtype) into a float32 `TanhGaussianPolicy`; returns `(policy, meta)`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"policy snapshot not found: {path}")
-    blob = load_torch_file(
-        path, what="policy snapshot", required=("state_dict", "obs_dim", "act_dim", "hidden")
-    )
-    policy = TanhGaussianPolicy(
-        blob["obs_dim"],
-        blob["act_dim"],
-        tuple(blob["hidden"]),
-        log_std_mode=blob.get("log_std_mode", "state"),
-        log_std_bounds=tuple(blob.get("log_std_bounds", (-5.0, 2.0))),
-        mean_clip=blob.get("mean_clip", 9.0),
-    )
-    policy.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
-    policy.eval()
-    return policy, dict(blob.get("meta", {}))
-
-
-@torch.no_grad()
-def evaluate(
-    policy: TanhGaussianPolicy,
-    env_id: str,
-    episodes: int = 10,
-    seed: int = 1_000_000,
-    deterministic: bool = True,
-    generator: torch.Generator | None = None,
-) -> np.ndarray:
-    """Undiscounted returns of `episodes` episodes, `[episodes]`; episode `i` resets with `seed + i`.
-
-    Episodes run in lockstep (one batched policy call per step across all unfinished episodes).
-    """
-    envs = [_make_env(env_id) for _ in range(episodes)]
-    low, high = envs[0].action_space.low, envs[0].action_space.high
-    obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
-    returns = np.zeros(episodes)
-    alive = np.ones(episodes, bool)
-    while alive.any():
-        idx = np.flatnonzero(alive)
-        a = policy.act(obs[idx], deterministic=deterministic, generator=generator)
-        for j, i in enumerate(idx):
-            o, r, term, trunc, _ = envs[i].step(_scale_action(a[j], low, high))
-            returns[i] += r
-            obs[i] = o
-            if term or trunc:
-                alive[i] = False
-    for e in envs:
-        e.close()
-    return returns
 
 
 # ----------------------------------------------------------------------------------------------------------------

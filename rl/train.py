@@ -43,8 +43,8 @@ from rl._safe_load import CheckpointError, load_torch_file
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
 from rl.config import ConfigError, apply_overrides, config_help, from_dict, load_yaml, save_yaml, to_dict
+from rl.evaluation import evaluate
 from rl.references import behaviour_score, first_normalized_score
-from rl.sac import evaluate
 
 __all__ = [
     "Trainer",
@@ -228,7 +228,7 @@ def _env_id(cfg: AgentConfig, dataset: Any) -> str | None:
     if env:
         return str(env)
     try:
-        from rl.collect import parse_name
+        from rl.data.generate import parse_name
 
         return parse_name(cfg.dataset).env_id
     except Exception:  # noqa: BLE001 - not one of our names

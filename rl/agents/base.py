@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rl.common import make_adam, soft_update_
 from rl.config import RunConfig
 from rl.networks import HIDDEN_INITS, QEnsemble, TanhGaussianPolicy
-from rl.sac import make_adam, soft_update_
 
 __all__ = ["AgentConfig", "OfflineAgent", "Batch", "Losses", "frozen"]
 
@@ -56,9 +56,12 @@ class AgentConfig(RunConfig):
             which the official MISA code uses: truncated-normal weights of variance 1/fan_in, zero biases).
         log_std_mode: policy log-std head, "state" (SAC) or "misa" (`m * raw + c`, CQL-JAX and MISA).
         ensemble_size: Q networks in the ensemble (2: twin Q with the clipped double-Q minimum).
-        gamma: discount. tau: Polyak rate of the target networks.
+        gamma: discount.
+        tau: Polyak rate of the target networks.
         lr_q / lr_pi / lr_alpha: Adam learning rates of critic, policy, entropy temperature.
-        auto_alpha: tune `log_alpha` towards `target_entropy` (None: `-|A|`); else alpha stays `exp(init_log_alpha)`.
+        auto_alpha: tune `log_alpha` towards `target_entropy`; else alpha stays `exp(init_log_alpha)`.
+        init_log_alpha: the entropy temperature's initial log.
+        target_entropy: the policy entropy `auto_alpha` aims at (None: `-|A|`, the action dimension).
         action_clip: dataset actions are clipped to `[-action_clip, action_clip]` before any `log pi(a_D|s)`.
         normalize_observations: standardise observations with the dataset's mean and std (+1e-3), as TD3+BC.
         normalize_rewards: scale rewards by `1000 / (max episode return - min episode return)` (IQL, CORL).
@@ -262,7 +265,7 @@ class OfflineAgent:
     def act(
         self, obs: np.ndarray, deterministic: bool = True, generator: torch.Generator | None = None
     ) -> np.ndarray:
-        """Environment action(s) in (-1, 1)^da for raw `obs [do]` or `[B, do]` (what `rl.sac.evaluate` calls)."""
+        """Environment action(s) in (-1, 1)^da for raw `obs [do]` or `[B, do]` (what `rl.evaluation.evaluate` calls)."""
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
         single = x.dim() == 1
         x = self.normalize(x.unsqueeze(0) if single else x)

@@ -16,6 +16,13 @@ from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent
 
 @dataclass
 class BCConfig(AgentConfig):
+    """Behaviour cloning.
+
+    Attributes:
+        bc_loss: "mse" (squared error of `tanh(mu(s))` to the dataset action) or "nll" (its negative log-likelihood
+            under the tanh-Gaussian policy).
+    """
+
     algo: str = "bc"
     normalize_observations: bool = True
     bc_loss: str = "mse"

@@ -21,11 +21,19 @@ from dataclasses import dataclass
 import torch
 
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
-from rl.sac import actor_loss, alpha_loss, critic_loss, td_target
+from rl.common import actor_loss, alpha_loss, critic_loss, td_target
 
 
 @dataclass
 class CQLConfig(AgentConfig):
+    """CQL(H); defaults are CORL's gym-locomotion settings.
+
+    Attributes:
+        cql_alpha: weight of the conservative penalty `logsumexp_j Q(s, a_j) - Q(s, a_D)`.
+        n_actions: sampled actions per state from each of the three sources (uniform, pi(.|s), pi(.|s')).
+        temperature: the log-sum-exp's temperature T (`T logsumexp(Q / T)`).
+    """
+
     algo: str = "cql"
     log_std_mode: str = "misa"
     output_init_scale: float | None = 1e-2

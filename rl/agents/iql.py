@@ -17,12 +17,22 @@ from dataclasses import dataclass
 import torch
 
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent
+from rl.common import critic_loss, make_adam
 from rl.networks import mlp
-from rl.sac import critic_loss, make_adam
 
 
 @dataclass
 class IQLConfig(AgentConfig):
+    """IQL; defaults are the paper's gym-locomotion settings.
+
+    Attributes:
+        lr_v: Adam learning rate of the value network V.
+        expectile: tau of the expectile regression of V on the target Q (0.5: the mean; towards 1: the max).
+        beta: inverse temperature of the advantage weights `exp(beta (Q - V))`.
+        max_weight: the advantage weights are clipped at this value.
+        cosine_lr: the policy's learning rate follows a cosine decay over `steps`.
+    """
+
     algo: str = "iql"
     auto_alpha: bool = False
     normalize_observations: bool = True

@@ -42,7 +42,7 @@ from mi_estimators.partition import MCMCLogZ, MonteCarloLogZ
 from mi_estimators.samplers import Sampler
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
 from rl.agents.tilted import MemberHelper, TiltedDensity
-from rl.sac import alpha_loss, critic_loss, td_target
+from rl.common import alpha_loss, critic_loss, td_target
 
 # The critic term of the MISA family always uses the Monte Carlo (SNIS) gradient of log Z, as the official code:
 # its regulariser is logsumexp over policy actions. (The MCMC samples only train the policy.)

@@ -16,11 +16,20 @@ from dataclasses import dataclass
 import torch
 
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
-from rl.sac import critic_loss, soft_update_, td_target
+from rl.common import critic_loss, soft_update_, td_target
 
 
 @dataclass
 class TD3BCConfig(AgentConfig):
+    """TD3+BC; defaults are the paper's.
+
+    Attributes:
+        alpha_bc: the actor maximises `lambda Q - (pi(s) - a_D)^2` with `lambda = alpha_bc / mean |Q|`.
+        policy_noise: std of the Gaussian noise on the target action (target policy smoothing).
+        noise_clip: that noise is clipped to `[-noise_clip, noise_clip]`.
+        policy_freq: the actor and the targets are updated every `policy_freq` critic updates.
+    """
+
     algo: str = "td3bc"
     normalize_observations: bool = True
     auto_alpha: bool = False  # no entropy temperature: the actor is deterministic

@@ -22,21 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl.data._fmt import _fmt_num, _fmt_row
+from rl.data.export import to_hdf5 as _to_hdf5
+from rl.data.export import to_minari as _to_minari
+
 __all__ = ["OfflineDataset", "from_d4rl_dict", "REQUIRED_D4RL_KEYS"]
 
 #: Keys a D4RL-format dict or HDF5 file must hold (``next_observations`` is optional: it is rebuilt).
 REQUIRED_D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
-
-
-def _fmt_num(x: float) -> str:
-    return f"{float(x):.6g}"
-
-
-def _fmt_row(row: np.ndarray, limit: int = 6) -> str:
-    """A short, readable rendering of one row for error messages: ``[1.3, 0.2, ...]``."""
-    row = np.asarray(row).reshape(-1)
-    items = ", ".join(_fmt_num(v) for v in row[:limit])
-    return f"[{items}{', ...' if row.size > limit else ''}]"
 
 
 def _fmt_bounds(low: np.ndarray, high: np.ndarray) -> str:
@@ -291,15 +284,11 @@ class OfflineDataset:
     # ------------------------------------------------------------------ export shortcuts
     def to_hdf5(self, path, **kwargs):
         """Write this dataset as a D4RL-format HDF5 file; see `rl.data.to_hdf5`."""
-        from rl.data.hdf5 import to_hdf5
-
-        return to_hdf5(self, path, **kwargs)
+        return _to_hdf5(self, path, **kwargs)
 
     def to_minari(self, dataset_id: str, **kwargs):
         """Write this dataset as a Minari dataset; see `rl.data.to_minari`."""
-        from rl.data.minari_io import to_minari
-
-        return to_minari(self, dataset_id, **kwargs)
+        return _to_minari(self, dataset_id, **kwargs)
 
     def replace(self, **changes: Any) -> OfflineDataset:
         """A validated copy with some fields changed (``dataclasses.replace``)."""

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from rl._atomic import atomic_file, jsonable
 from rl.data.dataset import REQUIRED_D4RL_KEYS, OfflineDataset, from_d4rl_dict
 
-__all__ = ["read_hdf5", "to_hdf5"]
+# The writer lives with the other exporters (rl.data.export), which build no dataset and so import none of this.
+from rl.data.export import _ARRAY_KEYS, _JSON_KEY, to_hdf5
 
-_JSON_KEY = "metadata_json"
-_ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+__all__ = ["read_hdf5", "to_hdf5"]
 
 
 def _scalar_metadata(group) -> dict[str, Any]:
@@ -132,44 +131,3 @@ def read_hdf5(
         max_episode_steps=max_episode_steps,
         where=str(path),
     )
-
-
-def to_hdf5(
-    dataset: OfflineDataset,
-    path: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    compression: str | None = None,
-) -> Path:
-    """Write `dataset` to `path` as a D4RL-format HDF5 file, atomically; returns the path.
-
-    The file is written to a temporary name in the same directory and moved into place with ``os.replace``
-    only once complete, so a reader never sees a partial file and a failed write leaves nothing behind.
-    An existing file is replaced only with ``overwrite=True`` (else ``FileExistsError``). ``compression``
-    is passed to h5py (e.g. ``"gzip"``; default none, which is fastest to read).
-    """
-    import h5py
-
-    path = Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    metadata = jsonable(dataset.metadata)
-    with atomic_file(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for key in _ARRAY_KEYS:
-                # fletcher32: a flipped bit in the arrays fails the read instead of training on it
-                f.create_dataset(key, data=getattr(dataset, key), compression=compression, fletcher32=True)
-            meta = f.create_group("metadata")
-            for key, value in metadata.items():
-                if (
-                    isinstance(value, (str, int, float, bool))
-                    and "/" not in key
-                    and key not in ("action_space", _JSON_KEY)
-                ):
-                    meta.create_dataset(key, data=value)
-            if dataset.action_low is not None:
-                meta.create_dataset("action_space/low", data=dataset.action_low)
-                meta.create_dataset("action_space/high", data=dataset.action_high)
-            meta.create_dataset(_JSON_KEY, data=json.dumps(metadata))
-            f.attrs["format"] = "d4rl"
-    return path

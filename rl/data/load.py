@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from rl.data.dataset import OfflineDataset, from_d4rl_dict
 from rl.data.hdf5 import read_hdf5
-from rl.data.minari_io import from_minari, read_minari
+from rl.data.minari_io import read_minari
 
 __all__ = ["load", "read_d4rl", "ACCEPTED_SOURCES"]
 
@@ -66,8 +65,9 @@ def load(source: str | os.PathLike, **kwargs: Any) -> OfflineDataset:
     * ``"d4rl:<name>"``: `read_d4rl` (import-guarded)
     * ``"minari:<dataset_id>"``: `read_minari(dataset_id, root=)`
     * ``"<env>-<level>-v<N>"`` with N >= 3 (the project's own, e.g. ``"hopper-medium-v5"``):
-      ``rl.collect.load_or_make(name, **kwargs)``, imported only here; it generates and caches the dataset
-      on first use. D4RL's own names (v0-v2) are not ours: they raise, suggesting ``d4rl:`` or a file.
+      ``rl.data.generate.load_or_make(name, **kwargs)`` (also ``rl.collect.load_or_make``), imported only
+      here; it generates and caches the dataset on first use, saying on stderr what it makes (``progress=False``:
+      silent). D4RL's own names (v0-v2) are not ours: they raise, suggesting ``d4rl:`` or a file.
 
     Anything else raises ``ValueError`` listing the accepted forms.
     """
@@ -91,22 +91,11 @@ def load(source: str | os.PathLike, **kwargs: Any) -> OfflineDataset:
                 f"(needs the d4rl package) or the path to its downloaded HDF5 file. The project's own datasets "
                 f"are v5, e.g. '{match['env']}-{match['level']}-v5'"
             )
-        try:
-            collect = importlib.import_module("rl.collect")
-        except ModuleNotFoundError as err:
-            if err.name != "rl.collect":
-                raise
-            raise ImportError(
-                f"{text!r} is one of the project's own dataset names, but rl.collect is missing"
-            ) from err
-        result = collect.load_or_make(text, **kwargs)
-        if isinstance(result, OfflineDataset):
-            return result
-        if type(result).__name__ == "MinariDataset":
-            return from_minari(result, source=text)
-        raise TypeError(
-            f"rl.collect.load_or_make({text!r}) returned {type(result).__name__}, not an OfflineDataset"
-        )
+        # Imported here, not at the top: the generator brings gymnasium, MuJoCo and the policies, which the
+        # file and Minari readers do not need. It imports the readers, never this module.
+        from rl.data.generate import load_or_make
+
+        return load_or_make(text, **kwargs)
     raise ValueError(
         f"cannot load {source!r}: not a file and not a recognised dataset name. Accepted: {_forms()}"
     )

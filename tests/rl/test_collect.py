@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,150 @@ def test_shipped_medium_dataset_return_in_documented_range(env_id: str) -> None:
         rets = rets[:-1]  # the last episode may be cut at the size limit
     assert len(rets) >= 5
     assert lo <= rets.mean() <= hi, f"{env_id} medium: mean return {rets.mean():.1f} outside [{lo}, {hi}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The first use: what is made, how far along, what is cached
+# ---------------------------------------------------------------------------------------------------------------
+def _record_bars(monkeypatch) -> list:
+    """Keep every tqdm bar that the generator opens, to read its count after the run."""
+    from rl.data import generate
+
+    bars: list = []
+    original = generate._progress
+
+    def recording(*args, **kwargs):
+        bars.append(original(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(generate, "_progress", recording)
+    return bars
+
+
+def test_generation_says_what_it_makes_before_it_starts(
+    ckpt_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from rl.data import generate
+
+    original = generate.make_dataset
+
+    def marked(*args, **kwargs):
+        print("<<generation starts>>", file=sys.stderr)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "make_dataset", marked)
+    kw = {"checkpoint_dir": ckpt_dir, "n_envs": 4}
+    collect.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("generating"))
+    assert line.startswith(
+        "generating hopper-medium-v5: 300 transitions with the shipped medium policy (SAC step 40), into "
+    )
+    assert str(tmp_path / "misa" / "hopper-medium-n300-v5") in line and "minute" in line
+    assert err.index(line) < err.index("<<generation starts>>")
+    # cached: nothing to announce; progress=False: silent
+    collect.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
+    collect.load_or_make("hopper-expert-v5", 300, 1, tmp_path, progress=False, **kw)
+    assert "generating" not in capsys.readouterr().err
+    # the composite names its parts and which are cached; each part made announces itself
+    collect.load_or_make("hopper-medium-expert-v5", 600, 0, tmp_path, **kw)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("generating")]
+    assert len(lines) == 2, lines
+    assert "hopper-medium-v5 (300, cached) and hopper-expert-v5 (300)" in lines[0]
+    assert lines[1].startswith("generating hopper-expert-v5: 300 transitions")
+
+
+def test_first_use_through_rl_data_load_announces_too(tmp_path: Path, capsys) -> None:
+    from rl import data
+
+    data.load("hopper-random-v5", size=300, root=tmp_path, n_envs=4)
+    err = capsys.readouterr().err
+    assert "generating hopper-random-v5: 300 transitions with uniformly random actions, into " in err
+    data.load("hopper-random-v5", size=301, root=tmp_path, n_envs=4, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "name, size, totals",
+    [
+        ("hopper-random-v5", 300, [300]),  # short episodes: 4 envs finishing past the budget
+        ("hopper-medium-v5", 300, [300]),
+        ("hopper-medium-replay-v5", 401, [401]),  # 4 segments on one bar
+        ("hopper-medium-expert-v5", 600, [300, 300]),  # each part its own bar
+    ],
+)
+def test_progress_bar_ends_exactly_at_the_size(
+    ckpt_dir: Path, tmp_path: Path, monkeypatch, name: str, size: int, totals: list[int]
+) -> None:
+    bars = _record_bars(monkeypatch)
+    ds = collect.load_or_make(name, size, 0, tmp_path, checkpoint_dir=ckpt_dir, n_envs=4, progress=True)
+    assert len(ds) == size
+    assert [b.total for b in bars] == totals
+    assert [b.n for b in bars] == totals
+
+
+def test_rollout_advances_progress_by_exactly_size() -> None:
+    class Count:
+        n = 0
+
+        def update(self, k: int) -> None:
+            assert k >= 0
+            self.n += k
+
+    for size, n_envs in [(1, 1), (37, 5), (250, 32)]:
+        bar = Count()
+        arrays = collect.rollout("Hopper-v5", None, size, 0, (1,), n_envs=n_envs, progress=bar)
+        assert len(arrays["rewards"]) == size and bar.n == size
+
+
+def test_list_and_info_show_every_cached_size(ckpt_dir: Path, tmp_path: Path, capsys) -> None:
+    base = ["--root", str(tmp_path), "--checkpoint-dir", str(ckpt_dir)]
+    make = ["--n-envs", "4", *base]
+    assert collect.main(["make", "hopper-random-v5", "--size", "300", *make]) == 0
+    assert collect.main(["make", "hopper-random-v5", "--size", "200", "--seed", "1", *make]) == 0
+    capsys.readouterr()
+    assert collect.main(["list", *base]) == 0
+    out = capsys.readouterr().out
+    (row,) = [x for x in out.splitlines() if x.split()[:1] == ["hopper-random-v5"]]
+    assert "300" in row and "200 (seed 1)" in row
+    (row,) = [x for x in out.splitlines() if x.split()[:1] == ["hopper-medium-v5"]]
+    assert row.split()[-1] == "-"
+
+    # no --size: the default (1M) is not cached; the cached sizes are named, with how to pick one
+    assert collect.main(["info", "hopper-random-v5", *base]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert "not cached at its default size (1,000,000" in line
+    assert "300" in line and "200 (seed 1)" in line and "--size N" in line
+    assert collect.main(["info", "hopper-random-v5", "--size", "300", *base]) == 0
+    assert "transitions: 300" in capsys.readouterr().out
+
+    # a level whose default is small here (medium-replay: the medium step, 40): default and another size
+    assert collect.main(["make", "hopper-medium-replay-v5", *make]) == 0
+    assert collect.main(["make", "hopper-medium-replay-v5", "--size", "300", *make]) == 0
+    capsys.readouterr()
+    assert collect.main(["list", *base]) == 0
+    (row,) = [x for x in capsys.readouterr().out.splitlines() if x.split()[:1] == ["hopper-medium-replay-v5"]]
+    assert "40 (default); 300" in row
+    assert collect.main(["info", "hopper-medium-replay-v5", *base]) == 0
+    assert "transitions: 40" in capsys.readouterr().out
+    variants = collect.cached_variants("hopper-medium-replay-v5", tmp_path, ckpt_dir)
+    assert [(v.size, v.seed, v.is_default_size) for v in variants] == [(40, 0, True), (300, 0, False)]
+    assert [v.dataset_id for v in variants] == [
+        collect.dataset_id("hopper-medium-replay-v5", n, 0, ckpt_dir) for n in (None, 300)
+    ]
+
+
+def test_info_on_a_dataset_not_cached_fails_in_one_line(tmp_path: Path, capsys) -> None:
+    assert collect.main(["info", "hopper-expert-v5", "--root", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert (
+        line.startswith("error: hopper-expert-v5 is not cached")
+        and "rl.collect make hopper-expert-v5" in line
+    )
+    assert collect.main(["info", "hopper-expert-v5", "--size", "300", "--root", str(tmp_path)]) == 1
+    assert "--size 300" in capsys.readouterr().err
+    assert collect.main(["info", "hopper-bogus-v5", "--root", str(tmp_path)]) == 2

@@ -545,16 +545,16 @@ def test_load_d4rl_with_a_stand_in_package(monkeypatch):
     assert len(ds) == 9  # the timeout row at the end has no next observation
 
 
-def test_load_own_name_delegates_to_collect(monkeypatch):
+def test_load_own_name_delegates_to_the_generator(monkeypatch):
     calls = []
-    fake = types.ModuleType("rl.collect")
+    fake = types.ModuleType("rl.data.generate")
 
     def load_or_make(name, **kwargs):
         calls.append((name, kwargs))
         return chain_dataset()
 
     fake.load_or_make = load_or_make
-    monkeypatch.setitem(sys.modules, "rl.collect", fake)
+    monkeypatch.setitem(sys.modules, "rl.data.generate", fake)
     ds = data.load("hopper-medium-replay-v5", size=1000)
     assert calls == [("hopper-medium-replay-v5", {"size": 1000})]
     assert_same(ds, chain_dataset())

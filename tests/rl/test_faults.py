@@ -296,12 +296,12 @@ def test_unwritable_dataset_cache_fails_before_generating(tmp_path, monkeypatch)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("MISA_DATA_DIR", str(blocker / "cache"))
-    import rl.collect
+    import rl.data.generate
 
     def no_generation(*a, **k):  # pragma: no cover - reaching it is the failure
         raise AssertionError("generated a dataset that could not be saved")
 
-    monkeypatch.setattr(rl.collect, "make_dataset", no_generation)
+    monkeypatch.setattr(rl.data.generate, "make_dataset", no_generation)
     rc, _, err = run_cli(["--algo", "bc", "--dataset", "hopper-medium-v5", "--run-dir", str(tmp_path / "r")])
     assert_one_line_error(rc, err, "dataset cache", "not writable", "MISA_DATA_DIR")
     assert not (tmp_path / "r").exists()

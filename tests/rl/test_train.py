@@ -270,3 +270,17 @@ def test_behaviour_score_is_the_datasets_normalised_mean_return(tmp_path, capsys
     cfg = config_class("bc")(**{**TINY, "run_dir": str(tmp_path / "n"), "steps": 1, "dataset": "mine.hdf5"})
     no_env = Trainer(cfg, tiny_dataset(), quiet=True)
     assert no_env.behaviour_score() is None
+
+
+def test_help_lists_every_config_field_with_type_default_and_meaning(capsys):
+    from dataclasses import fields
+
+    for algo in sorted(set(ALGOS) - {"misa"}):
+        with pytest.raises(SystemExit) as e:
+            main(["--algo", algo, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out.split("config fields of", 1)[1]
+        for f in fields(config_class(algo)):
+            line = next(ln for ln in out.splitlines() if ln.startswith(f"  --{f.name.replace('_', '-')} "))
+            assert "(default " in line and line.split("): ", 1)[1], line  # a type, a default and a meaning
+    assert "--dataset-size int | None (default null): transitions to generate" in out
