@@ -6,9 +6,11 @@ est = mie.make("nwj")                 # by name
 s = mie.Scores.from_matrix(S)         # [N, N] critic scores -> positive / negative
 est.bound(s), est.loss(s)             # estimate (nats) and training loss
 hist = mie.estimate("infonce", mie.tasks.CorrelatedGaussian(dim=5, mi=2.0), steps=2000)
+hist.heldout(n=4096).mean             # the trained critic on fresh samples (mie.evaluate)
+mie.estimate("gan-dime", task)        # f-DIME: derangement negatives (mie.derangement_scores)
 """
 
-from . import bounds, critics, misa, options, partition, proposals, samplers, tasks
+from . import bounds, critics, fdime, misa, options, partition, proposals, samplers, tasks
 from ._math import logmeanexp
 from .bounds import (
     ba_bound,
@@ -27,9 +29,20 @@ from .critics import (
     SeparableCritic,
     all_pairs_scores,
     contrastive_scores,
+    derangement,
+    derangement_scores,
     score_matrix,
 )
-from .estimate import History, estimate
+from .estimate import NEGATIVES, Evaluation, History, estimate, evaluate
+from .fdime import (
+    GANDIME,
+    HDDIME,
+    KLDIME,
+    fdime_readout,
+    gan_dime_objective,
+    hd_dime_objective,
+    kl_dime_objective,
+)
 from .misa import MISA, MISADV, MISAF, MISABiased, misa_bound, misa_dv_bound, misa_f_bound
 from .nonparametric import ksg
 from .partition import LogZEstimate, MCMCLogZ, MonteCarloLogZ, PartitionError
@@ -46,7 +59,7 @@ from .samplers import (
     make_sampler,
     sample_tilted,
 )
-from .scores import Scores
+from .scores import NonFiniteScoresError, Scores
 
 __version__ = "0.1.0"
 
@@ -55,9 +68,13 @@ __all__ = [
     "ConcatCritic",
     "DiagGaussian",
     "Estimator",
+    "Evaluation",
+    "GANDIME",
     "GaussianProposal",
+    "HDDIME",
     "HMC",
     "History",
+    "KLDIME",
     "LogZEstimate",
     "MALA",
     "MCMCLogZ",
@@ -66,7 +83,9 @@ __all__ = [
     "MISADV",
     "MISAF",
     "MonteCarloLogZ",
+    "NEGATIVES",
     "NonFiniteChainError",
+    "NonFiniteScoresError",
     "PartitionError",
     "PyroHMC",
     "PyroNUTS",
@@ -83,11 +102,19 @@ __all__ = [
     "club_bound",
     "contrastive_scores",
     "critics",
+    "derangement",
+    "derangement_scores",
     "dv_bound",
     "estimate",
+    "evaluate",
+    "fdime",
+    "fdime_readout",
+    "gan_dime_objective",
+    "hd_dime_objective",
     "infonce_bound",
     "interpolated_bound",
     "js_objective",
+    "kl_dime_objective",
     "ksg",
     "logmeanexp",
     "make",

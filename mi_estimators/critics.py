@@ -3,7 +3,16 @@
 A critic is any callable `critic(x [..., dx], y [..., dy]) -> [...]` whose leading axes broadcast, so
 `critic(x[:, None], y[None, :])` is the `[N, N]` all-pairs matrix and `critic(x[:, None], y_samples)` with
 `y_samples [N, K, dy]` scores K contrastive samples per x. A task's `log_density_ratio` is such a callable (the
-optimal critic). `score_matrix` and `contrastive_scores` build `Scores` from any of them.
+optimal critic). `score_matrix`, `all_pairs_scores`, `derangement_scores` and `contrastive_scores` build `Scores`
+from any of them.
+
+Negatives from a batch of joint samples `(x_i, y_i)`, i < N, come two ways:
+
+* all pairs (`all_pairs_scores`): every other `y_j` of the batch for each `x_i`, `negative [N, N-1]`, O(N^2) critic
+  evaluations (one matmul for a separable critic);
+* a derangement (`derangement_scores`, f-DIME's negatives): `y_{sigma(i)}` for a uniformly random permutation sigma
+  of the batch without a fixed point, `negative [N, 1]`, O(N). A permutation with fixed points would pair some
+  `x_i` with its own `y_i`, a joint sample posing as a marginal one (f-DIME, Letizia et al. 2024, Sec. 4).
 """
 
 from __future__ import annotations
@@ -136,6 +145,70 @@ def all_pairs_scores(critic: Critic, x: Tensor, y: Tensor) -> Scores:
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same number of rows; got {x.shape[0]} and {y.shape[0]}")
     return Scores.from_matrix(score_matrix(critic, x, y))
+
+
+def _check_n(n: object) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"a derangement needs n >= 2 elements (an int; n=1 has none); got {n!r}")
+    return n
+
+
+def derangement(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random derangement of `range(n)`: a permutation `sigma` with `sigma[i] != i` for every i.
+
+    Exact uniform law over the `!n` derangements by rejection: draw uniform permutations (`torch.randperm`) until one
+    has no fixed point. Each draw is a derangement with probability `!n / n! -> 1/e` (1/2 for n = 2, 3/8 for n = 4,
+    >= 1/3 for every n >= 2), so the expected number of draws is about e = 2.72 and the expected cost O(n); the
+    accepted draw is uniform over the derangements because every permutation is equally likely. (Sattolo's algorithm
+    would be O(n) without rejection but gives only cyclic permutations, not all derangements.)
+
+    Args:
+        n: number of elements (an int >= 2).
+        generator: the `torch.Generator` every draw comes from (its device is the result's); the global RNG when
+            None.
+
+    Returns:
+        `LongTensor [n]`, `sigma[i]` the index paired with i.
+    """
+    n = _check_n(n)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    device = generator.device if generator is not None else torch.device("cpu")
+    idx = torch.arange(n, device=device)
+    while True:
+        sigma = torch.randperm(n, generator=generator, device=device)
+        if not bool((sigma == idx).any()):
+            return sigma
+
+
+def derangement_scores(
+    critic: Critic, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+) -> Scores:
+    """`Scores` of a joint batch with derangement negatives (f-DIME): `positive [N] = T(x_i, y_i)`,
+    `negative [N, 1] = T(x_i, y_{sigma(i)})` for one uniformly random derangement `sigma` (`derangement`), so each
+    x meets one y of another sample; 2N critic evaluations.
+
+    Args:
+        critic: `critic(x [N, dx], y [N, dy]) -> [N]`, nats.
+        x: `[N, dx]`, y: `[N, dy]` joint samples, N >= 2.
+        generator: draws the derangement (the global RNG when None).
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"derangement_scores needs x [N, dx] and y [N, dy] with the same N; got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    sigma = derangement(x.shape[0], generator).to(y.device)
+    positive = critic(x, y)
+    negative = critic(x, y.index_select(0, sigma))
+    if (
+        not isinstance(positive, Tensor)
+        or positive.shape != (x.shape[0],)
+        or negative.shape != positive.shape
+    ):
+        got = tuple(positive.shape) if isinstance(positive, Tensor) else type(positive).__name__
+        raise ValueError(f"critic returned shape {got} for N={x.shape[0]} pairs; expected ({x.shape[0]},)")
+    return Scores(positive, negative.unsqueeze(1))
 
 
 def contrastive_scores(critic: Critic, x: Tensor, y: Tensor, y_negative: Tensor, **fields: object) -> Scores:

@@ -1,10 +1,18 @@
-"""`estimate`: train a critic (and proposal) with any estimator on a task or on samples; return the history."""
+"""`estimate`: train a critic (and proposal) with any estimator on a task or on samples; return the history.
+`evaluate`: the estimate of a trained critic on held-out samples, batch by batch (no gradient).
+
+A run that meets a non-finite score, estimate, loss or gradient stops at that step without applying it, warns
+(`RuntimeWarning`) and returns its `History` so far: `History.stopped_at` is the step (0-based; the history holds
+the `stopped_at` steps before it, and the critic their updates), `History.error` says what was non-finite.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +21,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .critics import BilinearCritic, ConcatCritic, SeparableCritic, all_pairs_scores
+from .critics import (
+    BilinearCritic,
+    ConcatCritic,
+    SeparableCritic,
+    all_pairs_scores,
+    derangement_scores,
+)
 from .registry import Estimator, make
+from .samplers import NonFiniteChainError
+from .scores import NonFiniteScoresError, Scores
+
+#: the negatives a score-based estimator can be trained and evaluated with
+NEGATIVES = ("all-pairs", "derangement")
 
 CRITICS: dict[str, type[nn.Module]] = {
     "separable": SeparableCritic,
@@ -23,15 +42,60 @@ CRITICS: dict[str, type[nn.Module]] = {
 }
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` returns: the estimate of a critic on held-out samples, batch by batch (nats).
+
+    Attributes:
+        mean: the mean of the batch estimates (nats) — the number to quote; `float(evaluation)` is this.
+        std: their standard deviation across batches (ddof=1; NaN with a single batch).
+        values: the per-batch estimates, in batch order.
+        batch_size: the samples per batch B.
+        negatives: "all-pairs", "derangement", or "proposal" (a proposal-based estimator's own negatives).
+    """
+
+    mean: float
+    std: float
+    values: tuple[float, ...]
+    batch_size: int
+    negatives: str
+
+    def __float__(self) -> float:
+        return self.mean
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.values)
+
+
 @dataclass
 class History:
-    """What `estimate` returns: per-step estimates (nats) on the training batch, and the truth when known."""
+    """What `estimate` returns: per-step estimates (nats) on the training batch, and the truth when known.
+
+    Attributes:
+        estimator: the estimator's registered name.
+        estimates: `estimates[i]` is the bound on step i's batch, before step i's update (nats).
+        true_mi: the task's MI at each step (nats), or None for fixed samples.
+        critic, module: the trained critic and estimator (with its proposal, for proposal-based estimators).
+        stopped_at: None for a run that did all its steps; else the step (0-based) whose scores, estimate, loss or
+            gradient was non-finite. That step's update was not applied, so `critic` holds the parameters after the
+            `stopped_at` finite steps recorded in `estimates`.
+        error: what was non-finite at `stopped_at` (None when the run completed).
+        negatives: the negatives the training used ("all-pairs", "derangement", or "proposal").
+        batch_size: the training batch size (the default batch size of `evaluate` / `heldout`).
+        task: the task trained on, when one task (not a schedule or fixed samples) was given.
+    """
 
     estimator: str
     estimates: list[float] = field(default_factory=list)
     true_mi: list[float] | None = None
     critic: nn.Module | None = None
     module: Estimator | None = None
+    stopped_at: int | None = None
+    error: str | None = None
+    negatives: str | None = None
+    batch_size: int | None = None
+    task: Any = None
 
     def final(self, window: int = 100) -> float:
         """Mean estimate over the last `window` steps (nats): the number to quote for a converged run."""
@@ -39,6 +103,88 @@ class History:
             raise ValueError("the history is empty: no step was run")
         tail = self.estimates[-window:]
         return sum(tail) / len(tail)
+
+    def _trained(self) -> tuple[Estimator, Any]:
+        if self.module is None or self.critic is None:
+            raise ValueError(
+                "this History has no trained critic and estimator (History.critic / History.module)"
+            )
+        return self.module, self.critic
+
+    def evaluate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        batch_size: int | None = None,
+        negatives: str | None = None,
+        generator: torch.Generator | None = None,
+        estimator: str | Estimator | None = None,
+        marginal_entropy: float | Tensor | None = None,
+    ) -> Evaluation:
+        """`evaluate` the trained critic on held-out samples `x [M, dx]`, `y [M, dy]` (nats).
+
+        Defaults: the trained estimator (or another one, by name or instance, reading the same critic), the training
+        batch size and the training negatives, and for proposal-based estimators the training task's `entropy_y` as
+        the marginal entropy. See `mie.evaluate` for the arguments."""
+        module, critic = self._trained()
+        if marginal_entropy is None and self.task is not None:
+            marginal_entropy = _entropy_of(self.task)
+        if negatives is None and estimator is None and self.negatives in NEGATIVES:
+            negatives = self.negatives
+        return evaluate(
+            module if estimator is None else estimator,
+            critic,
+            x,
+            y,
+            batch_size=batch_size or self.batch_size or 256,
+            negatives=negatives,
+            generator=generator,
+            marginal_entropy=marginal_entropy,
+        )
+
+    def heldout(
+        self,
+        task: Any = None,
+        n: int = 4096,
+        *,
+        batch_size: int | None = None,
+        negatives: str | None = None,
+        generator: torch.Generator | None = None,
+        estimator: str | Estimator | None = None,
+    ) -> Evaluation:
+        """`evaluate` the trained critic on `n` fresh samples of `task` (default: the task trained on), drawn from
+        `generator` (fresh entropy when None: a generator seeded like the training one would redraw the training
+        batches). The task's `entropy_y`, when it has one, is the marginal entropy of proposal-based estimators."""
+        if task is None:
+            task = self.task
+        if task is None or not hasattr(task, "sample"):
+            raise ValueError(
+                "heldout needs a task with .sample(n, generator=): pass one (the run was trained on a schedule or "
+                f"on fixed samples, or the task has no sample); got {task!r}"
+            )
+        _check_int("n", n, 2)
+        if generator is None:
+            generator = torch.Generator()
+            generator.seed()
+        x, y = task.sample(n, generator=generator)
+        return self.evaluate(
+            x,
+            y,
+            batch_size=batch_size,
+            negatives=negatives,
+            generator=generator,
+            estimator=estimator,
+            marginal_entropy=_entropy_of(task),
+        )
+
+
+def _entropy_of(task: Any) -> float | None:
+    """`task.entropy_y` (nats) when the task has a closed form, else None."""
+    try:
+        return float(task.entropy_y)
+    except (AttributeError, TypeError):
+        return None
 
 
 def _make_critic(critic: nn.Module | Callable | str, x_dim: int, y_dim: int, options: dict[str, Any]) -> Any:
@@ -125,6 +271,134 @@ def _check_arguments(
         ) from e
 
 
+def _check_negatives(negatives: Any, est: Estimator) -> str:
+    """The negatives to build for `est`: its own for a proposal-based estimator ("proposal"), else `negatives`
+    (checked) or the estimator's default (`Estimator.negatives`)."""
+    if negatives is not None and (not isinstance(negatives, str) or negatives not in NEGATIVES):
+        raise ValueError(f"negatives must be one of {list(NEGATIVES)} or None; got {negatives!r}")
+    if est.needs_proposal:
+        if negatives is not None:
+            raise ValueError(
+                f"negatives={negatives!r} does not apply to {est.name!r}: a proposal-based estimator draws its "
+                "negatives from its proposal q(y|x)"
+            )
+        return "proposal"
+    chosen = negatives if negatives is not None else getattr(est, "negatives", "all-pairs")
+    if chosen not in NEGATIVES:
+        raise ValueError(
+            f"estimator {est.name!r} declares negatives={chosen!r}; expected one of {list(NEGATIVES)}"
+        )
+    return chosen
+
+
+def _batch_scores(
+    est: Estimator,
+    critic: Any,
+    x: Tensor,
+    y: Tensor,
+    negatives: str,
+    generator: torch.Generator | None,
+    marginal_entropy: float | Tensor | None,
+    tilted: bool = True,
+) -> Scores:
+    """The `Scores` of one joint batch `x [B, dx]`, `y [B, dy]` for `est` with the chosen negatives."""
+    if negatives == "proposal":
+        kwargs: dict[str, Any] = {"generator": generator, "marginal_entropy": marginal_entropy}
+        if not tilted and "tilted" in inspect.signature(est.scores).parameters:  # type: ignore[attr-defined]
+            kwargs["tilted"] = False
+        return est.scores(x, y, critic, **kwargs)  # type: ignore[attr-defined]
+    if negatives == "derangement":
+        return derangement_scores(critic, x, y, generator=generator)
+    return all_pairs_scores(critic, x, y)
+
+
+def _work_dtype(modules: list[nn.Module]) -> torch.dtype | None:
+    return next((p.dtype for m in modules for p in m.parameters() if p.is_floating_point()), None)
+
+
+def evaluate(
+    estimator: str | Estimator,
+    critic: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 256,
+    negatives: str | None = None,
+    generator: torch.Generator | None = None,
+    marginal_entropy: float | Tensor | None = None,
+) -> Evaluation:
+    """The estimate of a trained `critic` on held-out samples, as torch-mist evaluates: the estimator's `bound` on
+    consecutive batches of B = `batch_size` samples, without gradients, averaged over the batches (nats).
+
+    Args:
+        estimator: a registered name or an `Estimator` (a proposal-based one brings its trained proposal; its
+            Monte Carlo value is used, with no MCMC chains).
+        critic: `critic(x [..., dx], y [..., dy]) -> [...]`, nats (an `nn.Module` is put in eval mode for the
+            evaluation and restored after).
+        x: `[M, dx]`, y: `[M, dy]` joint samples (floating, finite, M >= batch_size); they are cast to the critic's
+            parameter dtype and device. The M - B floor(M / B) samples after the last full batch are not used.
+        batch_size: B >= 2 (the bound of an all-pairs batch depends on B: InfoNCE is capped at log B; use the
+            training batch size to compare with the training estimates).
+        negatives: "all-pairs" or "derangement" (score-based estimators); None is the estimator's default
+            (derangement for the f-DIME family, all pairs otherwise).
+        generator: draws the derangements and proposal negatives (fresh entropy when None; the global RNG is not
+            touched).
+        marginal_entropy: H(Y) in nats, for proposal-based estimators (else their constructor's option).
+
+    Returns:
+        `Evaluation(mean, std, values, batch_size, negatives)`; `float(result)` is the mean.
+
+    Raises:
+        TypeError / ValueError: bad arguments, named (as `estimate`); `NonFiniteScoresError` (a ValueError) when the
+            critic gives a non-finite score on a batch.
+    """
+    if not isinstance(estimator, (str, Estimator)):
+        raise TypeError(
+            f"estimator must be a registered name or an Estimator; got {type(estimator).__name__}"
+        )
+    if not callable(critic):
+        raise TypeError(f"critic must be callable (x, y) -> scores; got {type(critic).__name__}")
+    _check_samples(x, y)
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 2:
+        raise ValueError(
+            f"batch_size must be an int >= 2 (negatives come from the batch); got {batch_size!r}"
+        )
+    m = x.shape[0]
+    if m < batch_size:
+        raise ValueError(
+            f"x and y hold {m} samples, fewer than one batch of batch_size={batch_size}; pass more samples or a "
+            "smaller batch_size"
+        )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    est = make(estimator) if isinstance(estimator, str) else estimator
+    kind = _check_negatives(negatives, est)
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()
+
+    modules = [mod for mod in (critic, est) if isinstance(mod, nn.Module)]
+    dtype = _work_dtype(modules) or x.dtype
+    device = next((p.device for mod in modules for p in mod.parameters()), x.device)
+    training = [(mod, mod.training) for mod in modules]
+    values: list[float] = []
+    try:
+        for mod in modules:
+            mod.eval()
+        with torch.no_grad():
+            for start in range(0, m - batch_size + 1, batch_size):
+                xb = x[start : start + batch_size].to(device=device, dtype=dtype)
+                yb = y[start : start + batch_size].to(device=device, dtype=dtype)
+                s = _batch_scores(est, critic, xb, yb, kind, generator, marginal_entropy, tilted=False)
+                values.append(float(est.bound(s)))
+    finally:
+        for mod, was_training in training:
+            mod.train(was_training)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return Evaluation(mean=mean, std=std, values=tuple(values), batch_size=int(batch_size), negatives=kind)
+
+
 def estimate(
     estimator: str | Estimator,
     task: Any = None,
@@ -141,13 +415,16 @@ def estimate(
     critic_options: dict[str, Any] | None = None,
     estimator_options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    negatives: str | None = None,
 ) -> History:
     """Train a critic with `estimator` and return the history of its estimates (nats).
 
     Data comes from `task` (an object with `.sample(n, generator=)`, `.mi`, `.dim_x`, `.dim_y`, and optionally
     `.entropy_y`), from a callable `task(step) -> task` (a schedule such as the MI staircase), or from fixed samples
-    `x [M, dx]`, `y [M, dy]` drawn from in minibatches. Score-based estimators see the all-pairs `[B, B]` matrix of
-    each minibatch; proposal-based ones (`needs_proposal`) build their own scores with `estimator.scores(...)`.
+    `x [M, dx]`, `y [M, dy]` drawn from in minibatches. Score-based estimators see each minibatch's all-pairs
+    `[B, B]` matrix (`negative [B, B-1]`) or one derangement of it (`negative [B, 1]`, the default of the f-DIME
+    family), as `negatives` says; proposal-based ones (`needs_proposal`) build their own scores with
+    `estimator.scores(...)`.
 
     Args:
         estimator: a registered name or an `Estimator`.
@@ -158,6 +435,15 @@ def estimate(
             not given); the same seed gives the same history, and the global RNG is left untouched. `seed=None`
             draws fresh entropy.
         progress: tqdm bar; default on only when stderr is a terminal.
+        negatives: "all-pairs" or "derangement" for score-based estimators; None is the estimator's default
+            (`Estimator.negatives`: "derangement" for kl-dime, gan-dime, hd-dime, "all-pairs" otherwise). The
+            derangements are drawn from the data generator.
+
+    Non-finite values do not lose the run: when a step's scores, estimate, loss or gradient is non-finite (a
+    diverging critic, an overflowing NWJ term), `estimate` stops before applying that step's update, warns
+    (`RuntimeWarning` naming the step), and returns the history so far with `History.stopped_at` (the step) and
+    `History.error` (what was non-finite) set. `History.evaluate(x, y)` / `History.heldout(task)` evaluate the
+    trained critic on held-out samples.
 
     Fixed samples must be floating tensors `x [M, dx]`, `y [M, dy]` with the same M >= 2 and finite entries; the
     minibatches are cast to the dtype of the trained networks (float32 for the critics built by name).
@@ -209,41 +495,89 @@ def estimate(
             if callable(ensure):
                 ensure(x_dim, y_dim)
         net = _make_critic(critic, x_dim, y_dim, critic_options or {})
+    kind = _check_negatives(negatives, est)
     modules = [m for m in (net, est) if isinstance(m, nn.Module)]
     for m in modules:
         m.to(device)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     # minibatches in the networks' dtype (float64 or half samples through float32 networks); a critic without
     # parameters (a fixed callable) sees the data's own dtype
-    work_dtype = next((p.dtype for m in modules for p in m.parameters() if p.is_floating_point()), None)
+    work_dtype = _work_dtype(modules)
     opt = torch.optim.Adam(params, lr=lr) if params else None
 
-    history = History(estimator=est.name, true_mi=[] if first is not None else None, critic=net, module=est)
+    history = History(
+        estimator=est.name,
+        true_mi=[] if first is not None else None,
+        critic=net,
+        module=est,
+        negatives=kind,
+        batch_size=int(batch_size),
+        task=task if schedule is None else None,
+    )
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(range(steps), disable=not show, desc=f"estimate[{est.name}]", leave=False)
     for step in bar:
         current = schedule(step) if schedule is not None else task
         if current is not None:
             xb, yb = current.sample(batch_size, generator=generator)
-            history.true_mi.append(float(current.mi))  # type: ignore[union-attr]
         else:
             idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)  # type: ignore[union-attr]
             xb, yb = x[idx], y[idx]  # type: ignore[index]
         xb, yb = xb.to(device=device, dtype=work_dtype), yb.to(device=device, dtype=work_dtype)
-        if est.needs_proposal:
-            entropy = getattr(current, "entropy_y", None) if current is not None else None
-            s = est.scores(xb, yb, net, generator=generator, marginal_entropy=entropy)  # type: ignore[attr-defined]
-        else:
-            s = all_pairs_scores(net, xb, yb)
+        entropy = getattr(current, "entropy_y", None) if est.needs_proposal and current is not None else None
+        try:
+            s = _batch_scores(est, net, xb, yb, kind, generator, entropy)
+        except (NonFiniteScoresError, NonFiniteChainError) as e:
+            _stop(history, step, steps, f"non-finite critic scores: {e}")
+            break
         loss = est.loss(s)
         with torch.no_grad():  # the reported estimate is the bound on this batch, before the step
             value = float(est.bound(s))
-        if opt is not None:
+        problem = _nonfinite(value, loss)
+        if problem is None and opt is not None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            problem = _nonfinite_gradient(params)
+            if problem is None:
+                opt.step()
+        if problem is not None:
+            _stop(history, step, steps, problem)
+            break
         history.estimates.append(value)
+        if history.true_mi is not None:
+            history.true_mi.append(float(current.mi))  # type: ignore[union-attr]
         if show and step % 50 == 0:
             bar.set_postfix(mi=f"{value:.3f}")
     bar.close()
     return history
+
+
+def _nonfinite(value: float, loss: Tensor) -> str | None:
+    """What is non-finite among a step's estimate and loss (None when both are finite)."""
+    if not math.isfinite(value):
+        return f"non-finite estimate {value}"
+    if not bool(torch.isfinite(loss.detach()).all()):
+        return f"non-finite loss {float(loss.detach())}"
+    return None
+
+
+def _nonfinite_gradient(params: list[Tensor]) -> str | None:
+    """Names the first parameter (by position) whose gradient is non-finite, or None."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    finite = torch.stack([torch.isfinite(g).all() for g in grads])
+    if bool(finite.all()):
+        return None
+    first = int((~finite).nonzero()[0])
+    return f"non-finite gradient in parameter {first} (of {len(grads)} with gradients)"
+
+
+def _stop(history: History, step: int, steps: int, reason: str) -> None:
+    history.stopped_at, history.error = step, reason
+    warnings.warn(
+        f"estimate[{history.estimator}] stopped at step {step} of {steps}: {reason}. The update of that step was not "
+        f"applied; the history keeps the {step} steps before it (History.stopped_at, History.error).",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -21,7 +21,9 @@ is `-inf` when `mean e^{T-1}` overflows float (the honest value of that bound).
 
 The registered estimators own a learned proposal (`GaussianProposal`, or any module mapping `x [N, dx]` to a batched
 law) and build their scores with `est.scores(x, y, critic, generator)`; that is how `mie.estimate` and the RL layer
-use them.
+use them. An estimator's `bound(s)` needs no tilted samples: its value is always the Monte Carlo one over the
+proposal negatives, and `Scores.tilted`, when present in `log_z="mcmc"` mode, only supplies the gradient; its
+`loss(s)` in that mode does need them and says so by name when they are missing.
 """
 
 from __future__ import annotations
@@ -249,6 +251,7 @@ class _MISAFamily(ProposalEstimator):
         critic: Any,
         generator: torch.Generator | None = None,
         marginal_entropy: float | Tensor | None = None,
+        tilted: bool = True,
     ) -> Scores:
         """Scores of a joint batch for this bound: positive `T(x_i, y_i)` `[N]`, `log q(y_i|x_i)` `[N]`, K proposal
         negatives `[N, K]` (one batched critic call `critic(x[:, None], y' [N, K, dy])`), and for `log_z="mcmc"` the
@@ -259,6 +262,9 @@ class _MISAFamily(ProposalEstimator):
             critic: `critic(x [..., dx], y [..., dy]) -> [...]` with broadcasting leading axes, nats.
             generator: every draw (negatives, chains).
             marginal_entropy: H(Y) in nats (defaults to the constructor's option).
+            tilted: run the MCMC chains for `Scores.tilted` (with `log_z="mcmc"`); False skips them and returns
+                only the Monte Carlo negatives, enough for `bound` (the value) but not for the MCMC `loss`: what
+                `mie.evaluate` uses.
         """
         law = self._law(x, y)
         x_k = x.unsqueeze(1)
@@ -269,7 +275,10 @@ class _MISAFamily(ProposalEstimator):
         positive = critic(x, y)
         log_proposal = law.log_prob(y)
         init = y if self.init == "data" else None
-        est = self.partition(law, critic_k, generator, init=init)
+        if not tilted and isinstance(self.partition, MCMCLogZ):
+            est = self.partition._mc(law, critic_k, generator)  # the Monte Carlo value's draws only
+        else:
+            est = self.partition(law, critic_k, generator, init=init)
         self.last_log_z = est
         return Scores(
             positive,
@@ -284,6 +293,26 @@ class _MISAFamily(ProposalEstimator):
         """ "mcmc" when the partition function is `MCMCLogZ`, else "mc"."""
         return "mcmc" if isinstance(self.partition, MCMCLogZ) else "mc"
 
+    #: the pure bound of this member (`misa_bound`, `misa_dv_bound`, `misa_f_bound`)
+    _bound_fn: Any = None
+
+    def bound(self, s: Scores) -> Tensor:
+        """The bound's value (nats, 0-d) from the Monte Carlo log partition over the proposal negatives `[N, K]`.
+        With `log_z="mcmc"` and `Scores.tilted` present its gradient wrt the partition term is the MCMC one; without
+        `tilted` it is the Monte Carlo (SNIS) one: the tilted samples serve only the gradient, never the value."""
+        return self._bound_fn(s, log_z="auto" if self.log_z_mode == "mcmc" else "mc")
+
+    def loss(self, s: Scores) -> Tensor:
+        """`-bound(s)`; with `log_z="mcmc"` it needs `Scores.tilted` (the MCMC gradient of log Z is the point of
+        that mode), and says so by name when it is missing."""
+        if self.log_z_mode == "mcmc" and s.tilted is None:
+            raise ValueError(
+                f"estimator {self.name!r} with log_z='mcmc' needs Scores.tilted ([N, S] scores on MCMC samples of the "
+                "tilted law) for its loss (the MCMC gradient of log Z); it is missing. Build the scores with "
+                "est.scores(x, y, critic), or use log_z='mc'; bound() gives the value without them"
+            )
+        return -self.bound(s)
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, partition={self.partition!r}"
 
@@ -294,9 +323,7 @@ class MISA(_MISAFamily):
     50 samples, as the official code); `log_z="mc"` uses the log-mean-exp (SNIS) gradient. See `misa_bound`."""
 
     default_log_z = "mcmc"
-
-    def bound(self, s: Scores) -> Tensor:
-        return misa_bound(s, log_z=self.log_z_mode)
+    _bound_fn = staticmethod(misa_bound)
 
 
 @register("misa-biased")
@@ -331,13 +358,11 @@ class MISABiased(_MISAFamily):
 class MISADV(_MISAFamily):
     """MISA-DV: one global log partition over all x and negatives (`misa_dv_bound`); `log_z="mc"` by default."""
 
-    def bound(self, s: Scores) -> Tensor:
-        return misa_dv_bound(s, log_z=self.log_z_mode)
+    _bound_fn = staticmethod(misa_dv_bound)
 
 
 @register("misa-f")
 class MISAF(_MISAFamily):
     """MISA-f: the NWJ form `mean e^{T-1}` of the partition term (`misa_f_bound`); `log_z="mc"` by default."""
 
-    def bound(self, s: Scores) -> Tensor:
-        return misa_f_bound(s, log_z=self.log_z_mode)
+    _bound_fn = staticmethod(misa_f_bound)

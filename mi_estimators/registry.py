@@ -34,6 +34,9 @@ class Estimator(nn.Module):
     lower_bound: bool = True
     #: the constructor's options and their checks (type and range)
     options: ClassVar[Mapping[str, Option]] = {}
+    #: the negatives `estimate` and `evaluate` build for a score-based estimator unless told otherwise:
+    #: "all-pairs" (the other N-1 samples of the batch) or "derangement" (one deranged sample, the f-DIME family)
+    negatives: ClassVar[str] = "all-pairs"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Estimator:
         # One place checks the declared options, for make() and direct construction alike. (Unpickling and

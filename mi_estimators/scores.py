@@ -15,6 +15,11 @@ import torch
 from torch import Tensor
 
 
+class NonFiniteScoresError(ValueError):
+    """A score field holds a NaN or an infinity (`Scores` validation). A `ValueError`, so code that caught bad
+    scores before keeps working; `estimate` catches this one to stop a diverged run and keep its history."""
+
+
 def _first_bad_index(t: Tensor) -> tuple[int, ...]:
     bad = (~torch.isfinite(t)).nonzero()[0]
     return tuple(int(i) for i in bad)
@@ -37,7 +42,7 @@ def _check_finite(name: str, t: Tensor, allow_neg_inf: bool = False) -> None:
             ok = ok | (t == -math.inf)
         if not bool(ok.all()):
             idx = tuple(int(i) for i in (~ok).nonzero()[0])
-            raise ValueError(f"Scores.{name} has a non-finite value {t[idx].item()} at index {idx}")
+            raise NonFiniteScoresError(f"Scores.{name} has a non-finite value {t[idx].item()} at index {idx}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +122,7 @@ class Scores:
                     f"Scores.marginal_entropy must be a float or a tensor; got {type(h).__name__}"
                 )
             elif not math.isfinite(h):
-                raise ValueError(f"Scores.marginal_entropy must be finite; got {h}")
+                raise NonFiniteScoresError(f"Scores.marginal_entropy must be finite; got {h}")
         for name, t in fields[1:]:
             if t.device != pos.device:
                 raise ValueError(f"Scores.{name} is on {t.device} but Scores.positive is on {pos.device}")

@@ -21,7 +21,9 @@ Tasks here:
   the Gaussian MI of the same dispersion by a df-dependent term).
 * `TransformedTask(base, transform_x, transform_y)`: any task pushed through invertible maps (`"cubic"`,
   `"asinh"`, `"half_cube"`, `"spiral"`), which leave the MI unchanged.
-* `staircase(step)` / `staircase_task(step)`: the MI schedule 2, 4, 6, 8, 10 nats of Poole et al.'s benchmark.
+* `staircase(step)` / `staircase_task(step, base=..., transform=...)`: the MI schedule 2, 4, 6, 8, 10 nats of Poole
+  et al.'s and f-DIME's benchmark, on a correlated Gaussian, a Student-t (`student_t_with_mi`) or any base task,
+  optionally pushed through an invertible transform.
 
 All log densities and entropies are in nats. Internally the arithmetic runs in float64 (except on devices
 without float64, such as MPS) and results are cast back to the dtype of the inputs.
@@ -54,6 +56,8 @@ __all__ = [
     "TransformedTask",
     "staircase",
     "staircase_task",
+    "STAIRCASE_BASES",
+    "student_t_with_mi",
     "TASKS",
     "make_task",
 ]
@@ -936,9 +940,72 @@ def staircase(
     return lv[min(step // steps_per_level, len(lv) - 1)]
 
 
-@lru_cache(maxsize=64)
-def _cached_correlated_gaussian(dim: int, mi: float) -> CorrelatedGaussian:
-    return CorrelatedGaussian(dim, mi)
+#: base names of `staircase_task` (and their aliases)
+STAIRCASE_BASES = ("gaussian", "correlated_gaussian", "student_t")
+
+
+def student_t_with_mi(dim: int, mi: float, df: float = 3.0) -> StudentTTask:
+    """The Student-t task with `dim_x = dim_y = dim`, `df` degrees of freedom and dispersion `[[I, rho I], [rho I, I]]`
+    (componentwise correlation `rho`, as `CorrelatedGaussian`) whose MI is `mi` nats.
+
+    Its MI is `-dim/2 log(1 - rho^2) + c(df, dim)`, the Gaussian MI of the dispersion plus the df-dependent
+    correction `c > 0` (`StudentTTask`), so `rho = sqrt(1 - exp(-2 (mi - c) / dim))`, in closed form. Levels below
+    `c` are out of reach (even `rho = 0` has MI `c`: uncorrelated but dependent) and raise ValueError naming `c`;
+    `c` shrinks as df grows (dim 20: 1.45 nats at df=1, 0.79 at df=3, 0.31 at df=10).
+    The returned task's `mi` is set to `mi` exactly (the formula reproduces it to ~1e-12).
+    """
+    dim = _check_pos_int("dim", dim)
+    mi = _check_real("mi", mi, minimum=0.0)
+    df = _check_real("df", df, minimum=0.0, strict=True)
+    correction = _t_entropy_terms(df, dim) + _t_entropy_terms(df, dim) - _t_entropy_terms(df, 2 * dim)
+    gaussian = mi - correction
+    if gaussian < -1e-12:
+        raise ValueError(
+            f"a Student-t task with df={df:g} and dim={dim} has MI >= {correction:.4g} nats (its df correction, at "
+            f"zero correlation); mi={mi:g} is below it: raise df or lower dim"
+        )
+    gaussian = max(gaussian, 0.0)
+    rho = math.sqrt(-math.expm1(-2.0 * gaussian / dim))
+    eye = torch.eye(dim, dtype=torch.float64)
+    dispersion = torch.cat([torch.cat([eye, rho * eye], 1), torch.cat([rho * eye, eye], 1)], 0)
+    task = StudentTTask(dim, dim, df, dispersion)
+    if abs(task.mi - mi) > 1e-9 * max(1.0, mi):  # pragma: no cover - a broken formula, not a user error
+        raise RuntimeError(f"student_t_with_mi: asked for mi={mi}, built {task.mi}")
+    task.mi = mi
+    task.rho = rho  # type: ignore[attr-defined]
+    task.name = f"student-t(dim={dim}, df={df:g}, rho={rho:.4g}, mi={mi:g})"
+    return task
+
+
+def _staircase_transform(transform: Any) -> Any:
+    """A hashable form of `staircase_task`'s `transform`: None, a name or Transform (both variables), or a pair."""
+    if transform is None or isinstance(transform, (str, Transform)):
+        return transform
+    if isinstance(transform, (tuple, list)) and len(transform) == 2:
+        return tuple(transform)
+    raise ValueError(
+        f"transform must be None, a name from {sorted(TRANSFORMS)}, a Transform, or a pair (transform_x, "
+        f"transform_y) of those; got {transform!r}"
+    )
+
+
+@lru_cache(maxsize=128)
+def _cached_staircase_task(base: Any, transform: Any, dim: int, mi: float, df: float) -> Task:
+    if callable(base):
+        task = base(dim, mi)
+        for attr in ("sample", "mi", "dim_x", "dim_y"):
+            if not hasattr(task, attr):
+                raise TypeError(f"base(dim, mi) must return a task (with .{attr}); got {type(task).__name__}")
+        if abs(float(task.mi) - mi) > 1e-9 * max(1.0, mi):
+            raise ValueError(f"base(dim={dim}, mi={mi:g}) returned a task with mi={task.mi!r}, not {mi:g}")
+    elif base in ("gaussian", "correlated_gaussian"):
+        task = CorrelatedGaussian(dim, mi)
+    else:  # "student_t"
+        task = student_t_with_mi(dim, mi, df)
+    if transform is None:
+        return task
+    tx, ty = transform if isinstance(transform, tuple) else (transform, transform)
+    return TransformedTask(task, tx, ty)
 
 
 def staircase_task(
@@ -946,11 +1013,41 @@ def staircase_task(
     dim: int = 20,
     steps_per_level: int = 4000,
     levels: Sequence[float] = (2.0, 4.0, 6.0, 8.0, 10.0),
-) -> CorrelatedGaussian:
-    """The `CorrelatedGaussian(dim, staircase(step, ...))` of that step. Tasks are cached by `(dim, mi)`, so
-    calling this every training step returns the same object within a level (cheap)."""
+    *,
+    base: str | Callable[[int, float], Any] = "gaussian",
+    transform: Any = None,
+    df: float = 3.0,
+) -> Task:
+    """The task of training `step` on an MI staircase: its `.mi` is `staircase(step, steps_per_level, levels)`.
+
+    Args:
+        step, steps_per_level, levels: as `staircase` (levels in nats).
+        dim: the dimension of x and of y.
+        base: the task family that hits each level:
+            * `"gaussian"` (alias `"correlated_gaussian"`, the default): `CorrelatedGaussian(dim, level)`;
+            * `"student_t"`: `student_t_with_mi(dim, level, df)`, a Student-t with `df` degrees of freedom whose
+              componentwise correlation is solved (closed form) so that Gaussian part + df correction = level; levels
+              below the correction (0.79 nats at dim 20, df 3) raise ValueError;
+            * a callable `base(dim, level) -> task` whose task has `.mi == level`.
+        transform: None, or an invertible per-variable map applied to the base's samples (`TransformedTask`): a name
+            from `TRANSFORMS` (`"cubic"`, `"asinh"`, `"half_cube"`, `"spiral"`) or a `Transform`, applied to both x
+            and y, or a pair `(transform_x, transform_y)` (each may be None). The MI is invariant under such maps, so
+            the level stays the task's `.mi`.
+        df: the Student-t degrees of freedom (> 0), for `base="student_t"` only.
+
+    Tasks are cached by `(base, transform, dim, level, df)`, so calling this at every training step returns the same
+    object within a level (cheap). The default call is the f-DIME/Poole staircase `CorrelatedGaussian(dim, level)`.
+    """
     dim = _check_pos_int("dim", dim)
-    return _cached_correlated_gaussian(dim, staircase(step, steps_per_level, levels))
+    level = staircase(step, steps_per_level, levels)
+    if not callable(base) and base not in STAIRCASE_BASES:
+        raise ValueError(
+            f"base must be one of {list(STAIRCASE_BASES)} or a callable (dim, mi) -> task; got {base!r}"
+        )
+    df = _check_real("df", df, minimum=0.0, strict=True)
+    if base != "student_t":
+        df = 0.0  # not used: one cache entry per (base, transform, dim, level)
+    return _cached_staircase_task(base, _staircase_transform(transform), dim, level, df)
 
 
 # --------------------------------------------------------------------------------------------------------------

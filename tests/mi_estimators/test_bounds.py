@@ -448,6 +448,9 @@ GRAD_CASES = [
     ("interpolated", {"alpha": 0.5}),
     ("interpolated", {"alpha": 1.0}),
     ("club", {}),
+    ("kl-dime", {}),
+    ("gan-dime", {}),
+    ("hd-dime", {}),
 ]
 
 
@@ -463,7 +466,8 @@ def test_gradcheck_wrt_scores(name, opts, method):
     # and the gradient is not trivially zero wrt the scores the method reads
     gp, gn = torch.autograd.grad(fn(Scores(p, n)), (p, n), allow_unused=True)
     assert gp is not None and float(gp.abs().sum()) > 0
-    if not (name == "club" and method == "loss"):
+    # CLUB's loss is the positives' likelihood; the f-DIME readout E_p[T] reads no negatives
+    if not (name == "club" and method == "loss") and not (name.endswith("-dime") and method == "bound"):
         assert gn is not None and float(gn.abs().sum()) > 0
 
 

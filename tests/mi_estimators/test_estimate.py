@@ -398,6 +398,24 @@ BAD = [
         ValueError,
         r"activation must be one of",
     ),
+    (
+        "unknown negatives",
+        dict(estimator="nwj", task=TASK, negatives="shuffle"),
+        ValueError,
+        r"negatives must be one of \['all-pairs', 'derangement'\] or None; got 'shuffle'",
+    ),
+    (
+        "negatives not a string",
+        dict(estimator="kl-dime", task=TASK, negatives=1),
+        ValueError,
+        r"negatives must be one of .*; got 1",
+    ),
+    (
+        "negatives of a proposal estimator",
+        dict(estimator="misa", task=TASK, negatives="derangement"),
+        ValueError,
+        r"negatives='derangement' does not apply to 'misa'.*proposal",
+    ),
 ]
 
 
@@ -420,3 +438,182 @@ def test_samples_of_any_floating_dtype_train_the_float32_networks(dtype):
     )
     assert len(hist.estimates) == 3 and all(math.isfinite(v) for v in hist.estimates)
     assert next(hist.critic.parameters()).dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------------------------
+# negatives: all pairs or a derangement (the f-DIME default)
+
+
+def _recording_critic(task, shapes):
+    def critic(xb, yb):
+        shapes.append((tuple(xb.shape), tuple(yb.shape)))
+        return task.log_density_ratio(xb, yb)
+
+    return critic
+
+
+@pytest.mark.parametrize(
+    "name, negatives, expected",
+    [
+        ("kl-dime", None, "derangement"),
+        ("gan-dime", None, "derangement"),
+        ("hd-dime", "all-pairs", "all-pairs"),
+        ("nwj", None, "all-pairs"),
+        ("nwj", "derangement", "derangement"),
+        ("infonce", "derangement", "derangement"),
+    ],
+)
+def test_negatives_default_to_the_estimators_and_can_be_chosen(name, negatives, expected):
+    shapes: list = []
+    hist = mie.estimate(
+        name, TASK, critic=_recording_critic(TASK, shapes), negatives=negatives, steps=3, batch_size=8
+    )
+    assert hist.negatives == expected and len(hist.estimates) == 3
+    if expected == "derangement":  # joint pairs and deranged pairs: two [B, d] calls per step
+        assert shapes == [((8, 2), (8, 2))] * 6
+    else:  # one broadcast all-pairs call per step
+        assert shapes == [((8, 1, 2), (1, 8, 2))] * 3
+
+
+def test_derangement_training_is_seeded():
+    kw = dict(steps=10, batch_size=16, critic="bilinear", progress=False)
+    a = mie.estimate("hd-dime", TASK, seed=4, **kw)
+    b = mie.estimate("hd-dime", TASK, seed=4, **kw)
+    c = mie.estimate("nwj", TASK, seed=4, negatives="derangement", **kw)
+    d = mie.estimate(
+        "nwj", TASK, seed=4, negatives="derangement", generator=torch.Generator().manual_seed(1), **kw
+    )
+    assert a.estimates == b.estimates
+    assert c.estimates != d.estimates
+
+
+# ------------------------------------------------------------------------------------------------------------
+# nothing lost: a non-finite step stops the run, warns, and returns the history so far
+
+
+def test_a_critic_that_turns_infinite_stops_the_run_and_keeps_the_history():
+    calls: list[int] = []
+
+    def critic(xb, yb):
+        calls.append(1)
+        out = TASK.log_density_ratio(xb, yb)
+        if len(calls) == 4:  # step 3 (one all-pairs call per step)
+            out = out.clone()
+            out.view(-1)[5] = math.inf
+        return out
+
+    with pytest.warns(
+        RuntimeWarning, match=r"estimate\[dv\] stopped at step 3 of 10: non-finite critic scores"
+    ):
+        hist = mie.estimate("dv", TASK, critic=critic, steps=10, batch_size=16, seed=0)
+    assert hist.stopped_at == 3 and "non-finite value inf" in hist.error
+    assert len(hist.estimates) == 3 == len(hist.true_mi)
+    assert all(math.isfinite(v) for v in hist.estimates)
+    # the same seed without the fault: the same first three steps, and a completed run
+    full = mie.estimate("dv", TASK, critic=TASK.log_density_ratio, steps=10, batch_size=16, seed=0)
+    assert full.stopped_at is None and full.error is None and full.estimates[:3] == hist.estimates
+
+
+def test_a_diverging_nwj_run_stops_before_the_bad_update():
+    """NWJ with a bilinear critic at lr 10: the first Adam step blows the critic up so that the next batch's
+    `mean e^(T-1)` overflows float32 and the bound is -inf. The run stops there; the critic is the one after the
+    finite steps, so it still gives finite scores."""
+    with pytest.warns(
+        RuntimeWarning, match=r"stopped at step \d+ of 200: non-finite (estimate|loss|gradient)"
+    ):
+        hist = mie.estimate("nwj", TASK, critic="bilinear", steps=200, batch_size=64, lr=10.0, seed=0)
+    assert hist.stopped_at is not None and 0 < hist.stopped_at < 200
+    assert len(hist.estimates) == hist.stopped_at and all(math.isfinite(v) for v in hist.estimates)
+    assert all(bool(torch.isfinite(p).all()) for p in hist.critic.parameters())
+    hist.final()  # the partial history is usable
+
+
+# ------------------------------------------------------------------------------------------------------------
+# held-out evaluation
+
+
+def test_evaluate_averages_the_bound_over_consecutive_batches_without_gradients():
+    x, y = TASK.sample(1000, generator=torch.Generator().manual_seed(0))
+    critic = mie.SeparableCritic(2, 2, hidden=(8,), embed_dim=4)
+    critic.train()
+    ev = mie.evaluate("infonce", critic, x, y, batch_size=128)
+    assert isinstance(ev, mie.Evaluation) and ev.negatives == "all-pairs" and ev.batch_size == 128
+    assert ev.n_batches == 7  # 1000 // 128; the last 104 samples are not used
+    with torch.no_grad():
+        by_hand = [
+            float(mie.infonce_bound(mie.all_pairs_scores(critic, x[i : i + 128], y[i : i + 128])))
+            for i in range(0, 7 * 128, 128)
+        ]
+    assert list(ev.values) == pytest.approx(by_hand, rel=1e-6)
+    assert ev.mean == pytest.approx(sum(by_hand) / 7) and float(ev) == ev.mean
+    assert ev.std == pytest.approx(torch.tensor(by_hand, dtype=torch.float64).std().item())
+    assert critic.training and all(p.grad is None for p in critic.parameters())
+    one = mie.evaluate("dv", critic, x[:100], y[:100], batch_size=100)
+    assert one.n_batches == 1 and math.isnan(one.std)
+
+
+def test_evaluate_with_the_optimal_critic_gives_the_truth_and_derangements_are_seeded():
+    x, y = TASK.sample(4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ev = mie.evaluate("dv", TASK.log_density_ratio, x, y, batch_size=512)
+    # DV at the optimal critic over 8 batches of 512: sd ~ sqrt(dim rho^2 / 4096) = 0.02; 0.1 allowed
+    assert abs(ev.mean - TASK.mi) < 0.1
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    a = mie.evaluate(
+        "nwj", TASK.log_density_ratio, x, y, batch_size=512, negatives="derangement", generator=g(0)
+    )
+    b = mie.evaluate(
+        "nwj", TASK.log_density_ratio, x, y, batch_size=512, negatives="derangement", generator=g(0)
+    )
+    c = mie.evaluate(
+        "nwj", TASK.log_density_ratio, x, y, batch_size=512, negatives="derangement", generator=g(1)
+    )
+    assert a == b and a.values != c.values and a.negatives == "derangement"
+    assert mie.evaluate("kl-dime", TASK.log_density_ratio, x, y, batch_size=512).negatives == "derangement"
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        (dict(batch_size=1), ValueError, r"batch_size must be an int >= 2"),
+        (dict(batch_size=64), ValueError, r"hold 50 samples, fewer than one batch of batch_size=64"),
+        (dict(negatives="pairs", batch_size=10), ValueError, r"negatives must be one of"),
+        (dict(generator=3, batch_size=10), TypeError, r"generator must be a torch\.Generator"),
+    ],
+)
+def test_evaluate_bad_arguments(kwargs, exc, pattern):
+    x, y = TASK.sample(50, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(exc, match=pattern):
+        mie.evaluate("dv", TASK.log_density_ratio, x, y, **kwargs)
+    with pytest.raises(TypeError, match=r"estimator must be a registered name or an Estimator"):
+        mie.evaluate(3, TASK.log_density_ratio, x, y)
+    with pytest.raises(ValueError, match=r"x and y must be \[M, dx\] and \[M, dy\]"):
+        mie.evaluate("dv", TASK.log_density_ratio, x, y[:10])
+
+
+def test_history_evaluates_its_trained_critic_on_held_out_samples():
+    hist = mie.estimate("nwj", TASK, critic="bilinear", steps=20, batch_size=32, lr=1e-2, seed=0)
+    assert hist.task is TASK and hist.batch_size == 32
+    xe, ye = TASK.sample(320, generator=torch.Generator().manual_seed(7))
+    by_hand = mie.evaluate(hist.module, hist.critic, xe, ye, batch_size=32)
+    assert hist.evaluate(xe, ye) == by_hand
+    assert hist.heldout(n=320, generator=torch.Generator().manual_seed(7)) == by_hand
+    # another estimator reading the same critic, and another batch size
+    other = hist.evaluate(xe, ye, estimator="dv", batch_size=64)
+    assert other.n_batches == 5 and other != by_hand
+    # trained on fixed samples or a schedule: no task to draw from unless one is given
+    fixed = mie.estimate("nwj", x=xe, y=ye, critic="bilinear", steps=2, batch_size=16)
+    with pytest.raises(ValueError, match=r"heldout needs a task"):
+        fixed.heldout()
+    assert fixed.heldout(TASK, n=64, generator=torch.Generator().manual_seed(0)).n_batches == 4
+
+
+def test_proposal_estimators_evaluate_without_mcmc():
+    """misa's default log_z="mcmc" needs the chains for its loss only: evaluation uses the Monte Carlo value."""
+    task = CorrelatedGaussian(dim=2, mi=1.0)
+    hist = mie.estimate(
+        "misa", task, critic="bilinear", steps=3, batch_size=16, estimator_options=dict(n_samples=4, k=8)
+    )
+    assert hist.negatives == "proposal"
+    ev = hist.heldout(n=64, generator=torch.Generator().manual_seed(0))
+    assert ev.negatives == "proposal" and ev.n_batches == 4 and math.isfinite(ev.mean)
+    assert hist.module.last_log_z.tilted is None  # no chain ran

@@ -183,3 +183,56 @@ def test_misa_per_chain_option_reaches_the_sampler():
     """`per_chain=False`: one step size for all chains (TFP's adaptation with a scalar step, the official code's)."""
     assert make("misa", per_chain=False).partition.sampler.per_chain is False
     assert make("misa").partition.sampler.per_chain is True
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the bound from the negatives alone: the tilted (MCMC) samples serve the loss only
+
+
+@pytest.mark.parametrize(
+    "name, options, fn",
+    [
+        ("misa", {}, misa_bound),  # log_z="mcmc" by default
+        ("misa-dv", {"log_z": "mcmc"}, misa_dv_bound),
+        ("misa-f", {"log_z": "mcmc"}, misa_f_bound),
+    ],
+)
+def test_mcmc_mode_bound_needs_no_tilted_samples_but_the_loss_does(name, options, fn):
+    est = make(name, **options)
+    assert est.log_z_mode == "mcmc"
+    neg = torch.tensor([[0.1, 0.5], [1.0, -1.0], [0.0, 0.3]], dtype=torch.float64, requires_grad=True)
+    lq = torch.tensor([-1.0, -0.5, 0.2], dtype=torch.float64)
+    s = Scores(
+        torch.tensor([0.3, 1.0, -0.2], dtype=torch.float64), neg, log_proposal=lq, marginal_entropy=1.5
+    )
+    value = est.bound(s)
+    # the Monte Carlo value over the proposal negatives, differentiable through them
+    torch.testing.assert_close(value, fn(s, log_z="mc"))
+    (grad,) = torch.autograd.grad(value, neg)
+    assert bool((grad < 0).all())
+    with pytest.raises(ValueError, match=rf"'{name}' with log_z='mcmc' needs Scores\.tilted .*for its loss"):
+        est.loss(s)
+    # with tilted samples: the same value, and the loss trains through them
+    tilted = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    s_t = Scores(s.positive, neg, log_proposal=lq, marginal_entropy=1.5, tilted=tilted)
+    torch.testing.assert_close(est.bound(s_t), value)
+    (g_tilted,) = torch.autograd.grad(est.loss(s_t), tilted)
+    assert bool((g_tilted > 0).all())
+
+
+def test_scores_without_chains_for_evaluation():
+    task = CorrelatedGaussian(dim=2, mi=1.0)
+    est = make("misa", x_dim=2, y_dim=2, n_samples=3, k=6)
+    x, y = task.sample(8, generator=torch.Generator().manual_seed(0))
+    s = est.scores(
+        x,
+        y,
+        BilinearCritic(2, 2),
+        torch.Generator().manual_seed(1),
+        marginal_entropy=task.entropy_y,
+        tilted=False,
+    )
+    assert s.tilted is None and s.negative.shape == (8, 6)
+    assert math.isfinite(float(est.bound(s)))
+    s = est.scores(x, y, BilinearCritic(2, 2), generator=torch.Generator().manual_seed(1))
+    assert s.tilted is not None and s.tilted.shape == (8, 3)

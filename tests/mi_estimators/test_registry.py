@@ -17,7 +17,21 @@ from mi_estimators.bounds import MINE, SMILE, dv_bound, nwj_bound
 from mi_estimators.options import integer, number
 from mi_estimators.registry import _REGISTRY, _accepted_options
 
-ANCHORS = ["ba", "club", "dv", "infonce", "interpolated", "js", "mine", "nwj", "smile", "tuba"]
+ANCHORS = [
+    "ba",
+    "club",
+    "dv",
+    "infonce",
+    "interpolated",
+    "js",
+    "mine",
+    "nwj",
+    "smile",
+    "tuba",
+    "kl-dime",
+    "gan-dime",
+    "hd-dime",
+]
 #: every estimator the package registers (user registrations in these tests come and go)
 BUILTIN = mie.available()
 
@@ -76,6 +90,9 @@ def test_make_unknown_name_lists_what_is_available():
         ("dv", {"bogus": 1}),
         ("nwj", {"ema_rate": 0.1}),
         ("infonce", {"alpha": 0.5}),
+        ("kl-dime", {"alpha": 1.0}),
+        ("gan-dime", {"negatives": "all-pairs"}),
+        ("hd-dime", {"bogus": 1}),
     ],
 )
 def test_make_unknown_option_names_the_option_and_the_estimator(name, options):

@@ -428,6 +428,76 @@ def test_staircase_custom_levels_and_task_cache():
     assert c.mi == 4.0 and c is not a
 
 
+@pytest.mark.parametrize("base", ["gaussian", "student_t"])
+@pytest.mark.parametrize("transform", [None, "cubic", "asinh", ("half_cube", None)])
+def test_staircase_of_any_base_and_transform_has_the_level_as_its_mi(base, transform):
+    levels = (2.0, 4.0, 6.0)
+    for step, level in ((0, 2.0), (9, 2.0), (10, 4.0), (25, 6.0), (99, 6.0)):
+        task = T.staircase_task(
+            step, dim=3, steps_per_level=10, levels=levels, base=base, transform=transform
+        )
+        assert task.mi == level and task.dim_x == task.dim_y == 3
+    # cached per (base, transform, dim, level)
+    a = T.staircase_task(10, dim=3, steps_per_level=10, levels=levels, base=base, transform=transform)
+    assert a is T.staircase_task(19, dim=3, steps_per_level=10, levels=levels, base=base, transform=transform)
+    assert a is not T.staircase_task(
+        10, dim=4, steps_per_level=10, levels=levels, base=base, transform=transform
+    )
+    if transform is not None:
+        assert isinstance(a, T.TransformedTask)
+        assert isinstance(a.base, T.CorrelatedGaussian if base == "gaussian" else T.StudentTTask)
+    else:
+        assert isinstance(a, T.CorrelatedGaussian if base == "gaussian" else T.StudentTTask)
+
+
+@pytest.mark.parametrize("transform", [None, "cubic"])
+def test_student_t_staircase_level_is_its_true_mi(transform):
+    """The correlation solved for the level gives a task whose Monte Carlo mean log density ratio is the level
+    (sd of the mean ~0.02 at this size; 0.1 allowed), through the transform too."""
+    task = T.staircase_task(0, dim=4, levels=(3.0,), base="student_t", df=2.0, transform=transform)
+    base = task.base if transform else task
+    assert base.df == 2.0 and 0.0 < base.rho < 1.0
+    assert base.gaussian_mi + base.correction == pytest.approx(3.0, abs=1e-9)
+    x, y = task.sample(20_000, generator=gen(1), dtype=torch.float64)
+    assert abs(float(task.log_density_ratio(x, y).mean()) - 3.0) < 0.1
+
+
+def test_staircase_custom_base_and_the_old_signature():
+    made = []
+
+    def base(dim, mi):
+        made.append((dim, mi))
+        return T.MultivariateNormalTask(T.CorrelatedGaussian(dim, mi).covariance, dim)
+
+    task = T.staircase_task(5, 2, 4, (1.0, 2.5), base=base, transform="asinh")
+    assert task.mi == pytest.approx(2.5) and made == [(2, 2.5)]
+    assert T.staircase_task(6, 2, 4, (1.0, 2.5), base=base, transform="asinh") is task and len(made) == 1
+    old = T.staircase_task(4000)  # the default: CorrelatedGaussian(20, 4)
+    assert isinstance(old, T.CorrelatedGaussian) and old.dim == 20 and old.mi == 4.0
+    with pytest.raises(ValueError, match=r"returned a task with mi=.*not 2\.5"):
+        T.staircase_task(5, 2, 4, (1.0, 2.5), base=lambda d, m: T.CorrelatedGaussian(d, 1.0))
+
+
+STAIRCASE_BAD = [
+    (lambda: T.staircase_task(0, base="cauchy"), ValueError, r"base must be one of \['gaussian'"),
+    (lambda: T.staircase_task(0, transform="square"), ValueError, r"unknown transform 'square'"),
+    (lambda: T.staircase_task(0, transform=(1, 2, 3)), ValueError, r"transform must be None, a name"),
+    (lambda: T.staircase_task(0, base="student_t", df=0.0), ValueError, r"df must be > 0; got 0"),
+    (
+        lambda: T.staircase_task(0, dim=20, levels=(0.5,), base="student_t", df=3.0),
+        ValueError,
+        r"df=3 and dim=20 has MI >= 0\.79\d* nats.*mi=0\.5 is below it",
+    ),
+    (lambda: T.staircase_task(0, dim=1, transform="spiral"), ValueError, r"spiral.*>= 2"),
+]
+
+
+@pytest.mark.parametrize("fn, exc, match", STAIRCASE_BAD, ids=[m for _, _, m in STAIRCASE_BAD])
+def test_staircase_task_bad_arguments(fn, exc, match):
+    with pytest.raises(exc, match=match):
+        fn()
+
+
 @settings(max_examples=50, deadline=None)
 @given(s1=st.integers(0, 30_000), s2=st.integers(0, 30_000))
 def test_staircase_is_monotone_and_on_levels(s1, s2):
