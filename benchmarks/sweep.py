@@ -1,5 +1,5 @@
-"""One sweep runner on Ray Tune for every grid of trials: offline RL (variant x dataset x seed) and the MI staircase
-(estimator x critic x seed [x dim]).
+"""One sweep runner on Ray Tune for every grid of trials: offline RL (variant x dataset x seed) and the MI estimator
+suite on the staircase (estimator x task x critic x seed; or estimator x critic x dim x seed on CorrelatedGaussian).
 
     python benchmarks/sweep.py benchmarks/sweeps/smoke.yaml                    # local Ray, all cores
     python benchmarks/sweep.py benchmarks/sweeps/hopper-medium-50k.yaml --max-concurrent 2
@@ -14,7 +14,8 @@ at its end). Rerunning the same command after a kill skips finished trials (they
 resumes unfinished RL trials exactly from their `checkpoint.pt`, and restarts unfinished staircase trials.
 
 Outputs in `<out>`: `results.csv` (one row per trial and evaluation, or per trial and staircase level),
-`summary.csv`, `results.md` (mean +- std over seeds), `curves_<dataset>.png` (RL) or `staircase.png`,
+`summary.csv`, `results.md` (mean +- std over seeds), `curves_<dataset>.png` (RL) or `staircase_<task>.png` and
+`heldout_<task>.png`,
 `behaviour.json` (cached behaviour-data scores), `sweep.log` (the driver's log), `errors/<id>.txt` (tracebacks of
 failed trials), `ray/` (Ray Tune's own experiment folders). Exit status: 0 when every trial finished, 1 when a trial
 failed or is unfinished, 2 for a bad spec.
@@ -70,8 +71,16 @@ __all__ = [
 KINDS = ("rl", "staircase")
 TOP_KEYS = ("name", "kind", "description", "base", "grid", "resources", "max_concurrent")
 RL_AXES = ("variant", "dataset", "seed")
-STAIRCASE_AXES = ("estimator", "critic", "seed", "dim")
-STAIRCASE_BASE = {"steps_per_level": 4000, "batch_size": 64, "dim": 20, "threads": 1}
+STAIRCASE_AXES = ("estimator", "task", "critic", "seed", "dim")
+STAIRCASE_BASE = {
+    "steps_per_level": 4000,
+    "batch_size": 64,
+    "dim": 20,
+    "threads": 1,
+    "heldout_samples": 4096,  # per level; 0: no held-out estimate
+    "record_every": 10,  # result.json keeps every n-th per-step estimate (for the plots)
+}
+STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value of each base key (default 1)
 CRITICS = ("separable", "concat")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
 IGNORED_DRIFT = ("run_dir", "threads", "device")  # may change between reruns without invalidating a run
@@ -98,8 +107,9 @@ class Spec:
     """A validated grid spec and its trials (in grid order).
 
     Each trial is a plain dict (it travels to Ray workers): `id`, `kind`, `params` (the grid point: variant, dataset,
-    dataset_size, seed for rl; estimator, critic, dim, seed for staircase) and, for rl, `config` (a YAML path or
-    None), `overrides` (`rl.train` field -> value, dotted keys into dict fields) or, for staircase, `settings`.
+    dataset_size, seed for rl; estimator, task, critic, dim, seed for staircase) and, for rl, `config` (a YAML path
+    or None), `overrides` (`rl.train` field -> value, dotted keys into dict fields) or, for staircase, `settings`
+    (the base values and the task's definition).
     """
 
     name: str
@@ -306,6 +316,7 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
 def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     import mi_estimators as mie
 
+    sc = _staircase_module()
     unknown = [k for k in grid if k not in STAIRCASE_AXES]
     if unknown:
         raise SpecError(
@@ -321,7 +332,12 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
         )
     settings = {**STAIRCASE_BASE, **spec.base}
     for k in settings:
-        settings[k] = _int(settings[k], f"base.{k}", 2 if k == "steps_per_level" else 1)
+        settings[k] = _int(settings[k], f"base.{k}", STAIRCASE_LOW.get(k, 1))
+    if 0 < settings["heldout_samples"] < settings["batch_size"]:
+        raise SpecError(
+            f"base.heldout_samples must be 0 (no held-out estimate) or at least one batch "
+            f"(batch_size {settings['batch_size']}); got {settings['heldout_samples']}"
+        )
     if "dim" in grid and "dim" in spec.base:
         raise SpecError("base.dim: the grid has a dim axis")
     available = mie.available()
@@ -335,26 +351,50 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     for i, c in enumerate(critics):
         if c not in CRITICS:
             raise SpecError(f"grid.critic[{i}]: unknown critic {c!r}; known: {', '.join(CRITICS)}")
-    dims = [
-        _int(d, f"grid.dim[{i}]", 1)
-        for i, d in enumerate(_list(grid.get("dim", [settings["dim"]]), "grid.dim"))
-    ]
     seeds = [_int(s, f"grid.seed[{i}]", 0) for i, s in enumerate(_list(grid["seed"], "grid.seed"))]
-    trials = []
-    for est, critic, dim, seed in itertools.product(estimators, critics, dims, seeds):
-        trials.append(
-            {
-                "id": f"{_tag(est)}__{critic}__d{dim}__s{seed}",
-                "kind": "staircase",
-                "params": {"estimator": est, "critic": critic, "dim": dim, "seed": seed},
-                "settings": {
-                    "steps_per_level": settings["steps_per_level"],
-                    "batch_size": settings["batch_size"],
-                    "threads": settings["threads"],
-                },
-            }
-        )
-    return trials
+    if "task" in grid:
+        if "dim" in grid or "dim" in spec.base:
+            where = "grid.dim" if "dim" in grid else "base.dim"
+            raise SpecError(f"{where}: the grid has a task axis; give each task its dim")
+        tasks = []
+        for i, v in enumerate(_list(grid["task"], "grid.task")):
+            try:
+                tasks.append(sc.parse_task(v))
+            except ValueError as e:
+                raise SpecError(f"grid.task[{i}]: {e}") from None
+        names = [t.name for t in tasks]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise SpecError(f"grid.task: two tasks are named {dup!r}")
+        points = [
+            (est, task, critic, seed, f"{_tag(est)}__{task.name}__{critic}__s{seed}")
+            for est, task, critic, seed in itertools.product(estimators, tasks, critics, seeds)
+        ]
+    else:  # the CorrelatedGaussian staircase of each `dim` (specs written before the task axis; same trial ids)
+        dims = [
+            _int(d, f"grid.dim[{i}]", 1)
+            for i, d in enumerate(_list(grid.get("dim", [settings["dim"]]), "grid.dim"))
+        ]
+        points = [
+            (
+                est,
+                sc.TaskSpec(name=f"gauss-d{dim}", dim=dim),
+                critic,
+                seed,
+                f"{_tag(est)}__{critic}__d{dim}__s{seed}",
+            )
+            for est, critic, dim, seed in itertools.product(estimators, critics, dims, seeds)
+        ]
+    base = {k: settings[k] for k in STAIRCASE_BASE if k != "dim"}
+    return [
+        {
+            "id": tid,
+            "kind": "staircase",
+            "params": {"estimator": est, "task": task.name, "critic": critic, "dim": task.dim, "seed": seed},
+            "settings": {**base, "task": task.as_dict()},
+        }
+        for est, task, critic, seed, tid in points
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -467,8 +507,9 @@ def run_trial(
     """Run (or resume) one trial to its end and write `<out>/runs/<id>/result.json`; returns the result.
 
     RL: an `rl.train.Trainer` in `<out>/runs/<id>`, resumed from its checkpoint when there is one, trained in chunks
-    up to each evaluation; `report(metrics)` after each chunk. Staircase: `benchmarks/staircase.py`'s `run` and
-    `summarise`. A failure writes `<out>/errors/<id>.txt` and re-raises.
+    up to each evaluation; `report(metrics)` after each chunk. Staircase: `benchmarks/staircase.py`'s
+    `run_protocol` (training over the staircase, per-level bias/variance/MSE, a held-out estimate at each level's
+    end) on one thread count, `settings["threads"]`. A failure writes `<out>/errors/<id>.txt` and re-raises.
     """
     out = Path(out).resolve()
     err = out / "errors" / f"{trial['id']}.txt"
@@ -556,25 +597,47 @@ def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[s
     sc = _staircase_module()
     p, s = trial["params"], trial["settings"]
     torch.set_num_threads(s["threads"])
+    tlog = _trial_logger(out, trial["id"])
+    tlog.info("started %s on %d thread(s)", trial["id"], torch.get_num_threads())
     t0 = time.perf_counter()
-    est = sc.run(p["estimator"], p["critic"], s["steps_per_level"], p["dim"], s["batch_size"], p["seed"])
+    run = sc.run_protocol(
+        p["estimator"],
+        sc.TaskSpec(**s["task"]),
+        p["critic"],
+        s["steps_per_level"],
+        s["batch_size"],
+        p["seed"],
+        heldout_samples=s["heldout_samples"],
+    )
     seconds = time.perf_counter() - t0
-    levels = sc.summarise(est, s["steps_per_level"])
+    est = run["estimates"]
+    if run["stopped_at"] is not None:
+        tlog.info("%s stopped at step %d: %s", trial["id"], run["stopped_at"], run["error"])
     result = {
         "id": trial["id"],
         "kind": "staircase",
         "params": p,
         "settings": s,
         "step": len(est),
-        "levels": levels,
-        "estimates": est,
+        "steps": s["steps_per_level"] * len(sc.LEVELS),
+        "stopped_at": run["stopped_at"],
+        "error": run["error"],
+        "negatives": run["negatives"],
+        "levels": run["levels"],
+        "heldout": run["heldout"],
+        "estimates_every": s["record_every"],
+        "estimates": est[:: s["record_every"]],
         "seconds": round(seconds, 2),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "code": sc.code_fingerprint(),
     }
     d.mkdir(parents=True, exist_ok=True)
     _write_json(d / RESULT, result)
-    mse = [r["mse"] for r in levels]
+    tlog.info("finished %s in %.1f s", trial["id"], seconds)
+    mse = [r["mse"] for r in run["levels"] if math.isfinite(r["mse"])]
     report({"step": len(est), "mean_mse": statistics.fmean(mse) if mse else None})
-    return result
+    return json.loads((d / RESULT).read_text())  # as a rerun reads it (non-finite floats are strings in JSON)
 
 
 def _trial_logger(out: Path, trial_id: str) -> logging.Logger:
@@ -969,7 +1032,8 @@ def gather(spec: Spec, out: str | os.PathLike) -> dict[str, Any]:
 
     RL: `rows` (one per trial and evaluation), `trials` (id, params, status finished/unfinished/error/pending, step
     reached, final score), `cells` ((variant, dataset label) -> mean/std/n over finished seeds, and the unfinished
-    ones), `behaviour` (label -> cached score). Staircase: `rows` (one per trial and level), `trials`, `cells`.
+    ones), `behaviour` (label -> cached score). Staircase: `rows` (one per finished trial and level), `trials`,
+    `cells` ((estimator, task, critic, true MI) -> per-seed lists of bias, variance, mse, heldout), `runs`.
     """
     out = Path(out).resolve()
     return _gather_rl(spec, out) if spec.kind == "rl" else _gather_staircase(spec, out)
@@ -1063,13 +1127,33 @@ def _median_rate(progress: Path) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def _num(value: Any) -> float:
+    """A number of a result.json: non-finite floats are written as strings ("nan", "-inf"), missing ones None."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _gather_staircase(spec: Spec, out: Path) -> dict[str, Any]:
     rows, trials, runs = [], [], {}
     for t in spec.trials:
         p, d = t["params"], run_dir(out, t)
-        res = json.loads((d / RESULT).read_text()) if (d / RESULT).exists() else None
         status, error = _status(out, t, False)
-        trials.append({"id": t["id"], **p, "status": status, "error": error})
+        res = json.loads((d / RESULT).read_text()) if status == "finished" else None
+        trials.append(
+            {
+                "id": t["id"],
+                **p,
+                "status": status,
+                "error": error,
+                "seconds": res.get("seconds") if res else None,
+                "stopped_at": res.get("stopped_at") if res else None,
+                "stop_error": res.get("error") if res else None,
+            }
+        )
         if res is None:
             continue
         runs[t["id"]] = res
@@ -1079,21 +1163,26 @@ def _gather_staircase(spec: Spec, out: Path) -> dict[str, Any]:
                     "trial_id": t["id"],
                     **p,
                     "true_mi": r["mi"],
-                    "bias": r["bias"],
-                    "variance": r["variance"],
-                    "mse": r["mse"],
+                    "bias": _num(r["bias"]),
+                    "variance": _num(r["variance"]),
+                    "mse": _num(r["mse"]),
                     "nonfinite": r["nonfinite"],
-                    "seconds": res["seconds"],
+                    "heldout": _num(r.get("heldout")),
+                    "heldout_batch_std": _num(r.get("heldout_std")),
+                    "stopped_at": res.get("stopped_at"),
                 }
             )
     cells: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        key = (r["estimator"], r["critic"], r["dim"], r["true_mi"])
-        c = cells.setdefault(key, {"bias": [], "variance": [], "mse": [], "seeds": []})
-        for m in ("bias", "variance", "mse"):
+        key = (r["estimator"], r["task"], r["critic"], r["true_mi"])
+        c = cells.setdefault(key, {m: [] for m in (*STAIRCASE_METRICS, "seeds")})
+        for m in STAIRCASE_METRICS:
             c[m].append(r[m])
         c["seeds"].append(r["seed"])
     return {"kind": "staircase", "rows": rows, "trials": trials, "cells": cells, "runs": runs}
+
+
+STAIRCASE_METRICS = ("bias", "variance", "mse", "heldout")
 
 
 def _csv_text(header: str, fields: list[str], rows: list[dict[str, Any]]) -> str:
@@ -1260,10 +1349,45 @@ def _plot_curves(spec: Spec, g: dict[str, Any], label: str, variants: list[str],
     return True
 
 
+def _finite_stats(values: list[float]) -> tuple[float | None, float | None, int]:
+    """Mean and sample std over the finite values (None when there are none; std None for one), and their count."""
+    ok = [v for v in values if math.isfinite(v)]
+    if not ok:
+        return None, None, 0
+    mean, std = _mean_std(ok)
+    return mean, std, len(ok)
+
+
+def _number(v: float, signed: bool = False) -> str:
+    """A table number: 2 decimals in the usual range, fewer digits for huge values, 2 significant for tiny ones."""
+    a = abs(v)
+    if a >= 1e4:
+        return f"{v:.2e}"
+    if a >= 100:
+        return f"{v:+.0f}" if signed else f"{v:.0f}"
+    if a >= 0.01 or v == 0:
+        return f"{v:+.2f}" if signed else f"{v:.2f}"
+    return f"{v:+.1e}" if signed else f"{v:.1e}"
+
+
+def _stair_cell(values: list[float] | None, signed: bool = False) -> str:
+    """`mean ± std` over the seeds with a finite value; `(k/n)` when only k of the n seeds have one."""
+    if values is None:
+        return ""
+    mean, std, k = _finite_stats(values)
+    if mean is None:
+        return f"— (0/{len(values)})"
+    spread = "" if std is None else f"{std:.0f}" if 100 <= abs(mean) < 1e4 and std < 1e4 else _number(std)
+    text = _number(mean, signed) + (f" ± {spread}" if spread else "")
+    return text + (f" ({k}/{len(values)})" if k < len(values) else "")
+
+
 def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) -> list[Path]:
+    sc = _staircase_module()
     fields = [
         "trial_id",
         "estimator",
+        "task",
         "critic",
         "dim",
         "seed",
@@ -1272,107 +1396,264 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
         "variance",
         "mse",
         "nonfinite",
-        "seconds",
+        "heldout",
+        "heldout_batch_std",
+        "stopped_at",
     ]
     files = [_write_text(out / "results.csv", _csv_text(head, fields, g["rows"]))]
+    seconds: dict[tuple, list[float]] = {}
+    for t in g["trials"]:
+        if t["seconds"] is not None:
+            seconds.setdefault((t["estimator"], t["task"], t["critic"]), []).append(t["seconds"])
+    dims = {t["params"]["task"]: t["params"]["dim"] for t in spec.trials}
     srows = []
-    for (est, critic, dim, mi), c in g["cells"].items():
-        row = {"estimator": est, "critic": critic, "dim": dim, "true_mi": mi, "n_seeds": len(c["seeds"])}
-        for m in ("bias", "variance", "mse"):
-            row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(c[m])
+    for (est, task, critic, mi), c in g["cells"].items():
+        row = {
+            "estimator": est,
+            "task": task,
+            "critic": critic,
+            "dim": dims[task],
+            "true_mi": mi,
+            "n_seeds": len(c["seeds"]),
+        }
+        for m in STAIRCASE_METRICS:
+            mean, std, k = _finite_stats(c[m])
+            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = mean, std, k
+        secs = seconds.get((est, task, critic))
+        row["seconds_median"] = statistics.median(secs) if secs else None
         srows.append(row)
     files.append(
         _write_text(out / "summary.csv", _csv_text(head, list(srows[0]) if srows else ["estimator"], srows))
     )
     s = spec.trials[0]["settings"]
-    levels = sorted({k[3] for k in g["cells"]})
-    groups = list(
-        dict.fromkeys(
-            (t["params"]["estimator"], t["params"]["critic"], t["params"]["dim"]) for t in spec.trials
-        )
+    estimators = list(dict.fromkeys(t["params"]["estimator"] for t in spec.trials))
+    tasks = {t["params"]["task"]: sc.TaskSpec(**t["settings"]["task"]) for t in spec.trials}
+    critics = list(dict.fromkeys(t["params"]["critic"] for t in spec.trials))
+    seeds = sorted({t["params"]["seed"] for t in spec.trials})
+    levels = list(sc.LEVELS)
+    heldout = (
+        f"the critic as it is at the end of each level, evaluated with the same estimator on "
+        f"{s['heldout_samples']} fresh samples of that level's task (batches of {s['batch_size']}, the training "
+        "negatives; a generator seeded apart from training's, see `staircase.heldout_seed`)"
+        if s["heldout_samples"]
+        else "off (`heldout_samples: 0`)"
     )
     lines = [
         f"<!-- regenerate: {cmd} (add --report-only to rebuild the tables from the run folders alone) -->",
-        f"# Sweep `{spec.name}`: MI staircase",
+        f"# Sweep `{spec.name}`: MI estimators on the staircase",
         "",
         f"Regenerate: `{cmd}` (reruns unfinished trials only; `--report-only` rebuilds the tables alone). "
         f"Spec: `{_display(spec.path)}`.",
         "",
-        f"CorrelatedGaussian, true MI {', '.join(f'{m:g}' for m in levels) or '2..10'} nats, "
-        f"{s['steps_per_level']} steps per level, batch {s['batch_size']}; per level, over the second half of the "
-        "level: bias, variance and MSE of the per-step estimate, mean ± sample std over seeds (n = seeds).",
+        f"Protocol (f-DIME's, Poole et al.'s): true MI {', '.join(f'{m:g}' for m in levels)} nats, "
+        f"{s['steps_per_level']} steps per level, a fresh batch of {s['batch_size']} per step, Adam "
+        f"{sc.LR:g}, one run over the whole staircase; critics `separable` f(x)·g(y) (hidden 256, embedding 32) "
+        "and `concat` MLP([x, y]) (hidden 128, 128); the estimator's own negatives (all pairs of the batch; one "
+        "derangement for kl-dime, gan-dime, hd-dime). **Bias, variance, MSE**: of the per-step training estimate "
+        "(the bound on the step's batch, before its update) over the second half of each level. **Held-out**: "
+        f"{heldout}. Cells: mean ± sample std over seeds ({', '.join(map(str, seeds))}); `(k/n)`: only k of "
+        "the n seeds have a finite value (a run that stopped on a non-finite step has none after it). "
+        f"Trials on {s['threads']} thread(s); the same seed and thread count give the same numbers.",
+        "",
+        "| task | law | dim |",
+        "|---|---|---|",
     ]
-    for metric, unit in (("bias", "nats"), ("variance", "nats²"), ("mse", "nats²")):
+    lines += [f"| `{name}` | {t.describe()} | {t.dim} |" for name, t in tasks.items()]
+    tables = (
+        ("MSE", "mse", "nats²", False),
+        ("bias", "bias", "nats", True),
+        ("variance", "variance", "nats²", False),
+        ("held-out estimate", "heldout", "nats; the truth is the column's level", False),
+    )
+    plots = []
+    for name, task in tasks.items():
+        for critic in critics:
+            rows_here = [e for e in estimators if any(g["cells"].get((e, name, critic, m)) for m in levels)]
+            if not rows_here:
+                continue
+            lines += ["", f"## `{name}`, {critic} critic", "", f"{task.describe()}."]
+            for title, metric, unit, signed in tables:
+                if metric == "heldout" and not s["heldout_samples"]:
+                    continue
+                lines += ["", f"**{title}** ({unit})", ""]
+                lines.append("| estimator | n | " + " | ".join(f"{m:g}" for m in levels) + " |")
+                lines.append("|---|---|" + "---|" * len(levels))
+                for est in rows_here:
+                    cs = [g["cells"].get((est, name, critic, m)) for m in levels]
+                    n = max(len(c["seeds"]) for c in cs if c)
+                    vals = [_stair_cell(c[metric] if c else None, signed) for c in cs]
+                    lines.append(f"| {est} | {n} | " + " | ".join(vals) + " |")
+        if any(r["task"] == name for r in g["rows"]):
+            for kind, draw in (("staircase", _plot_staircase), ("heldout", _plot_heldout)):
+                if kind == "heldout" and not s["heldout_samples"]:
+                    continue
+                path = out / f"{kind}_{name}.png"
+                draw(spec, g, name, task, estimators, critics, path)
+                plots.append(path)
+                lines += ["", f"![{kind} {name}]({path.name})"]
+    if seconds:
         lines += [
             "",
-            f"**{metric}** ({unit})",
+            "## Cost",
             "",
-            "| estimator | critic | dim | n | " + " | ".join(f"{m:g}" for m in levels) + " |",
+            "Seconds per trial (median over its tasks and seeds; wall time of the training and the held-out "
+            f"estimates, {s['threads']} thread(s), beside whatever else the machine ran).",
+            "",
+            "| estimator | " + " | ".join(critics) + " |",
+            "|---|" + "---|" * len(critics),
         ]
-        lines.append("|---|---|---|---|" + "---|" * len(levels))
-        for est, critic, dim in groups:
-            cs = [g["cells"].get((est, critic, dim, m)) for m in levels]
-            if not any(cs):
-                continue
-            n = max(len(c["seeds"]) for c in cs if c)
-            vals = [_fmt(*_mean_std(c[metric]), digits=2) if c else "" for c in cs]
-            lines.append(f"| {est} | {critic} | {dim} | {n} | " + " | ".join(vals) + " |")
+        for est in estimators:
+            cells = []
+            for critic in critics:
+                v = [x for (e, _, c), xs in seconds.items() if e == est and c == critic for x in xs]
+                cells.append(f"{statistics.median(v):.1f}" if v else "")
+            lines.append(f"| {est} | " + " | ".join(cells) + " |")
+    made = sorted(
+        {(str(r.get("torch")), str(r.get("code")), str(r.get("threads"))) for r in g["runs"].values()}
+    )
+    if made:
+        lines += [
+            "",
+            "Made with: "
+            + "; ".join(f"torch {t}, `mi_estimators` sources {c}, {n} thread(s)" for t, c, n in made)
+            + " (`staircase.code_fingerprint`; the numbers are reproducible for the same of these and the seed).",
+        ]
+    stopped = [t for t in g["trials"] if t["status"] == "finished" and t["stopped_at"] is not None]
+    if stopped:
+        spl = s["steps_per_level"]
+        lines += ["", "Runs that stopped on a non-finite step (no estimate after it):", ""]
+        lines += [
+            f"- `{t['id']}`: step {t['stopped_at']} (level {levels[min(t['stopped_at'] // spl, len(levels) - 1)]:g}"
+            f"): {t['stop_error']}"
+            for t in stopped
+        ]
     missing = [t for t in g["trials"] if t["status"] != "finished"]
     if missing:
         lines += ["", "Not finished: " + ", ".join(f"`{t['id']}` ({t['status']})" for t in missing)]
-    plots = []
-    if g["runs"]:
-        path = out / "staircase.png"
-        _plot_staircase(spec, g, groups, path)
-        plots.append(path)
-        lines += ["", f"![staircase]({path.name})"]
+        bad = [t for t in missing if t["status"] == "error"]
+        if bad:
+            lines += ["", "Failed trials:", ""] + [f"- `{t['id']}`: {t['error']}" for t in bad]
     files.append(_write_text(out / "results.md", "\n".join(lines) + "\n"))
     return files + plots
 
 
-def _plot_staircase(spec: Spec, g: dict[str, Any], groups: list[tuple], path: Path) -> None:
+def _task_runs(spec: Spec, g: dict[str, Any], task: str, est: str, critic: str) -> list[dict[str, Any]]:
+    return [
+        g["runs"][t["id"]]
+        for t in spec.trials
+        if t["id"] in g["runs"]
+        and (t["params"]["task"], t["params"]["estimator"], t["params"]["critic"]) == (task, est, critic)
+    ]
+
+
+def _mean_band(arrays: list[Any]) -> tuple[Any, Any]:
+    """Mean and sample std over runs of NaN-padded arrays (std 0 for one run), without empty-slice warnings."""
+    import warnings
+
+    import numpy as np
+
+    arr = np.asarray(arrays, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(arr, 0)
+        std = np.nanstd(arr, 0, ddof=1) if len(arrays) > 1 else np.zeros(arr.shape[1])
+    return mean, np.nan_to_num(std)
+
+
+def _plot_staircase(spec, g, task, task_spec, estimators, critics, path: Path) -> None:
+    """Per estimator: the per-step training estimate (mean ± std over seeds) per critic, the held-out estimates at
+    the ends of the levels (markers, ± std over seeds), the true MI as a staircase."""
     import numpy as np
 
     plt = _plt()
     sc = _staircase_module()
-    estimators = list(dict.fromkeys(e for e, _, _ in groups))
+    spl = spec.trials[0]["settings"]["steps_per_level"]
+    total = spl * len(sc.LEVELS)
     cols = min(4, len(estimators))
     nrows = (len(estimators) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), sharey=True, squeeze=False)
-    spl = spec.trials[0]["settings"]["steps_per_level"]
     for ax, est in zip(axes.flat, estimators):
-        for j, (e, critic, dim) in enumerate(x for x in groups if x[0] == est):
-            runs = [
-                g["runs"][t["id"]]["estimates"]
-                for t in spec.trials
-                if t["id"] in g["runs"]
-                and (t["params"]["estimator"], t["params"]["critic"], t["params"]["dim"]) == (e, critic, dim)
-            ]
+        for j, critic in enumerate(critics):
+            runs = _task_runs(spec, g, task, est, critic)
             if not runs:
                 continue
-            arr = np.asarray(runs, dtype=float)
-            mean, std = (
-                np.nanmean(arr, 0),
-                (np.nanstd(arr, 0, ddof=1) if len(runs) > 1 else np.zeros(arr.shape[1])),
-            )
-            x = np.arange(arr.shape[1])
-            ax.plot(x, mean, color=f"C{j}", lw=0.8, label=f"{critic} d{dim} (n={len(runs)})")
+            every = runs[0].get("estimates_every", 1)
+            x = np.arange(0, total, every)
+            series = []
+            for r in runs:
+                v = np.full(len(x), np.nan)
+                e = np.asarray([_num(u) for u in r["estimates"]], dtype=float)[: len(x)]
+                v[: len(e)] = e
+                series.append(v)
+            mean, std = _mean_band(series)
+            ax.plot(x, mean, color=f"C{j}", lw=0.7, label=f"{critic} (n={len(runs)})")
             ax.fill_between(x, mean - std, mean + std, color=f"C{j}", alpha=0.2)
-        total = spl * len(sc.LEVELS)
-        ax.plot(
-            [sc.LEVELS[min(t // spl, len(sc.LEVELS) - 1)] for t in range(total)],
+            held = [[_num(h["mean"]) for h in r.get("heldout", [])] for r in runs]
+            if held and all(len(h) == len(sc.LEVELS) for h in held):
+                hm, hs = _mean_band(held)
+                ends = [(i + 1) * spl - 1 for i in range(len(sc.LEVELS))]
+                ax.errorbar(ends, hm, yerr=hs, fmt="o", ms=3, color=f"C{j}", mec="black", mew=0.5, capsize=2)
+        ax.step(
+            [0, *[(i + 1) * spl for i in range(len(sc.LEVELS))]],
+            [sc.LEVELS[0], *sc.LEVELS],
+            where="pre",
             color="black",
             lw=1.0,
             label="true MI",
         )
         ax.set_title(est)
-        ax.set_ylim(-1, 12)
+        ax.set_ylim(-2, 13)
         ax.set_xlabel("step")
         ax.legend(fontsize=6, loc="upper left")
     for ax in list(axes.flat)[len(estimators) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("MI estimate (nats)")
-    fig.suptitle(f"{spec.name}: mean ± std over seeds")
+    fig.suptitle(
+        f"{spec.name}: {task} = {task_spec.describe()}\ntraining estimate (mean ± std over seeds), "
+        "held-out at each level's end (dots)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _plot_heldout(spec, g, task, task_spec, estimators, critics, path: Path) -> None:
+    """Per critic: the held-out estimate vs the true MI, one line per estimator (mean ± std over seeds)."""
+    plt = _plt()
+    sc = _staircase_module()
+    levels = list(sc.LEVELS)
+    fig, axes = plt.subplots(1, len(critics), figsize=(5.5 * len(critics), 4.2), sharey=True, squeeze=False)
+    for ax, critic in zip(axes[0], critics):
+        for j, est in enumerate(estimators):
+            runs = _task_runs(spec, g, task, est, critic)
+            held = [[_num(h["mean"]) for h in r.get("heldout", [])] for r in runs]
+            held = [h for h in held if len(h) == len(levels)]
+            if not held:
+                continue
+            mean, std = _mean_band(held)
+            ax.errorbar(
+                levels,
+                mean,
+                yerr=std,
+                marker="o",
+                ms=3,
+                lw=1,
+                capsize=2,
+                color=f"C{j % 10}",
+                ls="-" if j < 10 else "--",
+                label=f"{est} (n={len(held)})",
+            )
+        ax.plot(levels, levels, color="black", lw=1.2, ls=":", label="true MI")
+        ax.set_title(f"{critic} critic")
+        ax.set_xlabel("true MI (nats)")
+        ax.set_ylim(-5, 13)  # values below are in the held-out table
+    axes[0][0].set_ylabel("held-out estimate (nats)")
+    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(
+        f"{spec.name}: {task} = {task_spec.describe()}\nheld-out estimate at the end of each level",
+        fontsize=9,
+    )
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

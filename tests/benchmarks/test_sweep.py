@@ -1,6 +1,8 @@
 """The sweep runner (benchmarks/sweep.py): spec validation, trial ids, gathering and the tables on hand-written run
 folders, a trial's exact resume after a simulated kill, and end-to-end local Ray sweeps (a tiny BC/TD3+BC grid on a
 hand-made 400-transition Hopper file; the rerun after a kill skips finished trials and resumes the interrupted one).
+The estimator suite (kind staircase): the task axis, held-out estimates per level, the report's tables, and
+bit-identical reruns.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -30,6 +33,7 @@ from rl.data import OfflineDataset  # noqa: E402
 from rl.train import Trainer  # noqa: E402
 
 SPECS = REPO / "benchmarks" / "sweeps"
+REDUCED_TRIALS = 11 * 5 * 2 * 3  # the full grid at 1000 steps per level
 TINY_NETS = "batch_size: 32, hidden_q: [16, 16], hidden_pi: [16, 16], log_every: 25"
 
 
@@ -157,6 +161,43 @@ grid:
             r"grid\.critic\[0\]: unknown critic 'mlp'",
         ),
         ("name: s\nkind: staircase\ngrid: {estimator: [nwj]}\n", r"grid: missing axis 'seed'"),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [gauss-d5, gaus-d5], seed: [0]}\n",
+            r"grid\.task\[1\]: task name 'gaus-d5' is not <base>\[-<transform>\]-d<dim>",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [gauss-twist-d5], seed: [0]}\n",
+            r"grid\.task\[0\]: unknown transform 'twist'",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [{dim: 5, df: 3}], seed: [0]}\n",
+            r"grid\.task\[0\]: df applies to base student_t only",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [{dim: 5, dimm: 3}], seed: [0]}\n",
+            r"grid\.task\[0\]: unknown key 'dimm'",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [student-t0.1-d20], seed: [0]}\n",
+            r"grid\.task\[0\]: a Student-t task with df=0.1 and dim=20 has MI >= 3\.408 nats",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [gauss-d5, {name: gauss-d5, dim: 4}], "
+            "seed: [0]}\n",
+            r"grid\.task: two tasks are named 'gauss-d5'",
+        ),
+        (
+            "name: s\nkind: staircase\ngrid: {estimator: [nwj], task: [gauss-d5], dim: [5], seed: [0]}\n",
+            r"grid\.dim: the grid has a task axis; give each task its dim",
+        ),
+        (
+            "name: s\nkind: staircase\nbase: {dim: 5}\ngrid: {estimator: [nwj], task: [gauss-d5], seed: [0]}\n",
+            r"base\.dim: the grid has a task axis",
+        ),
+        (
+            "name: s\nkind: staircase\nbase: {heldout_samples: 10}\ngrid: {estimator: [nwj], seed: [0]}\n",
+            r"base\.heldout_samples must be 0 \(no held-out estimate\) or at least one batch \(batch_size 64\)",
+        ),
         ("- a list\n", r"must be a mapping"),
     ],
 )
@@ -197,6 +238,9 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     for name, n in (
         ("smoke", 4),
         ("staircase-smoke", 4),
+        ("estimators", 11 * 5 * 2 * 3),
+        ("estimators-reduced", REDUCED_TRIALS),
+        ("estimators-smoke", 8),
         ("misa-cost", 4),
         ("locomotion-10k", 81),
         ("locomotion-1m", 297),
@@ -204,6 +248,37 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         assert len(sweep.load_spec(SPECS / f"{name}.yaml").trials) == n
     st = sweep.load_spec(SPECS / "staircase-smoke.yaml")
     assert [t["id"] for t in st.trials][:2] == ["nwj__separable__d20__s0", "nwj__separable__d20__s1"]
+    assert st.trials[0]["settings"]["task"] == {
+        "name": "gauss-d20",
+        "base": "gaussian",
+        "dim": 20,
+        "transform": None,
+        "df": None,
+    }
+    full = sweep.load_spec(SPECS / "estimators.yaml")
+    s = full.trials[0]["settings"]
+    assert (s["steps_per_level"], s["batch_size"], s["heldout_samples"], s["threads"]) == (4000, 64, 4096, 1)
+    assert {t["params"]["estimator"] for t in full.trials} >= {
+        *("dv", "mine", "nwj", "infonce", "js", "tuba", "smile", "interpolated"),
+        *("kl-dime", "gan-dime", "hd-dime"),
+    }
+    assert {t["params"]["critic"] for t in full.trials} == {"separable", "concat"}
+    assert {t["params"]["seed"] for t in full.trials} == {0, 1, 2}
+    tasks = {t["params"]["task"]: t["settings"]["task"] for t in full.trials}
+    assert tasks["student-t3-d5"] == {
+        "name": "student-t3-d5",
+        "base": "student_t",
+        "dim": 5,
+        "transform": None,
+        "df": 3.0,
+    }
+    assert {(v["base"], v["dim"], v["transform"]) for v in tasks.values()} == {
+        ("gaussian", 5, None),
+        ("gaussian", 20, None),
+        ("gaussian", 5, "cubic"),
+        ("gaussian", 5, "asinh"),
+        ("student_t", 5, None),
+    }
 
 
 def test_dataset_axis_and_nested_overrides(tmp_path):
@@ -370,17 +445,18 @@ grid:
 def test_staircase_trials_and_report(tmp_path):
     path = write_spec(
         tmp_path,
-        "name: st\nkind: staircase\nbase: {steps_per_level: 8, batch_size: 16, dim: 4}\n"
+        "name: st\nkind: staircase\nbase: {steps_per_level: 8, batch_size: 16, dim: 4, heldout_samples: 32}\n"
         "grid: {estimator: [infonce], seed: [0, 1, 2]}\n",
     )
     spec = sweep.load_spec(path)
     out = tmp_path / "out"
     results = [sweep.run_trial(t, out) for t in spec.trials[:2]]
     for res in results:
-        assert len(res["estimates"]) == 8 * 5 and [r["mi"] for r in res["levels"]] == [2, 4, 6, 8, 10]
+        assert len(res["estimates"]) == 4 and res["estimates_every"] == 10 and res["step"] == 40
+        assert [r["mi"] for r in res["levels"]] == [2, 4, 6, 8, 10]
     assert results[0]["estimates"] != results[1]["estimates"]  # the seed matters
     before = snapshot(out / "runs")
-    assert sweep.run_trial(spec.trials[0], out) == json.loads(json.dumps(results[0]))  # cached, not rerun
+    assert sweep.run_trial(spec.trials[0], out) == results[0]  # cached, not rerun
     assert snapshot(out / "runs") == before
     sweep.write_report(spec, out)
     levels = [
@@ -389,14 +465,202 @@ def test_staircase_trials_and_report(tmp_path):
     summary = read_table(out / "summary.csv")
     assert [r["true_mi"] for r in summary] == ["2", "4", "6", "8", "10"]
     for i, row in enumerate(summary):
-        bias = [lv[i]["bias"] for lv in levels]
-        assert float(row["bias_mean"]) == pytest.approx(statistics.fmean(bias), rel=1e-4, abs=1e-6)
-        assert float(row["bias_std"]) == pytest.approx(statistics.stdev(bias), rel=1e-4, abs=1e-6)
-        assert row["n_seeds"] == "2"
+        for m in ("bias", "mse", "heldout"):
+            vals = [lv[i][m] for lv in levels]
+            assert float(row[f"{m}_mean"]) == pytest.approx(statistics.fmean(vals), rel=1e-4, abs=1e-6)
+            assert float(row[f"{m}_std"]) == pytest.approx(statistics.stdev(vals), rel=1e-4, abs=1e-6)
+        assert row["n_seeds"] == "2" and row["task"] == "gauss-d4"
     md = (out / "results.md").read_text()
-    assert "**mse**" in md and "| infonce | separable | 4 | 2 |" in md
+    assert "## `gauss-d4`, separable critic" in md and "**MSE**" in md and "| infonce | 2 |" in md
     assert "Not finished: `infonce__separable__d4__s2` (pending)" in md
-    assert (out / "staircase.png").stat().st_size > 0
+    assert (out / "staircase_gauss-d4.png").stat().st_size > 0
+    assert (out / "heldout_gauss-d4.png").stat().st_size > 0
+
+
+TASK_SPEC = """
+name: suite
+kind: staircase
+base: {steps_per_level: 20, batch_size: 16, heldout_samples: 64, record_every: 1}
+grid:
+  estimator: [nwj, kl-dime]
+  task: [gauss-d5, {name: cubic-d3, transform: cubic, dim: 3}, student-t3-d5]
+  critic: [separable, concat]
+  seed: [0, 1]
+"""
+
+
+def test_task_axis_expands(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path, TASK_SPEC))
+    assert len(spec.trials) == 2 * 3 * 2 * 2
+    ids = [t["id"] for t in spec.trials]
+    assert ids[:4] == [
+        "nwj__gauss-d5__separable__s0",
+        "nwj__gauss-d5__separable__s1",
+        "nwj__gauss-d5__concat__s0",
+        "nwj__gauss-d5__concat__s1",
+    ]
+    t = spec.trial("kl-dime__student-t3-d5__concat__s1")
+    assert t["params"] == {
+        "estimator": "kl-dime",
+        "task": "student-t3-d5",
+        "critic": "concat",
+        "dim": 5,
+        "seed": 1,
+    }
+    assert t["settings"]["task"] == {
+        "name": "student-t3-d5",
+        "base": "student_t",
+        "dim": 5,
+        "transform": None,
+        "df": 3.0,
+    }
+    cubic = spec.trial("nwj__cubic-d3__separable__s0")["settings"]
+    assert cubic["task"]["transform"] == "cubic" and cubic["task"]["dim"] == 3
+    assert (cubic["steps_per_level"], cubic["batch_size"], cubic["heldout_samples"]) == (20, 16, 64)
+    sc = sweep._staircase_module()
+    tasks = [sc.TaskSpec(**spec.trial(i)["settings"]["task"]).level_task(4) for i in ids[::4]]
+    assert [type(x).__name__ for x in tasks[:3]] == ["CorrelatedGaussian", "TransformedTask", "StudentTTask"]
+    assert [x.mi for x in tasks] == [10.0] * 6
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    """A tiny estimator suite, one seed (nwj and kl-dime x gauss-d5 and student-t3-d5 x both critics), run in process."""
+    tmp = tmp_path_factory.mktemp("suite")
+    path = write_spec(tmp, TASK_SPEC.replace("seed: [0, 1]", "seed: [0]"))
+    spec = sweep.load_spec(path)
+    out = tmp / "out"
+    for t in spec.trials:
+        if "cubic" not in t["id"]:
+            sweep.run_trial(t, out)
+    return path, spec, out
+
+
+def test_heldout_per_level_is_present_and_finite(suite_run):
+    _, spec, out = suite_run
+    for t in spec.trials:
+        if "cubic" in t["id"]:
+            continue
+        res = json.loads((out / "runs" / t["id"] / "result.json").read_text())
+        assert res["stopped_at"] is None and res["step"] == 100 and len(res["estimates"]) == 100
+        assert res["negatives"] == ("derangement" if t["params"]["estimator"] == "kl-dime" else "all-pairs")
+        assert [h["mi"] for h in res["heldout"]] == [2, 4, 6, 8, 10]
+        for h, lv in zip(res["heldout"], res["levels"]):
+            assert h["error"] is None and math.isfinite(h["mean"]) and math.isfinite(h["std"])
+            assert lv["heldout"] == h["mean"] and lv["heldout_std"] == h["std"]
+    sweep.write_report(spec, out)
+    rows = read_table(out / "results.csv")
+    assert len(rows) == 8 * 5
+    assert all(math.isfinite(float(r["heldout"])) for r in rows)
+
+
+def test_report_tables_per_task_and_critic(suite_run):
+    path, spec, out = suite_run
+    files = sweep.write_report(spec, out)
+    names = sorted(f.name for f in files)
+    assert names == sorted(
+        ["results.csv", "summary.csv", "results.md"]
+        + [f"{k}_{t}.png" for k in ("staircase", "heldout") for t in ("gauss-d5", "student-t3-d5")]
+    )
+    md = (out / "results.md").read_text()
+    for task in ("gauss-d5", "student-t3-d5"):
+        for critic in ("separable", "concat"):
+            head = f"## `{task}`, {critic} critic"
+            assert head in md
+            section = md.split(head)[1].split("\n## ")[0]
+            for title in ("**MSE**", "**bias**", "**variance**", "**held-out estimate**"):
+                table = section.split(title)[1].split("\n\n")[1]  # the unit, a blank line, the table
+                lines = table.splitlines()
+                assert lines[0] == "| estimator | n | 2 | 4 | 6 | 8 | 10 |"
+                assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| nwj", "| kl-dime"]
+                assert all(ln.split(" | ")[1] == "1" for ln in lines[2:])
+    assert "## `cubic-d3`" not in md  # no finished trial
+    assert "Not finished: `nwj__cubic-d3__separable__s0` (pending)" in md
+    assert "| `student-t3-d5` | Student-t(df=3, dim=5) | 5 |" in md
+    assert "## Cost" in md and "| nwj |" in md.split("## Cost")[1]
+    # the summary's cells are the results' rows (one seed: the mean is the value, no std)
+    res = {(r["trial_id"], r["true_mi"]): r for r in read_table(out / "results.csv")}
+    for row in read_table(out / "summary.csv"):
+        tid = f"{row['estimator']}__{row['task']}__{row['critic']}__s0"
+        assert row["mse_mean"] == res[(tid, row["true_mi"])]["mse"] and row["mse_std"] == ""
+        assert row["heldout_mean"] == res[(tid, row["true_mi"])]["heldout"]
+    # --report-only rebuilds the same tables from the folders alone
+    before = {f: (out / f).read_text() for f in ("results.csv", "results.md")}
+    assert sweep.main([str(path), "--out", str(out), "--report-only"]) == 1  # the cubic trials are not run
+    assert {f: (out / f).read_text() for f in before} == before
+
+
+def test_a_stopped_run_is_reported_with_the_seeds_it_has(suite_run, tmp_path):
+    _, spec, done = suite_run
+    out = tmp_path / "out"
+    shutil.copytree(done / "runs", out / "runs")
+    tid = "nwj__gauss-d5__separable__s0"
+    twin = spec.trial(tid)  # a second seed that stopped in level 4 (8 nats): hand-written from the first
+    res = json.loads((out / "runs" / tid / "result.json").read_text())
+    res["params"] = {**res["params"], "seed": 1}
+    res["id"] = tid.replace("s0", "s1")
+    res["stopped_at"], res["error"] = 65, "non-finite gradient in parameter 0 (of 6 with gradients)"
+    res["estimates"] = res["estimates"][:65]
+    for lv, h in zip(res["levels"][3:], res["heldout"][3:]):
+        lv.update(bias="nan", variance="nan", mse="nan", heldout="nan", heldout_std="nan", nonfinite=10)
+        h.update(mean="nan", std="nan", error="level not completed")
+    two = write_spec(tmp_path, TASK_SPEC.replace("estimator: [nwj, kl-dime]", "estimator: [nwj]"), "two.yaml")
+    spec2 = sweep.load_spec(two)
+    assert spec2.trial(res["id"])["params"] == res["params"] and twin["settings"] == res["settings"]
+    (out / "runs" / res["id"]).mkdir()
+    (out / "runs" / res["id"] / "result.json").write_text(json.dumps(res))
+    sweep.write_report(spec2, out)
+    md = (out / "results.md").read_text()
+    mse = md.split("## `gauss-d5`, separable critic")[1].split("**bias**")[0]
+    row = next(ln for ln in mse.splitlines() if ln.startswith("| nwj |"))
+    cells = row.split(" | ")
+    assert cells[1] == "2" and " ± " in cells[2] and "(" not in cells[4]
+    assert cells[5].endswith("(1/2)") and cells[6].rstrip(" |").endswith("(1/2)") and " ± " not in cells[5]
+    assert f"- `{res['id']}`: step 65 (level 8): non-finite gradient in parameter 0" in md
+    rows = [r for r in read_table(out / "results.csv") if r["trial_id"] == res["id"]]
+    assert [r["mse"] for r in rows][3:] == ["nan", "nan"] and rows[0]["stopped_at"] == "65"
+
+
+def test_training_is_the_plain_runs_and_heldout_reads_the_levels_end():
+    sc = sweep._staircase_module()
+    for est, critic in (("nwj", "separable"), ("kl-dime", "concat"), ("interpolated", "separable")):
+        r = sc.run_protocol(est, "gauss-d4", critic, 10, 16, 3, heldout_samples=32)
+        assert r["estimates"] == sc.run(
+            est, critic, 10, 4, 16, 3
+        )  # held-out evaluation leaves training alone
+        off = sc.run_protocol(est, "gauss-d4", critic, 10, 16, 3, heldout_samples=0)
+        assert off["estimates"] == r["estimates"] and all(math.isnan(h["mean"]) for h in off["heldout"])
+    # the held-out estimate of level 1 is that of the critic after the 10 steps of level 1 alone
+    import mi_estimators as mie
+
+    r = sc.run_protocol("nwj", "gauss-d4", "separable", 10, 16, 3, heldout_samples=32)
+    est, net = sc._networks("nwj", "separable", 4, 4, 3)
+    task = sc.parse_task("gauss-d4")
+    hist = mie.estimate(
+        est, lambda step: task.task(step, 10), critic=net, steps=10, batch_size=16, lr=sc.LR, seed=3
+    )
+    g = torch.Generator().manual_seed(sc.heldout_seed(3, 0))
+    x, y = task.level_task(0).sample(32, generator=g)
+    assert mie.evaluate(est, hist.critic, x, y, batch_size=16, generator=g).mean == r["heldout"][0]["mean"]
+    # held-out samples come from their own generators, not the training one (seeded with the seed itself)
+    assert len({sc.heldout_seed(s, i) for s in range(3) for i in range(5)} | set(range(3))) == 15 + 3
+
+
+def test_a_rerun_gives_bit_identical_rows(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path, TASK_SPEC))
+    trials = [spec.trial("kl-dime__student-t3-d5__concat__s1"), spec.trial("nwj__cubic-d3__separable__s0")]
+    tables = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        results = [sweep.run_trial(t, out) for t in trials]
+        sweep.write_report(spec, out)
+        tables.append(((out / "results.csv").read_text().splitlines()[1:], results))
+    (rows_a, res_a), (rows_b, res_b) = tables
+    assert len(rows_a) == 1 + 2 * 5 and rows_a == rows_b
+    for a, b in zip(res_a, res_b):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
 
 
 # ------------------------------------------------------------------------------------------------------------
