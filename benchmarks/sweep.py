@@ -555,6 +555,7 @@ def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any
         }
         tlog.info("%s step %d: %s", trial["id"], trainer.step, metrics)
         report(metrics)
+    trainer.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
     final = trainer.evals[-1] if trainer.evals else {}
     result = {
         "id": trial["id"],

@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["atomic_file", "atomic_write", "atomic_dir_replace", "remove_stale_temps", "jsonable"]
 
 # `.NAME.XXXXXXXX.tmp` (atomic_file) and `.NAME.old.XXXXXXXX` (atomic_dir_replace): mkstemp/mkdtemp's 8 characters
-_STALE = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp|old\.[a-z0-9_]{8})$")
+_STALE = r"^\.(?:{names})\.(?:[a-z0-9_]{{8}}\.tmp|old\.[a-z0-9_]{{8}})$"
 
 
 @contextlib.contextmanager
@@ -72,19 +72,22 @@ def atomic_dir_replace(src: Path, dst: Path, overwrite: bool) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete what interrupted atomic writes left in `directory` (a process killed between `mkstemp` and the
-    rename leaves `.NAME.XXXXXXXX.tmp`; one killed inside `atomic_dir_replace` leaves `.NAME.old.XXXXXXXX`).
+def remove_stale_temps(directory: str | os.PathLike, names: str) -> list[Path]:
+    """Delete what interrupted atomic writes of the files named by the regex `names` left in `directory` (a process
+    killed between `mkstemp` and the rename leaves `.NAME.XXXXXXXX.tmp`; one killed inside `atomic_dir_replace`
+    leaves `.NAME.old.XXXXXXXX`).
 
-    Only for a directory one process writes to (a claimed run directory): a concurrent writer's temp file would
-    look the same. Returns the removed paths (sorted).
+    Only the temp names of the files a tool writes there (`names`, e.g. ``r"checkpoint\\.pt|config\\.yaml"``), and
+    only in a directory one process writes to: a user's `.notes.tmp` or a concurrent writer's temp file stays.
+    Returns the removed paths (sorted).
     """
     d = Path(directory)
     if not d.is_dir():
         return []
+    stale = re.compile(_STALE.format(names=names))
     removed = []
     for p in sorted(d.iterdir()):
-        if _STALE.match(p.name):
+        if stale.match(p.name):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:

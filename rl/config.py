@@ -103,11 +103,16 @@ class _PlainLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that also reads exponent floats without a dot (`3e-4`, `1E6`, `-2e+3`)."""
 
 
-_PlainLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+class _PlainDumper(yaml.SafeDumper):
+    """`yaml.SafeDumper` that quotes the strings `_PlainLoader` would read as floats (`run_dir: '1e3'`)."""
+
+
+for _cls in (_PlainLoader, _PlainDumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
 
 
 def parse_yaml(text: str, where: str = "YAML") -> Any:
@@ -121,6 +126,8 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
         raise ConfigError(f"{where}: invalid YAML{at}: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: invalid YAML: {str(err).splitlines()[0]}") from None
+    except ValueError as err:  # a scalar that matched a number pattern but is not one (`._e5`)
+        raise ConfigError(f"{where}: invalid YAML: {err}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -234,7 +241,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write `cfg` as YAML (keys in field order), atomically."""
     from rl._atomic import atomic_write
 
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = yaml.dump(to_dict(cfg), Dumper=_PlainDumper, sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

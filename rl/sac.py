@@ -404,8 +404,8 @@ class Trainer:
         cfg, agent, g = self.cfg, self.agent, self.agent.generator
         until = cfg.steps if until is None else min(until, cfg.steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.run_dir)
-        remove_stale_temps(self.run_dir / "snapshots")
+        remove_stale_temps(self.run_dir, r"checkpoint\.pt|config\.json|evals\.json|buffer_\d{8}\.npz")
+        remove_stale_temps(self.run_dir / "snapshots", r"step_\d{7}\.pt")
         cfg_json = json.dumps(dataclasses.asdict(cfg), indent=1)
         atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
         if self.step == 0 and not self.evals:

@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 MARKER = ".rl-run.json"
+_OWN_FILES = r"checkpoint\.pt|config\.yaml|\.rl-run\.json"  # what rl.train writes atomically in a run dir
 CHECKPOINT_KEYS = ("config", "agent", "step", "evals", "offsets", "log_sums", "log_counts", "rng")
 #: the fields a resumed run may change: how long it runs, how often it logs, evaluates and checkpoints, where
 #: and on what it computes. Everything else is the run's identity and comes from its checkpoint.
@@ -70,7 +71,6 @@ RESUME_OVERRIDABLE = (
     "checkpoint_every",
     "run_dir",
     "threads",
-    "device",
     "final_eval",
     "max_abs_loss",
 )
@@ -192,6 +192,12 @@ def check_resume_config(saved: dict[str, Any], cfg: AgentConfig, where: Path) ->
         raise CheckpointError(f"{where}: its 'config' is a {type(saved).__name__}, not a mapping")
     now = to_dict(cfg)
     defaults = to_dict(type(cfg)())
+    if now.get("cosine_lr") and saved.get("steps") != now["steps"]:
+        # the cosine schedule of the learning rate was laid over the run's steps; a new horizon would restart it
+        raise RunDirError(
+            f"--resume: {where} follows a cosine learning-rate schedule over steps={saved.get('steps')!r}; it cannot "
+            f"be extended to steps={now['steps']!r} (start a new run, or set cosine_lr: false when starting one)"
+        )
     for key, value in now.items():
         if key in RESUME_OVERRIDABLE:
             continue
@@ -326,7 +332,7 @@ class Trainer:
     def _claim_run_dir(self) -> None:
         d = self.run_dir
         d.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(d)
+        remove_stale_temps(d, _OWN_FILES)
         if not (d / MARKER).exists():
             text = json.dumps({"tool": "rl.train", "algo": self.cfg.algo, "created": time.time()})
             atomic_write(d / MARKER, lambda tmp: Path(tmp).write_text(text))
@@ -481,7 +487,7 @@ class Trainer:
                     last = self._evaluate_and_print(bar)
                 if self.step % cfg.checkpoint_every == 0 or self.step == until:
                     self.save_checkpoint()
-            if self.step == cfg.steps and cfg.final_eval and self._final_eval_missing():
+            if self.step == cfg.steps and self._final_eval_missing():
                 # resumed after the last checkpoint but before (or during) the final evaluation
                 last = self._evaluate_and_print(bar)
                 self.save_checkpoint()
@@ -498,7 +504,10 @@ class Trainer:
         return rec
 
     def _final_eval_missing(self) -> bool:
-        return self.env_id is not None and not (self.evals and self.evals[-1]["step"] == self.step)
+        """An evaluation is due at this (the last) step but is not recorded: the run stopped inside it."""
+        cfg = self.cfg
+        due = cfg.final_eval or bool(cfg.eval_every and self.step % cfg.eval_every == 0)
+        return due and self.env_id is not None and not (self.evals and self.evals[-1]["step"] == self.step)
 
     def behaviour_score(self) -> float | None:
         """The behaviour data's D4RL-normalised score: the mean return of the dataset's episodes, normalised as the

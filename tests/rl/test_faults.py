@@ -356,10 +356,11 @@ def test_temp_files_of_killed_writes_are_removed_on_the_next_start(tmp_path, dat
     assert run_cli(bc_argv(data_file, run, "--resume", steps=6))[0] == 0
     assert not list(run.glob(".checkpoint.pt.*.tmp"))
     # only our own pattern goes: a user's dotfile stays
-    (run / ".notes.tmp").write_text("mine")
-    (run / ".x.abcd1234.tmp").write_text("stale")
-    assert [p.name for p in remove_stale_temps(run)] == [".x.abcd1234.tmp"]
-    assert (run / ".notes.tmp").exists()
+    for name in (".notes.tmp", ".env.settings.tmp", ".vimrc.old.20240101", ".x.abcd1234.tmp"):
+        (run / name).write_text("a user's")
+    assert run_cli(bc_argv(data_file, run, "--resume", steps=7))[0] == 0
+    assert all((run / n).exists() for n in (".notes.tmp", ".env.settings.tmp", ".vimrc.old.20240101"))
+    assert [p.name for p in remove_stale_temps(run, r"x")] == [".x.abcd1234.tmp"]
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):
@@ -558,3 +559,59 @@ def test_sac_cli_misuse_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and "Bogus-v0" in err and len(err.strip().splitlines()) == 1
     assert sac_main(["--threads", "0", "--run-dir", str(tmp_path / "s")]) == 2
     assert "--threads" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_resume_refuses_another_device_and_a_new_horizon_for_a_cosine_schedule(tmp_path, data_file):
+    run = tmp_path / "run"
+    assert run_cli(bc_argv(data_file, run))[0] == 0
+    rc, _, err = run_cli(["--resume", "--run-dir", str(run), "--device", "cuda"])
+    assert_one_line_error(rc, err, "device")
+    iql = tmp_path / "iql"
+    argv = [a if a != "bc" else "iql" for a in bc_argv(data_file, iql)] + ["--hidden-q", "[8]"]
+    assert run_cli(argv)[0] == 0
+    before = snapshot(iql)
+    rc, _, err = run_cli(["--resume", "--run-dir", str(iql), "--steps", "8"])
+    assert_one_line_error(rc, err, "cosine learning-rate schedule", "steps=8")
+    assert snapshot(iql) == before
+
+
+def test_strings_that_look_like_numbers_survive_a_config_round_trip(tmp_path, data_file):
+    from rl.agents import config_class
+    from rl.config import from_dict, parse_yaml, save_yaml
+
+    cfg = config_class("bc")(run_dir="1e3", dataset="2E5")
+    save_yaml(cfg, tmp_path / "c.yaml")
+    assert from_dict(type(cfg), load_yaml(tmp_path / "c.yaml")) == cfg
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        parse_yaml("a: ._e5")
+
+
+def test_a_last_periodic_evaluation_interrupted_is_redone_on_resume(tmp_path, monkeypatch):
+    from rl.agents import config_class
+
+    ds = tiny_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
+    cfg = config_class("bc")(
+        hidden_pi=(8,),
+        batch_size=8,
+        steps=4,
+        eval_every=2,
+        final_eval=False,
+        run_dir=str(tmp_path),
+        eval_episodes=1,
+    )
+    calls = []
+
+    def broken_at_the_end(self):
+        calls.append(self.step)
+        if self.step == 4:
+            raise RuntimeError("killed inside the evaluation")
+        return real(self)
+
+    real = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", broken_at_the_end)
+    with pytest.raises(RuntimeError):
+        Trainer(cfg, ds, quiet=True).train()
+    monkeypatch.undo()
+    resumed = Trainer(cfg, ds, resume=True, quiet=True)
+    resumed.train()
+    assert [e["step"] for e in resumed.evals] == [2, 4] and calls == [2, 4]
