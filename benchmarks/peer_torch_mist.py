@@ -34,7 +34,7 @@ ESTIMATORS = ("nwj", "smile", "infonce", "mine")
 TRUE_MI, DIM, STEPS, BATCH, LR, HIDDEN = 4.0, 20, 4000, 64, 5e-4, (256, 256)
 
 
-def _peer_worker(data_path: str, name: str, setting: str, seed: int) -> dict:
+def _peer_worker(data_path: str, name: str, setting: str, seed: int, infonce_neg: int = 0) -> dict:
     """Runs in torch-mist's venv: train and evaluate one estimator; returns its held-out estimate and wall time."""
     import numpy as np
     import torch
@@ -47,7 +47,9 @@ def _peer_worker(data_path: str, name: str, setting: str, seed: int) -> dict:
     test = {"x": torch.from_numpy(z["x_test"]), "y": torch.from_numpy(z["y_test"])}
     options: dict = {"hidden_dims": list(HIDDEN)}
     if setting == "matched":
-        options.update(critic_type="joint", neg_samples=-1)  # all other samples of the batch
+        # every pair of the batch: for the NWJ family torch-mist counts the other N - 1 samples (-1); its InfoNCE
+        # counts the N samples of the batch, the positive included (0, its default)
+        options.update(critic_type="joint", neg_samples=infonce_neg if name == "infonce" else -1)
     if name == "smile":
         options["tau"] = 5.0
     t0 = time.perf_counter()
@@ -135,17 +137,60 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _markdown(rows: list[dict]) -> str:
+    return (
+        f"# Ours vs torch-mist 0.2.17 on Poole's task (CorrelatedGaussian d={DIM}, true MI {TRUE_MI} nats)\n\n"
+        "`python benchmarks/peer_torch_mist.py --peer-python .venv-torchmist/bin/python --settings defaults`, then "
+        "`... --settings matched --seeds 0 --merge` (mean ± std over the seeds run; the matched setting's joint critic "
+        f"scores all 64 x 64 pairs, 6-10x slower, so it ran one seed here). {STEPS} steps of batch {BATCH}, Adam lr {LR}, "
+        f"hidden {list(HIDDEN)}; held-out: 10,000 samples in batches of {BATCH}. InfoNCE is capped at log {BATCH} = "
+        f"4.16 nats. Seconds: training + evaluation, one torch thread each, run one after the other.\n\n"
+        + _table(rows)
+        + "\n"
+    )
+
+
+def _read_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.update(seed=int(r["seed"]), estimate=float(r["estimate"]), seconds=float(r["seconds"]))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peer-python", required=False, help="python of the torch-mist venv")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--worker", nargs=4, metavar=("DATA", "NAME", "SETTING", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--torch-mist-infonce-neg-samples",
+        type=int,
+        default=0,
+        help="torch-mist's neg_samples for InfoNCE in the matched setting (0: its default, all N; -1: N - 1)",
+    )
+    p.add_argument("--settings", nargs="+", default=["defaults", "matched"], choices=["defaults", "matched"])
+    p.add_argument("--report-only", action="store_true", help="rewrite torch_mist.md from torch_mist.csv")
+    p.add_argument(
+        "--merge", action="store_true", help="keep the other (estimator, setting) rows of an existing CSV"
+    )
+    p.add_argument(
+        "--worker", nargs=5, metavar=("DATA", "NAME", "SETTING", "SEED", "NEG"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.worker:
-        data_path, name, setting, seed = args.worker
-        print(json.dumps(_peer_worker(data_path, name, setting, int(seed))))
+        data_path, name, setting, seed, *neg = args.worker
+        print(json.dumps(_peer_worker(data_path, name, setting, int(seed), int(neg[0]) if neg else 0)))
+        return 0
+    if args.report_only:
+        from rl._atomic import atomic_write
+
+        text = _markdown(_read_rows(Path(args.out) / "torch_mist.csv"))
+        atomic_write(Path(args.out) / "torch_mist.md", lambda tmp: Path(tmp).write_text(text))
+        print(text)
         return 0
     if not args.peer_python:
         p.error("--peer-python is required (the python of torch-mist's venv)")
@@ -159,11 +204,20 @@ def main(argv: list[str] | None = None) -> int:
         data_path = Path(tmp) / "poole.npz"
         data = _data(data_path)
         for name in args.estimators:
-            for setting in ("defaults", "matched"):
+            for setting in args.settings:
                 for seed in args.seeds:
                     ours = _ours(data, name, setting, seed)
                     res = subprocess.run(
-                        [args.peer_python, __file__, "--worker", str(data_path), name, setting, str(seed)],
+                        [
+                            args.peer_python,
+                            __file__,
+                            "--worker",
+                            str(data_path),
+                            name,
+                            setting,
+                            str(seed),
+                            str(args.torch_mist_infonce_neg_samples),
+                        ],
                         capture_output=True,
                         text=True,
                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
@@ -183,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
     fields = ["estimator", "setting", "seed", "library", "estimate", "seconds"]
+    if args.merge and (out / "torch_mist.csv").is_file():
+        with open(out / "torch_mist.csv", newline="") as f:
+            redone = {(e, st) for e in args.estimators for st in args.settings}
+            kept = [r for r in csv.DictReader(f) if (r["estimator"], r["setting"]) not in redone]
+        for r in kept:
+            r.update(seed=int(r["seed"]), estimate=float(r["estimate"]), seconds=float(r["seconds"]))
+        rows = kept + rows
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -191,15 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             w.writerows(rows)
 
     atomic_write(out / "torch_mist.csv", write_csv)
-    md = (
-        f"# Ours vs torch-mist 0.2.17 on Poole's task (CorrelatedGaussian d={DIM}, true MI {TRUE_MI} nats)\n\n"
-        f"`python benchmarks/peer_torch_mist.py --peer-python .venv-torchmist/bin/python` (seeds "
-        f"{', '.join(map(str, args.seeds))}; mean ± std over seeds). {STEPS} steps of batch {BATCH}, Adam lr {LR}, "
-        f"hidden {list(HIDDEN)}; held-out: 10,000 samples in batches of {BATCH}. InfoNCE is capped at log {BATCH} = "
-        f"4.16 nats. Seconds: training + evaluation, one torch thread each, run one after the other.\n\n"
-        + _table(rows)
-        + "\n"
-    )
+    md = _markdown(rows)
     atomic_write(out / "torch_mist.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
     return 0
