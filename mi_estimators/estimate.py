@@ -530,6 +530,8 @@ def estimate(
         except (NonFiniteScoresError, NonFiniteChainError) as e:
             _stop(history, step, steps, f"non-finite critic scores: {e}")
             break
+        # the estimator's own state (MINE's moving average, a baseline) moves in `loss`: keep it to undo a stopped step
+        kept = [b.detach().clone() for b in est.buffers()]
         loss = est.loss(s)
         with torch.no_grad():  # the reported estimate is the bound on this batch, before the step
             value = float(est.bound(s))
@@ -541,6 +543,9 @@ def estimate(
             if problem is None:
                 opt.step()
         if problem is not None:
+            with torch.no_grad():
+                for b, before in zip(est.buffers(), kept):
+                    b.copy_(before)
             _stop(history, step, steps, problem)
             break
         history.estimates.append(value)

@@ -617,3 +617,29 @@ def test_proposal_estimators_evaluate_without_mcmc():
     ev = hist.heldout(n=64, generator=torch.Generator().manual_seed(0))
     assert ev.negatives == "proposal" and ev.n_batches == 4 and math.isfinite(ev.mean)
     assert hist.module.last_log_z.tilted is None  # no chain ran
+
+
+def test_a_stopped_step_leaves_the_estimators_state_as_before_it():
+    """MINE's moving average moves inside `loss`; a step that then stops (here its estimate is NaN) is undone."""
+    import warnings
+
+    import mi_estimators as mie
+
+    class FailsAtStep2(mie.bounds.MINE):
+        calls = 0
+        seen: list = []
+
+        def bound(self, s):
+            type(self).calls += 1
+            type(self).seen.append(float(self.ema_log_z))
+            return super().bound(s) * (math.nan if type(self).calls == 3 else 1.0)
+
+    est = FailsAtStep2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = mie.estimate(est, mie.tasks.CorrelatedGaussian(dim=2, mi=0.5), steps=5, batch_size=16, seed=0)
+    assert hist.stopped_at == 2 and len(hist.estimates) == 2
+    assert (
+        float(est.ema_log_z) == FailsAtStep2.seen[1]
+    )  # the average after step 1, not after the stopped step 2
+    assert FailsAtStep2.seen[2] != FailsAtStep2.seen[1]  # (the stopped step had moved it)
