@@ -302,18 +302,13 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def config_help(cls: type) -> str:
     """Every field of config class `cls` as `--name TYPE (default X): meaning`, one per line (for `--help`)."""
-    hints, docs = _hints(cls), field_docs(cls)
+    hints, docs, defaults = _hints(cls), field_docs(cls), to_dict(cls())
     lines = []
     for f in fields(cls):
         if not f.init:
             continue
         tp = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        value = (
-            yaml.safe_dump(to_dict(cls())[f.name], default_flow_style=True)
-            .strip()
-            .removesuffix("...")
-            .strip()
-        )
+        value = yaml.safe_dump(defaults[f.name], default_flow_style=True).strip().removesuffix("...").strip()
         lines.append(
             f"  --{f.name.replace('_', '-')} {tp} (default {value}): {docs.get(f.name, '')}".rstrip(": ")
         )

@@ -202,21 +202,11 @@ def check_resume_config(saved: dict[str, Any], cfg: AgentConfig, where: Path) ->
         if key in RESUME_OVERRIDABLE:
             continue
         before = saved.get(key, defaults[key])
-        if _plain(before) != _plain(value):
+        if before != value:  # both plain data from to_dict (lists, not tuples); 1 == 1.0
             raise RunDirError(
                 f"--resume: {where} was made with {key}={before!r}, but this run asks for {key}={value!r}; "
                 f"a resumed run keeps its config except {', '.join(RESUME_OVERRIDABLE)}"
             )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def default_run_dir(cfg: AgentConfig) -> Path:
