@@ -214,18 +214,31 @@ def heldout_seed(seed: int, level_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _networks(estimator: str, critic: str, dim_x: int, dim_y: int, seed: int) -> tuple[Any, Any]:
+def critic_options(critic: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The suite's options of `critic` (`CRITIC_OPTIONS`) with a recipe's `overrides` on top."""
+    return {**CRITIC_OPTIONS[critic], **(overrides or {})}
+
+
+def _networks(
+    estimator: str,
+    critic: str,
+    dim_x: int,
+    dim_y: int,
+    seed: int,
+    estimator_options: Mapping[str, Any] | None = None,
+    critic_overrides: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any]:
     """The estimator and critic exactly as `mie.estimate(estimator, critic=<name>, seed=seed)` builds them (the
     same draws of the same seeded RNG, in the same order), but held here so that the held-out estimate can read
     the critic during training."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        est = mie.make(estimator)
+        est = mie.make(estimator, **(estimator_options or {}))
         if est.needs_proposal:
             ensure = getattr(est, "ensure_proposal", None)
             if callable(ensure):
                 ensure(dim_x, dim_y)
-        net = CRITICS[critic](dim_x, dim_y, **CRITIC_OPTIONS[critic])
+        net = CRITICS[critic](dim_x, dim_y, **critic_options(critic, critic_overrides))
     return est, net
 
 
@@ -238,9 +251,14 @@ def run_protocol(
     seed: int,
     *,
     heldout_samples: int = 4096,
+    estimator_options: Mapping[str, Any] | None = None,
+    critic_overrides: Mapping[str, Any] | None = None,
+    lr: float = LR,
+    negatives: str | None = None,
 ) -> dict[str, Any]:
     """One trial of the suite: train `critic` with `estimator` over the staircase of `task` (one `mie.estimate`
-    run, lr 5e-4, fresh batch of `batch_size` each step, estimator's default negatives) and, at the end of each
+    run, Adam at `lr`, fresh batch of `batch_size` each step, the estimator's default negatives unless `negatives`
+    names them) and, at the end of each
     level, evaluate the critic as it is then with the same estimator on `heldout_samples` fresh samples of that
     level's task (`mie.evaluate`, batches of `batch_size`, the training negatives), drawn from a generator seeded
     with `heldout_seed(seed, level)`: never the training one, and the same numbers for the same seed and threads.
@@ -251,13 +269,22 @@ def run_protocol(
     estimates are those of `run` (tests check both). A run that stops on a non-finite step
     (`History.stopped_at`) has no held-out estimate for the level it stopped in, nor after.
 
+    A recipe (a sweep's estimator entry) changes the rest: `estimator_options` go to `mie.make(estimator, ...)`,
+    `critic_overrides` replace keys of `CRITIC_OPTIONS[critic]` (e.g. `{"hidden": (256, 256)}`), `lr` is Adam's
+    and `negatives` ("all-pairs" | "derangement") the training and held-out negatives.
+
     Returns `{"estimates", "stopped_at", "error", "heldout": [{"mi", "mean", "std", "error"}] per level,
     "levels": summarise(...) with `heldout` and `heldout_std` merged in}`.
     """
     spec = task if isinstance(task, TaskSpec) else parse_task(task)
     first = spec.task(0, steps_per_level)
-    est, net = _networks(estimator, critic, first.dim_x, first.dim_y, seed)
-    negatives = est.negatives if not est.needs_proposal else None
+    est, net = _networks(
+        estimator, critic, first.dim_x, first.dim_y, seed, estimator_options, critic_overrides
+    )
+    if est.needs_proposal:
+        negatives = None
+    elif negatives is None:
+        negatives = est.negatives
     heldout: list[dict[str, Any]] = [
         {"mi": mi, "mean": math.nan, "std": math.nan, "error": "level not completed"} for mi in LEVELS
     ]
@@ -300,9 +327,10 @@ def run_protocol(
         critic=net,
         steps=total,
         batch_size=batch_size,
-        lr=LR,
+        lr=lr,
         seed=seed,
         progress=False,
+        negatives=negatives,
     )
     if hist.stopped_at is None:
         evaluate_level(len(LEVELS) - 1)

@@ -80,6 +80,8 @@ STAIRCASE_BASE = {
     "heldout_samples": 4096,  # per level; 0: no held-out estimate
     "record_every": 10,  # result.json keeps every n-th per-step estimate (for the plots)
 }
+#: the keys of a staircase estimator given as a recipe (a mapping in `grid.estimator`)
+RECIPE_KEYS = ("name", "estimator", "options", "critic_options", "lr", "negatives")
 STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value of each base key (default 1)
 CRITICS = ("separable", "concat")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
@@ -313,6 +315,59 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     return trials
 
 
+def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: list[str]) -> dict[str, Any]:
+    """A validated estimator recipe: `{name, estimator, options, critic_options, lr, negatives}` with the defaults
+    filled in (a registered estimator's own options, the suite's critic sizes and lr, its own negatives). Every
+    option is tried here (the estimator built, the critic of each grid critic built), so a bad one fails the spec,
+    not a trial."""
+    import mi_estimators as mie
+    from mi_estimators.estimate import CRITICS as CRITIC_CLASSES
+
+    sc = _staircase_module()
+    unknown = [k for k in entry if k not in RECIPE_KEYS]
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(RECIPE_KEYS)}")
+    for key in ("name", "estimator"):
+        if not isinstance(entry.get(key), str):
+            raise SpecError(f"{where}.{key} must be a string; got {entry.get(key)!r}")
+    name, est = entry["name"], entry["estimator"]
+    if not _ID.fullmatch(name):
+        raise SpecError(f"{where}.name must be letters, digits, '_', '.', '-'; got {name!r}")
+    if est not in available:
+        raise SpecError(f"{where}.estimator: unknown estimator {est!r}; available: {', '.join(available)}")
+    options = {k: _plain(v) for k, v in _mapping(entry.get("options"), f"{where}.options").items()}
+    copts = {
+        k: _plain(v) for k, v in _mapping(entry.get("critic_options"), f"{where}.critic_options").items()
+    }
+    copts = {k: tuple(v) if isinstance(v, list) else v for k, v in copts.items()}
+    try:
+        built = mie.make(est, **options)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{where}.options: {err}") from None
+    for critic in critics:
+        try:
+            CRITIC_CLASSES[critic](2, 2, **sc.critic_options(critic, copts))
+        except (TypeError, ValueError) as err:
+            raise SpecError(f"{where}.critic_options (critic {critic!r}): {err}") from None
+    lr = _plain(entry.get("lr", sc.LR))
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise SpecError(f"{where}.lr must be a positive number; got {lr!r}")
+    negatives = entry.get("negatives")
+    if negatives is not None and (built.needs_proposal or negatives not in ("all-pairs", "derangement")):
+        why = (
+            "a proposal-based estimator draws its own" if built.needs_proposal else "all-pairs or derangement"
+        )
+        raise SpecError(f"{where}.negatives: {why}; got {negatives!r}")
+    return {
+        "name": name,
+        "estimator": est,
+        "options": options,
+        "critic_options": {k: list(v) if isinstance(v, tuple) else v for k, v in copts.items()},
+        "lr": float(lr),
+        "negatives": negatives if negatives is not None else getattr(built, "negatives", None),
+    }
+
+
 def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     import mi_estimators as mie
 
@@ -341,16 +396,23 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     if "dim" in grid and "dim" in spec.base:
         raise SpecError("base.dim: the grid has a dim axis")
     available = mie.available()
-    estimators = _list(grid["estimator"], "grid.estimator")
-    for i, e in enumerate(estimators):
-        if e not in available:
-            raise SpecError(
-                f"grid.estimator[{i}]: unknown estimator {e!r}; available: {', '.join(available)}"
-            )
     critics = _list(grid.get("critic", ["separable"]), "grid.critic")
     for i, c in enumerate(critics):
         if c not in CRITICS:
             raise SpecError(f"grid.critic[{i}]: unknown critic {c!r}; known: {', '.join(CRITICS)}")
+    estimators, recipes = [], {}
+    for i, e in enumerate(_list(grid["estimator"], "grid.estimator")):
+        if isinstance(e, dict):
+            recipe = _recipe(e, f"grid.estimator[{i}]", available, critics)
+            e = recipe.pop("name")
+            recipes[e] = recipe
+        elif e not in available:
+            raise SpecError(
+                f"grid.estimator[{i}]: unknown estimator {e!r}; available: {', '.join(available)}"
+            )
+        if e in estimators:
+            raise SpecError(f"grid.estimator[{i}]: a second estimator named {e!r}")
+        estimators.append(e)
     seeds = [_int(s, f"grid.seed[{i}]", 0) for i, s in enumerate(_list(grid["seed"], "grid.seed"))]
     if "task" in grid:
         if "dim" in grid or "dim" in spec.base:
@@ -391,7 +453,11 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
             "id": tid,
             "kind": "staircase",
             "params": {"estimator": est, "task": task.name, "critic": critic, "dim": task.dim, "seed": seed},
-            "settings": {**base, "task": task.as_dict()},
+            "settings": {
+                **base,
+                "task": task.as_dict(),
+                **({"recipe": recipes[est]} if est in recipes else {}),
+            },
         }
         for est, task, critic, seed, tid in points
     ]
@@ -601,14 +667,25 @@ def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[s
     tlog = _trial_logger(out, trial["id"])
     tlog.info("started %s on %d thread(s)", trial["id"], torch.get_num_threads())
     t0 = time.perf_counter()
+    recipe = s.get("recipe")
     run = sc.run_protocol(
-        p["estimator"],
+        recipe["estimator"] if recipe else p["estimator"],
         sc.TaskSpec(**s["task"]),
         p["critic"],
         s["steps_per_level"],
         s["batch_size"],
         p["seed"],
         heldout_samples=s["heldout_samples"],
+        **(
+            {
+                "estimator_options": recipe["options"],
+                "critic_overrides": recipe["critic_options"],
+                "lr": recipe["lr"],
+                "negatives": recipe["negatives"],
+            }
+            if recipe
+            else {}
+        ),
     )
     seconds = time.perf_counter() - t0
     est = run["estimates"]
@@ -1383,6 +1460,11 @@ def _stair_cell(values: list[float] | None, signed: bool = False) -> str:
     return text + (f" ({k}/{len(values)})" if k < len(values) else "")
 
 
+def _inline(mapping: dict[str, Any]) -> str:
+    """`{a: 1, b: [2, 3]}` as `a=1, b=(2, 3)` for a table cell ('' when empty)."""
+    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in mapping.items())
+
+
 def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) -> list[Path]:
     sc = _staircase_module()
     fields = [
@@ -1460,6 +1542,23 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
         "|---|---|---|",
     ]
     lines += [f"| `{name}` | {t.describe()} | {t.dim} |" for name, t in tasks.items()]
+    recipes = {
+        t["params"]["estimator"]: t["settings"]["recipe"] for t in spec.trials if "recipe" in t["settings"]
+    }
+    if recipes:
+        lines += [
+            "",
+            "Estimators given as recipes (the rest of the protocol as above; critic options replace the critic's "
+            "defaults key by key):",
+            "",
+            "| name | estimator | options | critic options | lr | negatives |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {r['estimator']} | {_inline(r['options'])} | {_inline(r['critic_options'])} | "
+            f"{r['lr']:g} | {r['negatives'] or ''} |"
+            for name, r in recipes.items()
+        ]
     tables = (
         ("MSE", "mse", "nats²", False),
         ("bias", "bias", "nats", True),

@@ -199,6 +199,48 @@ grid:
             r"base\.heldout_samples must be 0 \(no held-out estimate\) or at least one batch \(batch_size 64\)",
         ),
         ("- a list\n", r"must be a mapping"),
+        *(
+            (
+                "name: s\nkind: staircase\ngrid: {estimator: [nwj, " + entry + "], seed: [0]}\n",
+                match,
+            )
+            for entry, match in (
+                (
+                    "{name: a, estimator: nwj, lrr: 1}",
+                    r"grid\.estimator\[1\]: unknown key 'lrr'; known keys: name,",
+                ),
+                ("{estimator: nwj}", r"grid\.estimator\[1\]\.name must be a string; got None"),
+                ("{name: a}", r"grid\.estimator\[1\]\.estimator must be a string"),
+                ("{name: a/b, estimator: nwj}", r"grid\.estimator\[1\]\.name must be letters, digits"),
+                ("{name: a, estimator: nwx}", r"grid\.estimator\[1\]\.estimator: unknown estimator 'nwx'"),
+                (
+                    "{name: a, estimator: smile, options: {tau: -1}}",
+                    r"\[1\]\.options: .*tau must be a positive",
+                ),
+                (
+                    "{name: a, estimator: smile, options: [1]}",
+                    r"grid\.estimator\[1\]\.options must be a mapping",
+                ),
+                (
+                    "{name: a, estimator: nwj, critic_options: {widthx: 3}}",
+                    r"\[1\]\.critic_options \(critic 'separable'\): .*widthx",
+                ),
+                (
+                    "{name: a, estimator: nwj, lr: -1.0e-3}",
+                    r"grid\.estimator\[1\]\.lr must be a positive number",
+                ),
+                (
+                    "{name: a, estimator: nwj, lr: fast}",
+                    r"grid\.estimator\[1\]\.lr must be a positive number",
+                ),
+                ("{name: a, estimator: nwj, negatives: some}", r"\[1\]\.negatives: all-pairs or derangement"),
+                (
+                    "{name: a, estimator: misa, negatives: derangement}",
+                    r"\[1\]\.negatives: a proposal-based estimator draws its own",
+                ),
+                ("{name: nwj, estimator: smile}", r"grid\.estimator\[1\]: a second estimator named 'nwj'"),
+            )
+        ),
     ],
 )
 def test_spec_errors_name_the_key(tmp_path, text, match):
@@ -242,6 +284,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         ("estimators-reduced", REDUCED_TRIALS),
         ("estimators-smoke", 8),
         ("misa-cost", 4),
+        ("estimator-search", 8 * 3),
         ("locomotion-10k", 81),
         ("locomotion-1m", 297),
     ):
@@ -475,6 +518,75 @@ def test_staircase_trials_and_report(tmp_path):
     assert "Not finished: `infonce__separable__d4__s2` (pending)" in md
     assert (out / "staircase_gauss-d4.png").stat().st_size > 0
     assert (out / "heldout_gauss-d4.png").stat().st_size > 0
+
+
+RECIPE_SPEC = """
+name: recipes
+kind: staircase
+base: {steps_per_level: 6, batch_size: 16, heldout_samples: 32, record_every: 1}
+grid:
+  estimator:
+    - gan-dime
+    - {name: gan-small-fast, estimator: gan-dime, critic_options: {hidden: [8, 8]}, lr: 2.0e-3}
+    - {name: smile-der, estimator: smile, options: {tau: 2.0}, negatives: derangement}
+  task: [gauss-d4]
+  critic: [concat]
+  seed: [3]
+"""
+
+
+def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
+    """An estimator given as a recipe: its name is the trial's estimator; its options, critic sizes, lr and
+    negatives are what trains (the per-step estimates equal `mie.estimate` with those settings); a plain entry's
+    settings carry no recipe (the trials of older specs are unchanged); the report lists the recipes."""
+    import mi_estimators as mie
+
+    spec = sweep.load_spec(write_spec(tmp_path, RECIPE_SPEC))
+    assert [t["id"] for t in spec.trials] == [
+        "gan-dime__gauss-d4__concat__s3",
+        "gan-small-fast__gauss-d4__concat__s3",
+        "smile-der__gauss-d4__concat__s3",
+    ]
+    assert "recipe" not in spec.trials[0]["settings"]
+    assert spec.trials[1]["settings"]["recipe"] == {
+        "estimator": "gan-dime",
+        "options": {},
+        "critic_options": {"hidden": [8, 8]},
+        "lr": 2e-3,
+        "negatives": "derangement",  # gan-dime's own
+    }
+    assert spec.trials[2]["settings"]["recipe"]["options"] == {"tau": 2.0}
+    out = tmp_path / "out"
+    sc = sweep._staircase_module()
+    task = sc.parse_task("gauss-d4")
+    for t, (name, copts, lr, negatives, options) in zip(
+        spec.trials,
+        (
+            ("gan-dime", {"hidden": (128, 128)}, sc.LR, None, {}),
+            ("gan-dime", {"hidden": (8, 8)}, 2e-3, None, {}),
+            ("smile", {"hidden": (128, 128)}, sc.LR, "derangement", {"tau": 2.0}),
+        ),
+    ):
+        res = sweep.run_trial(t, out)
+        hist = mie.estimate(
+            mie.make(name, **options),
+            lambda step: task.task(step, 6),
+            critic="concat",
+            critic_options=copts,
+            steps=30,
+            batch_size=16,
+            lr=lr,
+            seed=3,
+            negatives=negatives,
+        )
+        assert res["estimates"] == hist.estimates
+        assert res["negatives"] == (negatives or "derangement")
+    assert spec.trials[1] is not None and sweep.trial_status(spec.trials[1], out)[0] == "finished"
+    sweep.write_report(spec, out)
+    md = (out / "results.md").read_text()
+    assert "| gan-small-fast | gan-dime |  | hidden=(8, 8) | 0.002 | derangement |" in md
+    assert "| smile-der | smile | tau=2.0 |  | 0.0005 | derangement |" in md
+    assert "| gan-small-fast | 1 |" in md  # its row in the tables
 
 
 TASK_SPEC = """
