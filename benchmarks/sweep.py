@@ -81,7 +81,7 @@ STAIRCASE_BASE = {
     "record_every": 10,  # result.json keeps every n-th per-step estimate (for the plots)
 }
 #: the keys of a staircase estimator given as a recipe (a mapping in `grid.estimator`)
-RECIPE_KEYS = ("name", "estimator", "options", "critic_options", "lr", "negatives")
+RECIPE_KEYS = ("name", "estimator", "options", "critic_options", "lr", "negatives", "critics")
 STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value of each base key (default 1)
 CRITICS = ("separable", "concat")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
@@ -317,9 +317,9 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: list[str]) -> dict[str, Any]:
     """A validated estimator recipe: `{name, estimator, options, critic_options, lr, negatives}` with the defaults
-    filled in (a registered estimator's own options, the suite's critic sizes and lr, its own negatives). Every
-    option is tried here (the estimator built, the critic of each grid critic built), so a bad one fails the spec,
-    not a trial."""
+    filled in (a registered estimator's own options, the suite's critic sizes and lr, its own negatives), and
+    `critics`: the grid critics it runs with (default all). Every option is tried here (the estimator built, the
+    critic of each grid critic built), so a bad one fails the spec, not a trial."""
     import mi_estimators as mie
     from mi_estimators.estimate import CRITICS as CRITIC_CLASSES
 
@@ -352,6 +352,12 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
     lr = _plain(entry.get("lr", sc.LR))
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
         raise SpecError(f"{where}.lr must be a positive number; got {lr!r}")
+    only = _list(entry.get("critics", critics), f"{where}.critics")
+    for j, c in enumerate(only):
+        if c not in critics:
+            raise SpecError(
+                f"{where}.critics[{j}]: {c!r} is not a critic of grid.critic ({', '.join(critics)})"
+            )
     negatives = entry.get("negatives")
     if negatives is not None and (built.needs_proposal or negatives not in ("all-pairs", "derangement")):
         why = (
@@ -365,6 +371,7 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
         "critic_options": {k: list(v) if isinstance(v, tuple) else v for k, v in copts.items()},
         "lr": float(lr),
         "negatives": negatives if negatives is not None else getattr(built, "negatives", None),
+        "critics": only,
     }
 
 
@@ -400,11 +407,12 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     for i, c in enumerate(critics):
         if c not in CRITICS:
             raise SpecError(f"grid.critic[{i}]: unknown critic {c!r}; known: {', '.join(CRITICS)}")
-    estimators, recipes = [], {}
+    estimators, recipes, only = [], {}, {}
     for i, e in enumerate(_list(grid["estimator"], "grid.estimator")):
         if isinstance(e, dict):
             recipe = _recipe(e, f"grid.estimator[{i}]", available, critics)
             e = recipe.pop("name")
+            only[e] = recipe.pop("critics")
             recipes[e] = recipe
         elif e not in available:
             raise SpecError(
@@ -431,6 +439,7 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
         points = [
             (est, task, critic, seed, f"{_tag(est)}__{task.name}__{critic}__s{seed}")
             for est, task, critic, seed in itertools.product(estimators, tasks, critics, seeds)
+            if critic in only.get(est, critics)
         ]
     else:  # the CorrelatedGaussian staircase of each `dim` (specs written before the task axis; same trial ids)
         dims = [
@@ -446,6 +455,7 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{_tag(est)}__{critic}__d{dim}__s{seed}",
             )
             for est, critic, dim, seed in itertools.product(estimators, critics, dims, seeds)
+            if critic in only.get(est, critics)
         ]
     base = {k: settings[k] for k in STAIRCASE_BASE if k != "dim"}
     return [

@@ -239,6 +239,10 @@ grid:
                     r"\[1\]\.negatives: a proposal-based estimator draws its own",
                 ),
                 ("{name: nwj, estimator: smile}", r"grid\.estimator\[1\]: a second estimator named 'nwj'"),
+                (
+                    "{name: a, estimator: nwj, critics: [concat]}",
+                    r"grid\.estimator\[1\]\.critics\[0\]: 'concat' is not a critic of grid\.critic \(separable\)",
+                ),
             )
         ),
     ],
@@ -284,7 +288,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         ("estimators-reduced", REDUCED_TRIALS),
         ("estimators-smoke", 8),
         ("misa-cost", 4),
-        ("estimator-search", 8 * 3),
+        ("estimator-search", 60),
         ("locomotion-10k", 81),
         ("locomotion-1m", 297),
     ):
@@ -556,6 +560,16 @@ def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
         "negatives": "derangement",  # gan-dime's own
     }
     assert spec.trials[2]["settings"]["recipe"]["options"] == {"tau": 2.0}
+    both = RECIPE_SPEC.replace("critic: [concat]", "critic: [concat, separable]")
+    both = both.replace("negatives: derangement}", "negatives: derangement, critics: [separable]}")
+    ids = [t["id"] for t in sweep.load_spec(write_spec(tmp_path, both, "both.yaml")).trials]
+    assert ids == [
+        "gan-dime__gauss-d4__concat__s3",
+        "gan-dime__gauss-d4__separable__s3",
+        "gan-small-fast__gauss-d4__concat__s3",
+        "gan-small-fast__gauss-d4__separable__s3",
+        "smile-der__gauss-d4__separable__s3",  # its critics only
+    ]
     out = tmp_path / "out"
     sc = sweep._staircase_module()
     task = sc.parse_task("gauss-d4")
