@@ -17,6 +17,7 @@ Negatives from a batch of joint samples `(x_i, y_i)`, i < N, come two ways:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -29,10 +30,16 @@ Critic = Callable[[Tensor, Tensor], Tensor]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
-    """A plain MLP `sizes[0] -> ... -> sizes[-1]` with `activation` between layers (none after the last)."""
+def _check_layers(sizes: list[int], activation: str) -> None:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in sizes):
+        raise ValueError(f"every layer size must be a positive integer; got {list(sizes)}")
+
+
+def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
+    """A plain MLP `sizes[0] -> ... -> sizes[-1]` with `activation` between layers (none after the last)."""
+    _check_layers(sizes, activation)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -88,6 +95,7 @@ class ConcatCritic(nn.Module):
             raise ValueError(
                 "ConcatCritic needs at least one hidden layer; use BilinearCritic for a linear critic"
             )
+        _check_layers([x_dim, y_dim, *hidden, 1], activation)  # before any layer: the init's draws keep their order
         self.x_dim, self.y_dim = x_dim, y_dim
         self.x_in = nn.Linear(x_dim, hidden[0])
         self.y_in = nn.Linear(y_dim, hidden[0], bias=False)

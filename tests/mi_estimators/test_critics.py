@@ -154,3 +154,32 @@ def test_bad_constructor_options():
         SeparableCritic(2, 2, activation="sigmoid")
     with pytest.raises(ValueError, match=r"at least one hidden layer"):
         ConcatCritic(2, 2, hidden=())
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda: mie.ConcatCritic(3, 3, hidden=(0,)),
+            r"every layer size must be a positive integer; got \[3, 3, 0, 1\]",
+        ),
+        (lambda: mie.ConcatCritic(3, 3, hidden=(8, 2.5)), r"positive integer; got \[3, 3, 8, 2\.5, 1\]"),
+        (lambda: mie.ConcatCritic(3, 3, activation="gelu"), r"activation must be one of .*; got 'gelu'"),
+        (lambda: mie.SeparableCritic(3, 3, hidden=(-4,)), r"positive integer; got \[3, -4, 32\]"),
+        (lambda: mie.SeparableCritic(3, 3, embed_dim=0), r"positive integer; got \[3, 256, 0\]"),
+        (lambda: mie.SeparableCritic(3, 3, hidden=(True,)), r"positive integer"),
+    ],
+)
+def test_critic_sizes_and_activation_are_checked(make, match):
+    """A zero-width layer would silently make a critic of empty tensors; a bad activation named, not a KeyError."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_concat_critic_initialisation_is_unchanged_by_the_checks():
+    """The checks draw nothing: a seeded ConcatCritic's first layer is that of the same layers built by hand."""
+    torch.manual_seed(0)
+    c = mie.ConcatCritic(3, 2, hidden=(4, 4))
+    torch.manual_seed(0)
+    x_in = torch.nn.Linear(3, 4)
+    assert torch.equal(c.x_in.weight, x_in.weight)
