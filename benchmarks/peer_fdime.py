@@ -120,6 +120,7 @@ def _ours(name: str, recipe: dict[str, Any] | None, task: str, critic: str, spl:
             "critic_overrides": recipe["critic_options"],
             "lr": recipe["lr"],
             "negatives": recipe["negatives"],
+            "average": recipe.get("average"),
         }
         if recipe
         else {}
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["gan-dime"],
         help="our estimators: registered names (the suite's settings) or recipe names from --recipes",
     )
-    p.add_argument("--critic", default="concat", choices=["separable", "concat"], help="our critic")
+    p.add_argument("--critic", default="concat", choices=["separable", "concat", "hybrid"], help="our critic")
     p.add_argument("--recipes", type=Path, help="a staircase sweep spec whose recipes --ours may name")
     p.add_argument("--steps-per-level", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=64)

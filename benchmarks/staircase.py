@@ -50,6 +50,7 @@ SUITE_ESTIMATORS = [*DEFAULT_ESTIMATORS, "kl-dime", "gan-dime", "hd-dime"]
 CRITIC_OPTIONS: dict[str, dict[str, Any]] = {
     "separable": {"embed_dim": 32, "hidden": (256,)},
     "concat": {"hidden": (128, 128)},
+    "hybrid": {"hidden": (128, 128), "separable_hidden": (256,), "embed_dim": 32},  # the two above, summed
 }
 LR = 5e-4
 
@@ -255,6 +256,7 @@ def run_protocol(
     critic_overrides: Mapping[str, Any] | None = None,
     lr: float = LR,
     negatives: str | None = None,
+    average: float | None = None,
 ) -> dict[str, Any]:
     """One trial of the suite: train `critic` with `estimator` over the staircase of `task` (one `mie.estimate`
     run, Adam at `lr`, fresh batch of `batch_size` each step, the estimator's default negatives unless `negatives`
@@ -271,7 +273,8 @@ def run_protocol(
 
     A recipe (a sweep's estimator entry) changes the rest: `estimator_options` go to `mie.make(estimator, ...)`,
     `critic_overrides` replace keys of `CRITIC_OPTIONS[critic]` (e.g. `{"hidden": (256, 256)}`), `lr` is Adam's
-    and `negatives` ("all-pairs" | "derangement") the training and held-out negatives.
+    and `negatives` ("all-pairs" | "derangement") the training and held-out negatives; `average` (a decay) reads
+    the training and held-out estimates through an `mie.AveragedCritic` of the critic.
 
     Returns `{"estimates", "stopped_at", "error", "heldout": [{"mi", "mean", "std", "error"}] per level,
     "levels": summarise(...) with `heldout` and `heldout_std` merged in}`.
@@ -285,6 +288,8 @@ def run_protocol(
         negatives = None
     elif negatives is None:
         negatives = est.negatives
+    averaged = mie.AveragedCritic(net, average) if average is not None else None
+    read = averaged if averaged is not None else net  # what the estimates are read through
     heldout: list[dict[str, Any]] = [
         {"mi": mi, "mean": math.nan, "std": math.nan, "error": "level not completed"} for mi in LEVELS
     ]
@@ -299,7 +304,7 @@ def run_protocol(
         try:
             ev = mie.evaluate(
                 est,
-                net,
+                read,
                 x,
                 y,
                 batch_size=batch_size,
@@ -331,6 +336,7 @@ def run_protocol(
         seed=seed,
         progress=False,
         negatives=negatives,
+        average=averaged,
     )
     if hist.stopped_at is None:
         evaluate_level(len(LEVELS) - 1)

@@ -81,9 +81,9 @@ STAIRCASE_BASE = {
     "record_every": 10,  # result.json keeps every n-th per-step estimate (for the plots)
 }
 #: the keys of a staircase estimator given as a recipe (a mapping in `grid.estimator`)
-RECIPE_KEYS = ("name", "estimator", "options", "critic_options", "lr", "negatives", "critics")
+RECIPE_KEYS = ("name", "estimator", "options", "critic_options", "lr", "negatives", "average", "critics")
 STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value of each base key (default 1)
-CRITICS = ("separable", "concat")
+CRITICS = ("separable", "concat", "hybrid")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
 IGNORED_DRIFT = ("run_dir", "threads", "device")  # may change between reruns without invalidating a run
 RESULT = "result.json"
@@ -364,6 +364,12 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
             "a proposal-based estimator draws its own" if built.needs_proposal else "all-pairs or derangement"
         )
         raise SpecError(f"{where}.negatives: {why}; got {negatives!r}")
+    average = _plain(entry.get("average"))
+    if average is not None:
+        if built.needs_proposal:
+            raise SpecError(f"{where}.average: applies to score-based estimators only")
+        if isinstance(average, bool) or not isinstance(average, int | float) or not 0 < average < 1:
+            raise SpecError(f"{where}.average must be a decay in (0, 1); got {average!r}")
     return {
         "name": name,
         "estimator": est,
@@ -372,6 +378,9 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
         "lr": float(lr),
         "negatives": negatives if negatives is not None else getattr(built, "negatives", None),
         "critics": only,
+        **(
+            {"average": float(average)} if average is not None else {}
+        ),  # absent: older trials' settings stand
     }
 
 
@@ -692,6 +701,7 @@ def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[s
                 "critic_overrides": recipe["critic_options"],
                 "lr": recipe["lr"],
                 "negatives": recipe["negatives"],
+                "average": recipe.get("average"),
             }
             if recipe
             else {}
@@ -1541,7 +1551,7 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
         f"Protocol (f-DIME's, Poole et al.'s): true MI {', '.join(f'{m:g}' for m in levels)} nats, "
         f"{s['steps_per_level']} steps per level, a fresh batch of {s['batch_size']} per step, Adam "
         f"{sc.LR:g}, one run over the whole staircase; critics `separable` f(x)·g(y) (hidden 256, embedding 32) "
-        "and `concat` MLP([x, y]) (hidden 128, 128); the estimator's own negatives (all pairs of the batch; one "
+        "`concat` MLP([x, y]) (hidden 128, 128) and `hybrid` (the two summed); the estimator's own negatives (all pairs of the batch; one "
         "derangement for kl-dime, gan-dime, hd-dime). **Bias, variance, MSE**: of the per-step training estimate "
         "(the bound on the step's batch, before its update) over the second half of each level. **Held-out**: "
         f"{heldout}. Cells: mean ± sample std over seeds ({', '.join(map(str, seeds))}); `(k/n)`: only k of "
@@ -1561,12 +1571,12 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
             "Estimators given as recipes (the rest of the protocol as above; critic options replace the critic's "
             "defaults key by key):",
             "",
-            "| name | estimator | options | critic options | lr | negatives |",
-            "|---|---|---|---|---|---|",
+            "| name | estimator | options | critic options | lr | negatives | averaged critic (decay) |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {name} | {r['estimator']} | {_inline(r['options'])} | {_inline(r['critic_options'])} | "
-            f"{r['lr']:g} | {r['negatives'] or ''} |"
+            f"{r['lr']:g} | {r['negatives'] or ''} | {r.get('average') or ''} |"
             for name, r in recipes.items()
         ]
     tables = (

@@ -24,8 +24,10 @@ from .bounds import (
     tuba_bound,
 )
 from .critics import (
+    AveragedCritic,
     BilinearCritic,
     ConcatCritic,
+    HybridCritic,
     SeparableCritic,
     all_pairs_scores,
     contrastive_scores,
@@ -64,6 +66,7 @@ from .scores import NonFiniteScoresError, Scores
 __version__ = "0.1.0"
 
 __all__ = [
+    "AveragedCritic",
     "BilinearCritic",
     "ConcatCritic",
     "DiagGaussian",
@@ -74,6 +77,7 @@ __all__ = [
     "HDDIME",
     "HMC",
     "History",
+    "HybridCritic",
     "KLDIME",
     "LogZEstimate",
     "MALA",

@@ -17,6 +17,7 @@ Negatives from a batch of joint samples `(x_i, y_i)`, i < N, come two ways:
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Callable
 
@@ -95,7 +96,9 @@ class ConcatCritic(nn.Module):
             raise ValueError(
                 "ConcatCritic needs at least one hidden layer; use BilinearCritic for a linear critic"
             )
-        _check_layers([x_dim, y_dim, *hidden, 1], activation)  # before any layer: the init's draws keep their order
+        _check_layers(
+            [x_dim, y_dim, *hidden, 1], activation
+        )  # before any layer: the init's draws keep their order
         self.x_dim, self.y_dim = x_dim, y_dim
         self.x_in = nn.Linear(x_dim, hidden[0])
         self.y_in = nn.Linear(y_dim, hidden[0], bias=False)
@@ -111,6 +114,85 @@ class ConcatCritic(nn.Module):
         """All pairs: `x [N, dx]`, `y [M, dy]` -> `[N, M]`."""
         _check_dims(x, y, self.x_dim, self.y_dim)
         return self(x.unsqueeze(1), y.unsqueeze(0))
+
+
+class HybridCritic(nn.Module):
+    """`T(x, y) = MLP([x, y]) + f(x) . g(y)`: a `ConcatCritic` and a `SeparableCritic`, summed.
+
+    The separable term holds the bilinear part of a log density ratio (for jointly Gaussian data, `x . y` summed
+    over every dimension), which a concat MLP of ReLUs approximates poorly in high dimension; the concat term holds
+    what an inner product of embeddings struggles with (sharp, local dependence at high MI in low dimension). On the
+    MI staircase it beats both alone (docs/benchmarks.md, "Against f-DIME"). The all-pairs matrix is the sum of the
+    two matrices. Initialised in that order: the concat critic's parameters, then the separable one's.
+
+    Args:
+        hidden: the concat MLP's hidden sizes.
+        separable_hidden, embed_dim: the separable critic's hidden sizes and embedding width.
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        y_dim: int,
+        hidden: tuple[int, ...] = (128, 128),
+        separable_hidden: tuple[int, ...] = (256,),
+        embed_dim: int = 32,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.x_dim, self.y_dim = x_dim, y_dim
+        self.concat = ConcatCritic(x_dim, y_dim, hidden, activation)
+        self.separable = SeparableCritic(x_dim, y_dim, separable_hidden, embed_dim, activation)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """`x [..., dx]`, `y [..., dy]` (broadcastable leading axes) -> scores `[...]`."""
+        return self.concat(x, y) + self.separable(x, y)
+
+    def matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """All pairs: `x [N, dx]`, `y [M, dy]` -> `[N, M]`."""
+        return self.concat.matrix(x, y) + self.separable.matrix(x, y)
+
+
+class AveragedCritic(nn.Module):
+    """An exponential moving average of a trained critic's parameters (Polyak averaging), to read estimates through.
+
+    `update()`, called after each optimiser step of the trained critic, moves every parameter of the average toward
+    the trained one by `1 - decay` (`p_avg += (1 - decay) (p - p_avg)`) and copies its buffers. An estimate read
+    through the average keeps the batch's sampling noise but loses most of the step-to-step noise that SGD leaves in
+    the critic; it lags the trained critic by about `1 / (1 - decay)` steps (100 at 0.99). The average starts as a
+    copy of the critic and has no gradients; `trained` is the critic it follows (not a submodule: `parameters()` and
+    `state_dict()` hold the average's own).
+
+    Args:
+        critic: the trained critic, an `nn.Module` with parameters.
+        decay: in (0, 1); 0.99 by default.
+    """
+
+    def __init__(self, critic: nn.Module, decay: float = 0.99) -> None:
+        super().__init__()
+        if not isinstance(critic, nn.Module) or not any(True for _ in critic.parameters()):
+            raise TypeError(f"critic must be an nn.Module with parameters; got {type(critic).__name__}")
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 < float(decay) < 1.0:
+            raise ValueError(f"decay must be a number in (0, 1); got {decay!r}")
+        self.decay = float(decay)
+        object.__setattr__(self, "trained", critic)  # followed, not owned
+        self.average = copy.deepcopy(critic).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One averaging step toward the trained critic's current parameters and buffers."""
+        for avg, p in zip(self.average.parameters(), self.trained.parameters()):
+            avg.lerp_(p.detach(), 1.0 - self.decay)
+        for avg, b in zip(self.average.buffers(), self.trained.buffers()):
+            avg.copy_(b)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The average's scores: as the trained critic's call."""
+        return self.average(x, y)
+
+    def matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        """All pairs `[N, M]` through the average (its `matrix`, else broadcasting)."""
+        return score_matrix(self.average, x, y)
 
 
 class BilinearCritic(nn.Module):

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .critics import (
+    AveragedCritic,
     BilinearCritic,
     ConcatCritic,
+    HybridCritic,
     SeparableCritic,
     all_pairs_scores,
     derangement_scores,
@@ -39,6 +41,7 @@ CRITICS: dict[str, type[nn.Module]] = {
     "separable": SeparableCritic,
     "concat": ConcatCritic,
     "bilinear": BilinearCritic,
+    "hybrid": HybridCritic,
 }
 
 
@@ -416,6 +419,7 @@ def estimate(
     estimator_options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     negatives: str | None = None,
+    average: float | AveragedCritic | None = None,
 ) -> History:
     """Train a critic with `estimator` and return the history of its estimates (nats).
 
@@ -428,7 +432,7 @@ def estimate(
 
     Args:
         estimator: a registered name or an `Estimator`.
-        critic: "separable" | "concat" | "bilinear", a module, or any callable critic (a fixed critic trains
+        critic: "separable" | "concat" | "hybrid" | "bilinear", a module, or any callable critic (a fixed critic trains
             nothing but the estimator's own parameters, if any).
         steps, batch_size, lr: Adam on all parameters of critic and estimator.
         seed / generator: network initialisation uses `seed`, every data draw the generator (seeded by `seed` when
@@ -438,6 +442,12 @@ def estimate(
         negatives: "all-pairs" or "derangement" for score-based estimators; None is the estimator's default
             (`Estimator.negatives`: "derangement" for kl-dime, gan-dime, hd-dime, "all-pairs" otherwise). The
             derangements are drawn from the data generator.
+        average: read the estimates through an exponential moving average of the critic's parameters
+            (`AveragedCritic`): a decay in (0, 1) such as 0.99, or an `AveragedCritic` built on `critic` (to read
+            the average during training, e.g. for held-out estimates). The critic trains exactly as without it (same
+            loss, same draws); each step's estimate is the bound on the same batch and the same negatives, scored by
+            the average as it is before the step. `History.critic` is then the average (`.trained` the critic).
+            Score-based estimators only.
 
     Non-finite values do not lose the run: when a step's scores, estimate, loss or gradient is non-finite (a
     diverging critic, an overflowing NWJ term), `estimate` stops before applying that step's update, warns
@@ -496,6 +506,7 @@ def estimate(
                 ensure(x_dim, y_dim)
         net = _make_critic(critic, x_dim, y_dim, critic_options or {})
     kind = _check_negatives(negatives, est)
+    averaged = _averaged(average, net, kind)
     modules = [m for m in (net, est) if isinstance(m, nn.Module)]
     for m in modules:
         m.to(device)
@@ -508,7 +519,7 @@ def estimate(
     history = History(
         estimator=est.name,
         true_mi=[] if first is not None else None,
-        critic=net,
+        critic=averaged if averaged is not None else net,
         module=est,
         negatives=kind,
         batch_size=int(batch_size),
@@ -525,8 +536,14 @@ def estimate(
             xb, yb = x[idx], y[idx]  # type: ignore[index]
         xb, yb = xb.to(device=device, dtype=work_dtype), yb.to(device=device, dtype=work_dtype)
         entropy = getattr(current, "entropy_y", None) if est.needs_proposal and current is not None else None
+        replay = generator.get_state() if averaged is not None else None
         try:
             s = _batch_scores(est, net, xb, yb, kind, generator, entropy)
+            if averaged is not None:  # the same negatives (the same draws, replayed), scored by the average
+                g = torch.Generator(device=generator.device)
+                g.set_state(replay)
+                with torch.no_grad():
+                    reported = _batch_scores(est, averaged, xb, yb, kind, g, entropy)
         except (NonFiniteScoresError, NonFiniteChainError) as e:
             _stop(history, step, steps, f"non-finite critic scores: {e}")
             break
@@ -534,7 +551,7 @@ def estimate(
         kept = [b.detach().clone() for b in est.buffers()]
         loss = est.loss(s)
         with torch.no_grad():  # the reported estimate is the bound on this batch, before the step
-            value = float(est.bound(s))
+            value = float(est.bound(s if averaged is None else reported))
         problem = _nonfinite(value, loss)
         if problem is None and opt is not None:
             opt.zero_grad(set_to_none=True)
@@ -542,6 +559,8 @@ def estimate(
             problem = _nonfinite_gradient(params)
             if problem is None:
                 opt.step()
+                if averaged is not None:
+                    averaged.update()
         if problem is not None:
             with torch.no_grad():
                 for b, before in zip(est.buffers(), kept):
@@ -555,6 +574,23 @@ def estimate(
             bar.set_postfix(mi=f"{value:.3f}")
     bar.close()
     return history
+
+
+def _averaged(average: Any, net: Any, kind: str) -> AveragedCritic | None:
+    """The `AveragedCritic` that `estimate(average=...)` reads estimates through (None without averaging)."""
+    if average is None:
+        return None
+    if kind == "proposal":
+        raise ValueError("average applies to score-based estimators (all-pairs or derangement negatives)")
+    if isinstance(average, AveragedCritic):
+        if average.trained is not net:
+            raise ValueError("average is an AveragedCritic of another critic; build it on the critic passed")
+        return average
+    if not isinstance(net, nn.Module) or not any(True for _ in net.parameters()):
+        raise ValueError("average needs a critic with parameters to average")
+    if isinstance(average, bool) or not isinstance(average, int | float):
+        raise TypeError(f"average must be a decay in (0, 1), an AveragedCritic or None; got {average!r}")
+    return AveragedCritic(net, float(average))  # ValueError for a decay outside (0, 1)
 
 
 def _nonfinite(value: float, loss: Tensor) -> str | None:
