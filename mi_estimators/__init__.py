@@ -35,7 +35,7 @@ from .critics import (
     derangement_scores,
     score_matrix,
 )
-from .estimate import NEGATIVES, Evaluation, History, estimate, evaluate
+from .estimate import NEGATIVES, RECOMMENDED, Evaluation, History, estimate, evaluate
 from .fdime import (
     GANDIME,
     HDDIME,
@@ -88,6 +88,7 @@ __all__ = [
     "MISAF",
     "MonteCarloLogZ",
     "NEGATIVES",
+    "RECOMMENDED",
     "NonFiniteChainError",
     "NonFiniteScoresError",
     "PartitionError",

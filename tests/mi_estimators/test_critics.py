@@ -183,3 +183,66 @@ def test_concat_critic_initialisation_is_unchanged_by_the_checks():
     torch.manual_seed(0)
     x_in = torch.nn.Linear(3, 4)
     assert torch.equal(c.x_in.weight, x_in.weight)
+
+
+def test_hybrid_critic_is_the_sum_of_a_concat_and_a_separable_critic():
+    x, y = data(5, 4)
+    torch.manual_seed(3)
+    h = mie.HybridCritic(DX, DY, hidden=(8, 8), separable_hidden=(6,), embed_dim=4).double()
+    torch.manual_seed(3)  # initialised in the documented order: the concat critic, then the separable one
+    c = ConcatCritic(DX, DY, hidden=(8, 8)).double()
+    sep = SeparableCritic(DX, DY, hidden=(6,), embed_dim=4).double()
+    assert torch.equal(h.concat.x_in.weight, c.x_in.weight) and torch.equal(
+        h.separable.f[0].weight, sep.f[0].weight
+    )
+    expected = c.matrix(x, y) + sep.matrix(x, y)
+    torch.testing.assert_close(h.matrix(x, y), expected)
+    torch.testing.assert_close(h(x.unsqueeze(1), y.unsqueeze(0)), expected)  # broadcasting agrees with matrix
+    torch.testing.assert_close(score_matrix(h, x, y), expected)
+    with pytest.raises(ValueError, match="critic expected x with last dimension 3"):
+        h(torch.zeros(2, 4, dtype=F64), torch.zeros(2, DY, dtype=F64))
+
+
+def test_averaged_critic_is_an_exponential_moving_average_of_the_parameters():
+    torch.manual_seed(0)
+    net = ConcatCritic(DX, DY, hidden=(4,)).double()
+    avg = mie.AveragedCritic(net, decay=0.75)
+    start = [p.detach().clone() for p in avg.parameters()]
+    assert all(not p.requires_grad for p in avg.parameters())
+    assert len(list(avg.parameters())) == len(
+        list(net.parameters())
+    )  # the average's own: the critic is not owned
+    assert avg.trained is net and "trained" not in dict(avg.named_children())
+    target = [p.detach().clone() + 1.0 for p in net.parameters()]
+    with torch.no_grad():
+        for p, t in zip(net.parameters(), target):
+            p.copy_(t)
+    for _ in range(3):
+        avg.update()
+    for a, s0, t in zip(avg.parameters(), start, target):  # avg_k = t + decay^k (avg_0 - t)
+        torch.testing.assert_close(a, t + 0.75**3 * (s0 - t))
+    x, y = data()
+    torch.testing.assert_close(avg(x[:4], y), avg.average(x[:4], y))
+    torch.testing.assert_close(avg.matrix(x, y), avg.average.matrix(x, y))
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (
+            lambda: mie.AveragedCritic(ConcatCritic(2, 2), decay=1.0),
+            ValueError,
+            r"decay must be a number in \(0, 1\)",
+        ),
+        (
+            lambda: mie.AveragedCritic(ConcatCritic(2, 2), decay=0),
+            ValueError,
+            r"decay must be a number in \(0, 1\)",
+        ),
+        (lambda: mie.AveragedCritic(ConcatCritic(2, 2), decay=True), ValueError, r"decay must be a number"),
+        (lambda: mie.AveragedCritic(lambda x, y: x.sum(-1), 0.9), TypeError, "an nn.Module with parameters"),
+    ],
+)
+def test_averaged_critic_rejects_bad_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
