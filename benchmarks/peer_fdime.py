@@ -233,6 +233,45 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def screen(rows: list[dict], sweep_out: Path, command: str) -> str:
+    """The ratio table of a staircase sweep's finished trials (`<sweep_out>/runs/*/result.json`) against f-DIME's
+    MSE in `rows` (its mean over seeds, per task and level): per estimator (recipe) and critic, for each task the
+    largest ratio over the levels of the trial's MSE (mean over the sweep's seeds) to f-DIME's."""
+    peer = {}
+    for r in rows:
+        if r["library"] == PEER:
+            peer.setdefault((r["task"], r["true_mi"]), []).append(r["mse"])
+    peer_mse = {k: statistics.fmean(v) for k, v in peer.items()}
+    cells: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
+    for path in sorted((sweep_out / "runs").glob("*/result.json")):
+        res = json.loads(path.read_text())
+        p = res["params"]
+        if p["task"] not in TASKS:
+            continue
+        cells.setdefault((p["estimator"], p["critic"]), {}).setdefault(p["task"], []).append(
+            [lv["mse"] for lv in res["levels"]]
+        )
+    tasks = [t for t in TASKS if any((t, m) in peer_mse for m in LEVELS)]
+    lines = [
+        f"<!-- regenerate: {command} -->",
+        "| estimator | critic | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for (est, critic), by_task in cells.items():
+        out = []
+        for t in tasks:
+            runs = by_task.get(t)
+            if not runs:
+                out.append("")
+                continue
+            mse = [statistics.fmean(v[i] for v in runs) for i in range(len(LEVELS))]
+            ratios = [m / peer_mse[(t, mi)] for m, mi in zip(mse, LEVELS)]
+            worst = max(ratios) if all(math.isfinite(x) for x in ratios) else math.inf
+            out.append("∞ (non-finite)" if math.isinf(worst) else f"{worst:.2f}")
+        lines.append(f"| {est} | {critic} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _read_csv(path: Path) -> list[dict]:
     import csv
 
@@ -267,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--merge", action="store_true", help="keep the rows of an existing CSV that this run does not redo"
     )
+    p.add_argument(
+        "--screen",
+        type=Path,
+        metavar="SWEEP_OUT",
+        help="write <out>/fdime_screen.md: each trial of this staircase sweep folder against f-DIME's MSE in fdime.csv",
+    )
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -284,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         ["benchmarks/peer_fdime.py", *(argv if argv is not None else sys.argv[1:])]
     )
     command = command.replace(" --report-only", "").replace(" --merge", "")
+    if args.screen:
+        text = screen(_read_csv(csv_path), args.screen, command)
+        atomic_write(args.out / "fdime_screen.md", lambda tmp: Path(tmp).write_text(text))
+        print(text)
+        return 0
     if args.report_only:
         rows = _read_csv(csv_path)
         first = md_path.read_text().splitlines()[0] if md_path.exists() else ""

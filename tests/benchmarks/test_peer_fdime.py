@@ -141,3 +141,28 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         peer_fdime.main(["--no-peer", "--ours", "gan-dimex"])
     assert "--ours 'gan-dimex': neither a registered estimator nor a recipe" in capsys.readouterr().err
+
+
+def test_screen_ratios_a_sweep_against_fdime(tmp_path):
+    import json
+
+    rows = [
+        {"library": "f-DIME", "estimator": "gan-deranged", "task": "gauss-d5", "seed": s, "true_mi": mi}
+        | {"bias": 0.0, "variance": 0.1, "mse": 0.1 * (s + 1), "nonfinite": 0, "seconds": 1.0}
+        for s in (0, 1)
+        for mi in peer_fdime.LEVELS
+    ]  # f-DIME's mean MSE: 0.15 at every level
+    for name, critic, mses in (
+        ("a", "hybrid", [0.15, 0.075, 0.1, 0.1, 0.3]),
+        ("b", "concat", [0.1, 0.1, float("nan"), 0.1, 0.1]),
+    ):
+        d = tmp_path / "sweep" / "runs" / f"{name}__gauss-d5__{critic}__s0"
+        d.mkdir(parents=True)
+        levels = [{"mi": mi, "mse": m} for mi, m in zip(peer_fdime.LEVELS, mses)]
+        (d / "result.json").write_text(
+            json.dumps(
+                {"params": {"estimator": name, "critic": critic, "task": "gauss-d5"}, "levels": levels}
+            )
+        )
+    md = peer_fdime.screen(rows, tmp_path / "sweep", "cmd")
+    assert "| a | hybrid | 2.00 |" in md and "| b | concat | ∞ (non-finite) |" in md
