@@ -519,6 +519,8 @@ def estimate(
     modules = [m for m in (net, est) if isinstance(m, nn.Module)]
     for m in modules:
         m.to(device)
+    if averaged is not None:
+        averaged.to(device)  # its own copy of the critic, on the critic's device
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     # minibatches in the networks' dtype (float64 or half samples through float32 networks); a critic without
     # parameters (a fixed callable) sees the data's own dtype
