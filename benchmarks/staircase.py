@@ -260,10 +260,10 @@ def run_protocol(
 ) -> dict[str, Any]:
     """One trial of the suite: train `critic` with `estimator` over the staircase of `task` (one `mie.estimate`
     run, Adam at `lr`, fresh batch of `batch_size` each step, the estimator's default negatives unless `negatives`
-    names them) and, at the end of each
-    level, evaluate the critic as it is then with the same estimator on `heldout_samples` fresh samples of that
-    level's task (`mie.evaluate`, batches of `batch_size`, the training negatives), drawn from a generator seeded
-    with `heldout_seed(seed, level)`: never the training one, and the same numbers for the same seed and threads.
+    names them) and, at the end of each level, evaluate the critic as it is then with the same estimator on
+    `heldout_samples` fresh samples of that level's task (`mie.evaluate`, batches of `batch_size`, the training
+    negatives), drawn from a generator seeded with `heldout_seed(seed, level)`: never the training one, and the
+    same numbers for the same seed and threads.
 
     The evaluation happens inside the schedule `estimate` calls at the start of each step: at the first step of
     level i+1 the critic has had exactly the (i+1) * steps_per_level updates of levels <= i. It runs without
