@@ -316,9 +316,9 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: list[str]) -> dict[str, Any]:
-    """A validated estimator recipe: `{name, estimator, options, critic_options, lr, negatives}` with the defaults
-    filled in (a registered estimator's own options, the suite's critic sizes and lr, its own negatives), and
-    `critics`: the grid critics it runs with (default all). Every option is tried here (the estimator built, the
+    """A validated estimator recipe: `{name, estimator, options, critic_options, lr, negatives[, average]}` with
+    the defaults filled in (a registered estimator's own options, the suite's critic sizes and lr, its own
+    negatives; no averaging), and `critics`: the grid critics it runs with (default all). Every option is tried here (the estimator built, the
     critic of each grid critic built), so a bad one fails the spec, not a trial."""
     import mi_estimators as mie
     from mi_estimators.estimate import CRITICS as CRITIC_CLASSES
@@ -370,7 +370,7 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
             raise SpecError(f"{where}.average: applies to score-based estimators only")
         if isinstance(average, bool) or not isinstance(average, int | float) or not 0 < average < 1:
             raise SpecError(f"{where}.average must be a decay in (0, 1); got {average!r}")
-    return {
+    recipe = {
         "name": name,
         "estimator": est,
         "options": options,
@@ -378,10 +378,10 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
         "lr": float(lr),
         "negatives": negatives if negatives is not None else getattr(built, "negatives", None),
         "critics": only,
-        **(
-            {"average": float(average)} if average is not None else {}
-        ),  # absent: older trials' settings stand
     }
+    if average is not None:  # only when given: the settings of trials made before this key stay as they were
+        recipe["average"] = float(average)
+    return recipe
 
 
 def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1550,9 +1550,9 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
         "",
         f"Protocol (f-DIME's, Poole et al.'s): true MI {', '.join(f'{m:g}' for m in levels)} nats, "
         f"{s['steps_per_level']} steps per level, a fresh batch of {s['batch_size']} per step, Adam "
-        f"{sc.LR:g}, one run over the whole staircase; critics `separable` f(x)·g(y) (hidden 256, embedding 32) "
-        "`concat` MLP([x, y]) (hidden 128, 128) and `hybrid` (the two summed); the estimator's own negatives (all pairs of the batch; one "
-        "derangement for kl-dime, gan-dime, hd-dime). **Bias, variance, MSE**: of the per-step training estimate "
+        f"{sc.LR:g}, one run over the whole staircase; critics `separable` f(x)·g(y) (hidden 256, embedding 32), "
+        "`concat` MLP([x, y]) (hidden 128, 128) and `hybrid` (the two summed); the estimator's own negatives "
+        "(all pairs of the batch; one derangement for kl-dime, gan-dime, hd-dime). **Bias, variance, MSE**: of the per-step training estimate "
         "(the bound on the step's batch, before its update) over the second half of each level. **Held-out**: "
         f"{heldout}. Cells: mean ± sample std over seeds ({', '.join(map(str, seeds))}); `(k/n)`: only k of "
         "the n seeds have a finite value (a run that stopped on a non-finite step has none after it). "
