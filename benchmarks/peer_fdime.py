@@ -121,6 +121,7 @@ def _ours(name: str, recipe: dict[str, Any] | None, task: str, critic: str, spl:
             "lr": recipe["lr"],
             "negatives": recipe["negatives"],
             "average": recipe.get("average"),
+            "max_grad_norm": recipe.get("max_grad_norm"),
         }
         if recipe
         else {}

@@ -257,6 +257,7 @@ def run_protocol(
     lr: float = LR,
     negatives: str | None = None,
     average: float | None = None,
+    max_grad_norm: float | None = None,
 ) -> dict[str, Any]:
     """One trial of the suite: train `critic` with `estimator` over the staircase of `task` (one `mie.estimate`
     run, Adam at `lr`, fresh batch of `batch_size` each step, the estimator's default negatives unless `negatives`
@@ -274,7 +275,8 @@ def run_protocol(
     A recipe (a sweep's estimator entry) changes the rest: `estimator_options` go to `mie.make(estimator, ...)`,
     `critic_overrides` replace keys of `CRITIC_OPTIONS[critic]` (e.g. `{"hidden": (256, 256)}`), `lr` is Adam's
     and `negatives` ("all-pairs" | "derangement") the training and held-out negatives; `average` (a decay) reads
-    the training and held-out estimates through an `mie.AveragedCritic` of the critic.
+    the training and held-out estimates through an `mie.AveragedCritic` of the critic; `max_grad_norm` clips the
+    gradient's norm.
 
     Returns `{"estimates", "stopped_at", "error", "heldout": [{"mi", "mean", "std", "error"}] per level,
     "levels": summarise(...) with `heldout` and `heldout_std` merged in}`.
@@ -337,6 +339,7 @@ def run_protocol(
         progress=False,
         negatives=negatives,
         average=averaged,
+        max_grad_norm=max_grad_norm,
     )
     if hist.stopped_at is None:
         evaluate_level(len(LEVELS) - 1)

@@ -81,7 +81,19 @@ STAIRCASE_BASE = {
     "record_every": 10,  # result.json keeps every n-th per-step estimate (for the plots)
 }
 #: the keys of a staircase estimator given as a recipe (a mapping in `grid.estimator`)
-RECIPE_KEYS = ("name", "estimator", "options", "critic_options", "lr", "negatives", "average", "critics")
+RECIPE_KEYS = (
+    *(
+        "name",
+        "estimator",
+        "options",
+        "critic_options",
+        "lr",
+        "negatives",
+        "average",
+        "max_grad_norm",
+        "critics",
+    ),
+)
 STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value of each base key (default 1)
 CRITICS = ("separable", "concat", "hybrid")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
@@ -370,6 +382,14 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
             raise SpecError(f"{where}.average: applies to score-based estimators only")
         if isinstance(average, bool) or not isinstance(average, int | float) or not 0 < average < 1:
             raise SpecError(f"{where}.average must be a decay in (0, 1); got {average!r}")
+    max_grad_norm = _plain(entry.get("max_grad_norm"))
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool)
+        or not isinstance(max_grad_norm, int | float)
+        or not math.isfinite(max_grad_norm)
+        or max_grad_norm <= 0
+    ):
+        raise SpecError(f"{where}.max_grad_norm must be a positive number; got {max_grad_norm!r}")
     recipe = {
         "name": name,
         "estimator": est,
@@ -379,8 +399,11 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
         "negatives": negatives if negatives is not None else getattr(built, "negatives", None),
         "critics": only,
     }
-    if average is not None:  # only when given: the settings of trials made before this key stay as they were
+    # only when given: the settings of trials made before these keys existed stay as they were
+    if average is not None:
         recipe["average"] = float(average)
+    if max_grad_norm is not None:
+        recipe["max_grad_norm"] = float(max_grad_norm)
     return recipe
 
 
@@ -702,6 +725,7 @@ def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[s
                 "lr": recipe["lr"],
                 "negatives": recipe["negatives"],
                 "average": recipe.get("average"),
+                "max_grad_norm": recipe.get("max_grad_norm"),
             }
             if recipe
             else {}
@@ -1571,12 +1595,13 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
             "Estimators given as recipes (the rest of the protocol as above; critic options replace the critic's "
             "defaults key by key):",
             "",
-            "| name | estimator | options | critic options | lr | negatives | averaged critic (decay) |",
-            "|---|---|---|---|---|---|---|",
+            "| name | estimator | options | critic options | lr | negatives | averaged critic (decay) | "
+            "max grad norm |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {name} | {r['estimator']} | {_inline(r['options'])} | {_inline(r['critic_options'])} | "
-            f"{r['lr']:g} | {r['negatives'] or ''} | {r.get('average') or ''} |"
+            f"{r['lr']:g} | {r['negatives'] or ''} | {r.get('average') or ''} | {r.get('max_grad_norm') or ''} |"
             for name, r in recipes.items()
         ]
     tables = (
