@@ -288,7 +288,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         ("estimators-reduced", REDUCED_TRIALS),
         ("estimators-smoke", 8),
         ("misa-cost", 4),
-        ("estimator-search", 87),
+        ("estimator-search", 63),
         ("locomotion-10k", 81),
         ("locomotion-1m", 297),
     ):
