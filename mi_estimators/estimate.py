@@ -89,7 +89,8 @@ class History:
         estimator: the estimator's registered name.
         estimates: `estimates[i]` is the bound on step i's batch, before step i's update (nats).
         true_mi: the task's MI at each step (nats), or None for fixed samples.
-        critic, module: the trained critic and estimator (with its proposal, for proposal-based estimators).
+        critic, module: the trained critic and estimator (with its proposal, for proposal-based estimators); with
+            `estimate(average=...)`, `critic` is the `AveragedCritic` the estimates were read through.
         stopped_at: None for a run that did all its steps; else the step (0-based) whose scores, estimate, loss or
             gradient was non-finite. That step's update was not applied, so `critic` holds the parameters after the
             `stopped_at` finite steps recorded in `estimates`.
@@ -443,8 +444,8 @@ def estimate(
 
     Args:
         estimator: a registered name or an `Estimator`.
-        critic: "separable" | "concat" | "hybrid" | "bilinear", a module, or any callable critic (a fixed critic trains
-            nothing but the estimator's own parameters, if any).
+        critic: "separable" | "concat" | "hybrid" | "bilinear", a module, or any callable critic (a fixed critic
+            trains nothing but the estimator's own parameters, if any).
         steps, batch_size, lr: Adam on all parameters of critic and estimator.
         seed / generator: network initialisation uses `seed`, every data draw the generator (seeded by `seed` when
             not given); the same seed gives the same history, and the global RNG is left untouched. `seed=None`
