@@ -2,7 +2,9 @@
 
     git clone https://github.com/tonellolab/fDIME /path/to/fDIME       # any checkout of the official code
     python -m venv .venv-fdime && .venv-fdime/bin/pip install torch==2.13.0 numpy scipy pandas matplotlib pillow
-    python benchmarks/peer_fdime.py --fdime /path/to/fDIME --peer-python .venv-fdime/bin/python
+    python benchmarks/peer_fdime.py --fdime /path/to/fDIME --peer-python .venv-fdime/bin/python \
+        --recipes benchmarks/sweeps/estimator-search.yaml --ours gan-dime-avg0.99-clip1 --critic hybrid
+    python benchmarks/peer_fdime.py --screen benchmarks/results/sweeps/estimator-search   # the search vs f-DIME
 
 The protocol is f-DIME's `main.py --scenario staircase`: true MI 2, 4, 6, 8, 10 nats, 4000 steps per level, a fresh
 batch of 64 per step, the per-step training estimate recorded. f-DIME's side is its own `fDIME` class, unchanged
@@ -72,9 +74,9 @@ def _peer_worker(fdime: str, task: str, steps_per_level: int, batch_size: int, s
     dim, cubic = _task_shape(task)
     own_sampler = classes.sample_correlated_gaussian
 
-    def sample_distribution(
+    def sample_distribution(  # f-DIME's signature; the unused arguments are its other laws'
         rho_gauss_corr, latent_dim=20, rho=0, eps=0, df=1, batch_size=64, mode="gauss", device="cpu"
-    ):  # noqa: E501, ARG001 (f-DIME's signature)
+    ):
         x, y = own_sampler(rho=rho, dim=latent_dim, batch_size=batch_size, mode="gauss", device=device)
         return (x**3, y**3) if cubic else (x, y)
 
