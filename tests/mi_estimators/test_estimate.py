@@ -723,3 +723,11 @@ def test_the_recommended_estimator_runs_as_documented():
     assert {k: v for k, v in entry.items() if k != "name"} == {
         k: v for k, v in mie.RECOMMENDED.items() if k != "critic"
     }  # no other change to the suite's settings
+
+
+def test_quick_start_runs_the_recommended_estimator(capsys):
+    from mi_estimators.__main__ import main
+
+    assert main(["--estimators", "recommended", "nwj", "--steps", "30", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "recommended" in out and "nwj" in out
