@@ -25,6 +25,7 @@ each level. Writes `<out>/fdime.csv` (one row per library, estimator, task, seed
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -109,28 +110,30 @@ def _recipes(path: Path | None) -> dict[str, dict[str, Any]]:
     }
 
 
+@functools.cache
+def _staircase() -> Any:
+    """`benchmarks/staircase.py`, imported once (its directory put on `sys.path` once)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import staircase
+
+    return staircase
+
+
 def _ours(name: str, recipe: dict[str, Any] | None, task: str, critic: str, spl: int, batch: int, seed: int):
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import staircase as sc
-
+    sc = _staircase()
     torch.set_num_threads(1)
-    extra = (
-        {
-            "estimator_options": recipe["options"],
-            "critic_overrides": recipe["critic_options"],
-            "lr": recipe["lr"],
-            "negatives": recipe["negatives"],
-            "average": recipe.get("average"),
-            "max_grad_norm": recipe.get("max_grad_norm"),
-        }
-        if recipe
-        else {}
-    )
     t0 = time.perf_counter()
     run = sc.run_protocol(
-        recipe["estimator"] if recipe else name, task, critic, spl, batch, seed, heldout_samples=0, **extra
+        recipe["estimator"] if recipe else name,
+        task,
+        critic,
+        spl,
+        batch,
+        seed,
+        heldout_samples=0,
+        **sc.recipe_arguments(recipe),
     )
     return run["estimates"], time.perf_counter() - t0
 
@@ -138,9 +141,7 @@ def _ours(name: str, recipe: dict[str, Any] | None, task: str, critic: str, spl:
 def _rows(
     library: str, estimator: str, task: str, seed: int, estimates, seconds: float, spl: int
 ) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import staircase as sc
-
+    sc = _staircase()
     return [
         {"library": library, "estimator": estimator, "task": task, "seed": seed, "true_mi": r["mi"]}
         | {k: r[k] for k in ("bias", "variance", "mse", "nonfinite")}

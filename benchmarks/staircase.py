@@ -356,6 +356,20 @@ def run_protocol(
     }
 
 
+def recipe_arguments(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`run_protocol`'s keyword arguments for a sweep's estimator recipe (`sweep._recipe`); {} for none."""
+    if not recipe:
+        return {}
+    return {
+        "estimator_options": recipe["options"],
+        "critic_overrides": recipe["critic_options"],
+        "lr": recipe["lr"],
+        "negatives": recipe["negatives"],
+        "average": recipe.get("average"),
+        "max_grad_norm": recipe.get("max_grad_norm"),
+    }
+
+
 def summarise(estimates: list[float], steps_per_level: int) -> list[dict[str, float]]:
     """Per level: bias, variance and MSE of the estimates over the level's second half (after re-convergence).
 

@@ -718,18 +718,7 @@ def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[s
         s["batch_size"],
         p["seed"],
         heldout_samples=s["heldout_samples"],
-        **(
-            {
-                "estimator_options": recipe["options"],
-                "critic_overrides": recipe["critic_options"],
-                "lr": recipe["lr"],
-                "negatives": recipe["negatives"],
-                "average": recipe.get("average"),
-                "max_grad_norm": recipe.get("max_grad_norm"),
-            }
-            if recipe
-            else {}
-        ),
+        **sc.recipe_arguments(recipe),
     )
     seconds = time.perf_counter() - t0
     est = run["estimates"]
