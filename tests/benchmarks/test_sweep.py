@@ -284,7 +284,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     for name, n in (
         ("smoke", 4),
         ("staircase-smoke", 4),
-        ("estimators", 11 * 5 * 2 * 3),
+        ("estimators", 11 * 5 * 2 * 3 + 5 * 3),
         ("estimators-reduced", REDUCED_TRIALS),
         ("estimators-smoke", 8),
         ("misa-cost", 4),
@@ -309,7 +309,16 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         *("dv", "mine", "nwj", "infonce", "js", "tuba", "smile", "interpolated"),
         *("kl-dime", "gan-dime", "hd-dime"),
     }
-    assert {t["params"]["critic"] for t in full.trials} == {"separable", "concat"}
+    assert {t["params"]["critic"] for t in full.trials} == {"separable", "concat", "hybrid"}
+    hybrid = [t for t in full.trials if t["params"]["critic"] == "hybrid"]
+    assert {t["params"]["estimator"] for t in hybrid} == {"recommended"}
+    recipe = hybrid[0]["settings"]["recipe"]
+    import mi_estimators as mie
+
+    assert {k: recipe[k] for k in ("estimator", "average", "max_grad_norm")} == {
+        k: v for k, v in mie.RECOMMENDED.items() if k != "critic"
+    }
+    assert mie.RECOMMENDED["critic"] == "hybrid"
     assert {t["params"]["seed"] for t in full.trials} == {0, 1, 2}
     tasks = {t["params"]["task"]: t["settings"]["task"] for t in full.trials}
     assert tasks["student-t3-d5"] == {
