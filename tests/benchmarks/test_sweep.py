@@ -289,7 +289,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         ("estimators-smoke", 8),
         ("misa-cost", 4),
         ("estimator-search", 63),
-        ("locomotion-10k", 81),
+        ("locomotion-10k", 108),
         ("locomotion-1m", 297),
     ):
         assert len(sweep.load_spec(SPECS / f"{name}.yaml").trials) == n
