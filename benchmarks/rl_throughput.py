@@ -159,10 +159,15 @@ def main() -> None:
         raise SystemExit("no case ran (see the errors above); is the project installed (pip install -e .)?")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    from rl._atomic import atomic_write
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out.with_suffix(".csv"), write_csv)
     import platform
 
     import torch
@@ -189,7 +194,7 @@ def main() -> None:
             f"| {r['case']} | {r['threads']} | {r['wall_ups']} | {r['cpu_ups']} | {r['d3rlpy_ups']} | {ratio} "
             f"| {r['target_ups']} | {r['first_update_s']} | {r['peak_rss_mb']} | {r['load_avg_1m_before']} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write(out.with_suffix(".md"), lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     print("\n".join(lines))
 
 
