@@ -1498,6 +1498,59 @@ def _inline(mapping: dict[str, Any]) -> str:
     return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in mapping.items())
 
 
+def _best_per_level(
+    g: dict[str, Any], tasks: dict[str, Any], levels: list[float], seeds: list[int]
+) -> list[str]:
+    """The report's summary: per task and level, the (estimator, critic) of lowest mean MSE of the training
+    estimate, and the one whose held-out estimates lie closest to the truth (root mean square over seeds, so that
+    one lucky seed of a noisy estimator does not win). Only cells with every seed of the spec finished and finite
+    compete: a run that diverged on one seed does not win on the others."""
+
+    def complete(c: dict[str, Any], metric: str) -> bool:
+        return len(c["seeds"]) == len(seeds) and all(math.isfinite(v) for v in c[metric])
+
+    lines: list[str] = []
+    for title, metric, score in (
+        ("Lowest MSE (nats²) of the training estimate", "mse", lambda c, mi: statistics.fmean(c["mse"])),
+        (
+            "Held-out estimate closest to the truth (nats: its mean over seeds; in brackets the root mean square "
+            "of its error over seeds)",
+            "heldout",
+            lambda c, mi: math.sqrt(statistics.fmean((h - mi) ** 2 for h in c["heldout"])),
+        ),
+    ):
+        table = []
+        for name in tasks:
+            cells = []
+            for mi in levels:
+                ranked = sorted(
+                    (score(c, mi), est, critic)
+                    for (est, task, critic, m), c in g["cells"].items()
+                    if task == name and m == mi and complete(c, metric)
+                )
+                if not ranked:
+                    cells.append("")
+                    continue
+                value, est, critic = ranked[0]
+                shown = statistics.fmean(g["cells"][(est, name, critic, mi)][metric])
+                cells.append(
+                    f"{est} ({critic}) {_number(shown)}"
+                    + (f" [{_number(value)}]" if metric == "heldout" else "")
+                )
+            if any(cells):
+                table.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        if table:
+            lines += [
+                "",
+                f"**{title}**, among the estimator-critic pairs with all {len(seeds)} seeds finite:",
+                "",
+            ]
+            lines.append("| task | " + " | ".join(f"{m:g}" for m in levels) + " |")
+            lines.append("|---|" + "---|" * len(levels))
+            lines += table
+    return (["", "## Best per level"] + lines) if lines else []
+
+
 def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) -> list[Path]:
     sc = _staircase_module()
     fields = [
@@ -1593,6 +1646,7 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
             f"{r['lr']:g} | {r['negatives'] or ''} | {r.get('average') or ''} | {r.get('max_grad_norm') or ''} |"
             for name, r in recipes.items()
         ]
+    lines += _best_per_level(g, tasks, levels, seeds)
     tables = (
         ("MSE", "mse", "nats²", False),
         ("bias", "bias", "nats", True),

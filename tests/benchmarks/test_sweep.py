@@ -713,8 +713,21 @@ def test_report_tables_per_task_and_critic(suite_run):
     assert "Not finished: `nwj__cubic-d3__separable__s0` (pending)" in md
     assert "| `student-t3-d5` | Student-t(df=3, dim=5) | 5 |" in md
     assert "## Cost" in md and "| nwj |" in md.split("## Cost")[1]
+    # the best-per-level summary names the estimator-critic pair of lowest MSE, as results.csv has it
+    rows = read_table(out / "results.csv")
+    best = md.split("## Best per level")[1].split("**Held-out")[0]
+    for task in ("gauss-d5", "student-t3-d5"):
+        line = next(ln for ln in best.splitlines() if ln.startswith(f"| `{task}` |"))
+        cells = [c.strip() for c in line.split("|")[2:-1]]
+        for cell, level in zip(cells, (2, 4, 6, 8, 10), strict=True):
+            value, est, critic = min(
+                (float(r["mse"]), r["estimator"], r["critic"])
+                for r in rows
+                if r["task"] == task and float(r["true_mi"]) == level and math.isfinite(float(r["mse"]))
+            )
+            assert cell.startswith(f"{est} ({critic}) ")
     # the summary's cells are the results' rows (one seed: the mean is the value, no std)
-    res = {(r["trial_id"], r["true_mi"]): r for r in read_table(out / "results.csv")}
+    res = {(r["trial_id"], r["true_mi"]): r for r in rows}
     for row in read_table(out / "summary.csv"):
         tid = f"{row['estimator']}__{row['task']}__{row['critic']}__s0"
         assert row["mse_mean"] == res[(tid, row["true_mi"])]["mse"] and row["mse_std"] == ""
@@ -752,6 +765,11 @@ def test_a_stopped_run_is_reported_with_the_seeds_it_has(suite_run, tmp_path):
     assert cells[1] == "2" and " ± " in cells[2] and "(" not in cells[4]
     assert cells[5].endswith("(1/2)") and cells[6].rstrip(" |").endswith("(1/2)") and " ± " not in cells[5]
     assert f"- `{res['id']}`: step 65 (level 8): non-finite gradient in parameter 0" in md
+    # a pair competes for "best" only where all its seeds are finite: nwj separable (two seeds) at 2-6 nats only
+    best = md.split("## Best per level")[1].split("**Held-out")[0]
+    line = next(ln for ln in best.splitlines() if ln.startswith("| `gauss-d5` |"))
+    cells = [c.strip() for c in line.split("|")[2:-1]]
+    assert [c.split(" ")[:2] for c in cells[:3]] == [["nwj", "(separable)"]] * 3 and cells[3:] == ["", ""]
     rows = [r for r in read_table(out / "results.csv") if r["trial_id"] == res["id"]]
     assert [r["mse"] for r in rows][3:] == ["nan", "nan"] and rows[0]["stopped_at"] == "65"
 
