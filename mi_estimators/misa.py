@@ -61,6 +61,10 @@ __all__ = [
 _MODES = ("auto", "mc", "mcmc")
 
 
+def _describe(spec: Any) -> str:
+    return repr(spec) if isinstance(spec, str) else f"<{type(spec).__name__} instance>"
+
+
 def _mode(s: Scores, log_z: str, name: str) -> str:
     if log_z not in _MODES:
         raise ValueError(f"{name}: log_z must be one of {_MODES}; got {log_z!r}")
@@ -171,11 +175,11 @@ class _MISAFamily(ProposalEstimator):
                 or (isinstance(v, str) and v.lower() in available_samplers())
             ),
         ),
-        "n_samples": integer(1),
-        "burn_in": integer(0),
-        "thin": integer(1),
-        "chains": integer(1),
-        "k": integer(1),
+        "n_samples": integer(1, optional=True),
+        "burn_in": integer(0, optional=True),
+        "thin": integer(1, optional=True),
+        "chains": integer(1, optional=True),
+        "k": integer(1, optional=True),
         "step_size": number(0.0, low_open=True, optional=True, what="a positive finite number"),
         "n_leapfrog": integer(1, optional=True),
         "adapt": choice(None, "simple", "dual_averaging", "none"),
@@ -183,26 +187,40 @@ class _MISAFamily(ProposalEstimator):
             0.0, 1.0, low_open=True, high_open=True, optional=True, what="a number in (0, 1)"
         ),
         "per_chain": flag(optional=True),
-        "precondition": flag(),
-        "init": choice("data", "proposal"),
+        "precondition": flag(optional=True),
+        "init": choice(None, "data", "proposal"),
+    }
+    #: the chain's options and their defaults: they configure the MCMC run of `log_z="mcmc"` and nothing else
+    CHAIN_DEFAULTS: dict[str, Any] = {
+        "sampler": "hmc",
+        "n_samples": 50,
+        "burn_in": 5,
+        "thin": 1,
+        "chains": 1,
+        "step_size": None,
+        "n_leapfrog": None,
+        "adapt": None,
+        "target_accept": None,
+        "per_chain": None,
+        "precondition": True,
     }
 
     def __init__(
         self,
         log_z: str | MonteCarloLogZ | MCMCLogZ | None = None,
-        sampler: Any = "hmc",
-        n_samples: int = 50,
-        burn_in: int = 5,
-        thin: int = 1,
-        chains: int = 1,
-        k: int = 50,
+        sampler: Any = None,
+        n_samples: int | None = None,
+        burn_in: int | None = None,
+        thin: int | None = None,
+        chains: int | None = None,
+        k: int | None = None,
         step_size: float | None = None,
         n_leapfrog: int | None = None,
         adapt: str | None = None,
         target_accept: float | None = None,
         per_chain: bool | None = None,
-        precondition: bool = True,
-        init: str = "data",
+        precondition: bool | None = None,
+        init: str | None = None,
         proposal: nn.Module | None = None,
         x_dim: int | None = None,
         y_dim: int | None = None,
@@ -211,24 +229,46 @@ class _MISAFamily(ProposalEstimator):
         marginal_entropy: float | None = None,
     ) -> None:
         super().__init__(proposal, x_dim, y_dim, hidden, squashed, marginal_entropy)
-        self.init = init
         spec = self.default_log_z if log_z is None else log_z
+        chain = {
+            "sampler": sampler,
+            "n_samples": n_samples,
+            "burn_in": burn_in,
+            "thin": thin,
+            "chains": chains,
+            "step_size": step_size,
+            "n_leapfrog": n_leapfrog,
+            "adapt": adapt,
+            "target_accept": target_accept,
+            "per_chain": per_chain,
+            "precondition": precondition,
+        }
+        # An option that nothing reads is refused by name rather than silently dropped (e.g. `n_samples` with the
+        # Monte Carlo partition function of misa-dv's default).
+        given = [name for name, v in chain.items() if v is not None]
+        if given and spec != "mcmc":
+            raise ValueError(
+                f"{self.name}: option {given[0]!r} configures the MCMC chain, which log_z={_describe(spec)} does "
+                "not build (only log_z='mcmc' runs one)"
+                + (" (an MCMCLogZ instance brings its own chain)" if isinstance(spec, MCMCLogZ) else "")
+            )
+        if init is not None and not (spec == "mcmc" or isinstance(spec, MCMCLogZ)):
+            raise ValueError(
+                f"{self.name}: option 'init' is where the MCMC chain starts; log_z={_describe(spec)} runs no chain"
+            )
+        if k is not None and not isinstance(spec, str):
+            raise ValueError(
+                f"{self.name}: option 'k' sizes a partition function built by name; the log_z "
+                f"instance given has its own (k={spec.k})"
+            )
+        self.init = "data" if init is None else init
+        chain = {name: self.CHAIN_DEFAULTS[name] if v is None else v for name, v in chain.items()}
+        options = ("step_size", "n_leapfrog", "adapt", "target_accept", "per_chain")
+        sampler_options = {name: chain.pop(name) for name in options}
+        if sampler_options["step_size"] is not None:
+            sampler_options["step_size"] = float(sampler_options["step_size"])
         self.partition = self._make_partition(
-            spec,
-            k=k,
-            sampler=sampler,
-            n_samples=n_samples,
-            burn_in=burn_in,
-            thin=thin,
-            chains=chains,
-            precondition=precondition,
-            sampler_options={
-                "step_size": None if step_size is None else float(step_size),
-                "n_leapfrog": n_leapfrog,
-                "adapt": adapt,
-                "target_accept": target_accept,
-                "per_chain": per_chain,
-            },
+            spec, k=50 if k is None else k, sampler_options=sampler_options, **chain
         )
         #: the last `LogZEstimate` built by `scores` (acceptance rates and step sizes for logging), or None
         self.last_log_z: LogZEstimate | None = None

@@ -119,12 +119,52 @@ def test_options_and_errors():
         make("misa", temperature=2.0)
     with pytest.raises(PartitionError, match="misa-biased"):
         make("misa-biased", log_z="mcmc")
-    with pytest.raises(ValueError, match="estimator 'misa' option k must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="estimator 'misa' option k must be an int >= 1 or None; got 0"):
         make("misa", k=0)
     with pytest.raises(ValueError, match="unknown option"):
         make("misa", sampler="mala", n_leapfrog=2)
     with pytest.raises(ValueError, match="has no proposal"):
         make("misa").scores(torch.zeros(4, 2), torch.zeros(4, 2), BilinearCritic(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "option"),
+    [
+        ("misa-dv", {"n_samples": 10}, "n_samples"),  # misa-dv's default log_z is "mc": no chain to size
+        ("misa-f", {"sampler": "mala"}, "sampler"),
+        ("misa", {"log_z": "mc", "burn_in": 3}, "burn_in"),
+        ("misa", {"log_z": "mc", "precondition": False}, "precondition"),
+        ("misa-biased", {"step_size": 0.5}, "step_size"),
+        ("misa-dv", {"log_z": MonteCarloLogZ(8), "chains": 2}, "chains"),
+    ],
+)
+def test_a_chain_option_without_a_chain_is_refused_by_name(name, options, option):
+    with pytest.raises(
+        ValueError, match=rf"^{name}: option '{option}' configures the MCMC chain, which log_z="
+    ):
+        make(name, **options)
+
+
+def test_options_a_given_partition_function_would_ignore_are_refused():
+    with pytest.raises(ValueError, match=r"option 'k' sizes a partition function built by name.*\(k=8\)"):
+        make("misa-dv", log_z=MonteCarloLogZ(8), k=16)
+    with pytest.raises(ValueError, match="an MCMCLogZ instance brings its own chain"):
+        make("misa", log_z=MCMCLogZ("hmc", n_samples=4), n_samples=8)
+    with pytest.raises(ValueError, match="^misa-dv: option 'init' is where the MCMC chain starts"):
+        make("misa-dv", init="proposal")
+    # what a chain does read is accepted: its start with an MCMCLogZ instance, and every option with log_z="mcmc"
+    assert make("misa", log_z=MCMCLogZ("hmc", n_samples=4), init="proposal").init == "proposal"
+    est = make("misa-dv", log_z="mcmc", n_samples=7, chains=2, precondition=False)
+    assert (est.partition.n_samples, est.partition.chains, est.partition.precondition) == (7, 2, False)
+    # the defaults are the official code's: HMC, 50 samples after 5 burn-in steps, one chain, start at the data
+    d = make("misa")
+    assert (d.partition.n_samples, d.partition.sampler.burn_in, d.partition.chains, d.init) == (
+        50,
+        5,
+        1,
+        "data",
+    )
+    assert d.partition.k == 50 and make("misa-dv").partition.k == 50
 
 
 @pytest.mark.parametrize("name", ["misa", "misa-biased", "misa-dv", "misa-f"])
@@ -133,7 +173,8 @@ def test_scores_shapes_and_gradients(name):
     gradient reaches both the critic and the proposal."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g)
-    est = make(name, x_dim=2, y_dim=2, k=8, n_samples=6, marginal_entropy=2.0)
+    chain = {"n_samples": 6} if name == "misa" else {}  # the others run no chain: n_samples would be refused
+    est = make(name, x_dim=2, y_dim=2, k=8, marginal_entropy=2.0, **chain)
     critic = BilinearCritic(2, 2)
     with torch.no_grad():
         critic.weight.normal_(generator=g)

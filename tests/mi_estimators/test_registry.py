@@ -302,7 +302,7 @@ BAD_VALUES = [
     ("misa", "target_accept", math.nan),
     ("misa", "adapt", "fast"),
     ("misa", "per_chain", 1),
-    ("misa", "precondition", None),
+    ("misa", "precondition", 1),
     ("misa", "init", "random"),
     ("misa", "log_z", "exact"),
     ("misa", "sampler", "metropolis"),
@@ -351,7 +351,7 @@ def test_direct_construction_is_checked_the_same_way():
         ValueError, match=r"^estimator 'smile' option tau must be a positive number; got 'abc'$"
     ):
         SMILE(tau="abc")
-    with pytest.raises(ValueError, match=r"^estimator 'misa' option k must be an int >= 1; got 0$"):
+    with pytest.raises(ValueError, match=r"^estimator 'misa' option k must be an int >= 1 or None; got 0$"):
         mie.MISA(k=0)
     with pytest.raises(
         ValueError, match=r"^estimator 'mine' option ema_rate must be a number in \(0, 1\]; got 2$"
