@@ -142,7 +142,9 @@ class _MISAFamily(ProposalEstimator):
     Options (all keyword, all optional):
         log_z: "mc", "mcmc", or a `MonteCarloLogZ`/`MCMCLogZ` instance; None = the estimator's default.
         sampler: MCMC sampler name ("hmc", "mala", "ula", "pyro-hmc", "pyro-nuts") or a `Sampler` (log_z="mcmc").
-        n_samples, burn_in, thin, chains: the chain's retained samples per x, burn-in, thinning, chains per x.
+        n_samples, burn_in, thin, chains: the chain's retained samples per x, burn-in, thinning, chains per x
+            (defaults 50, 5, 1, 1). These, `sampler`, the sampler options below, `per_chain`, `precondition` and
+            `init` configure the chain of `log_z="mcmc"`; given where no chain is built they are refused by name.
         k: proposal draws per x for the Monte Carlo value of log Z (the negatives).
         step_size, n_leapfrog, adapt, target_accept: sampler options (None = the sampler's default; `adapt` may
             be "simple", "dual_averaging" or "none").
@@ -246,11 +248,15 @@ class _MISAFamily(ProposalEstimator):
         # An option that nothing reads is refused by name rather than silently dropped (e.g. `n_samples` with the
         # Monte Carlo partition function of misa-dv's default).
         given = [name for name, v in chain.items() if v is not None]
+        if given and isinstance(spec, MCMCLogZ):
+            raise ValueError(
+                f"{self.name}: option {given[0]!r} configures the MCMC chain; the MCMCLogZ instance given as log_z "
+                "brings its own chain (set it there)"
+            )
         if given and spec != "mcmc":
             raise ValueError(
                 f"{self.name}: option {given[0]!r} configures the MCMC chain, which log_z={_describe(spec)} does "
                 "not build (only log_z='mcmc' runs one)"
-                + (" (an MCMCLogZ instance brings its own chain)" if isinstance(spec, MCMCLogZ) else "")
             )
         if init is not None and not (spec == "mcmc" or isinstance(spec, MCMCLogZ)):
             raise ValueError(

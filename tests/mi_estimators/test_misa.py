@@ -148,7 +148,7 @@ def test_a_chain_option_without_a_chain_is_refused_by_name(name, options, option
 def test_options_a_given_partition_function_would_ignore_are_refused():
     with pytest.raises(ValueError, match=r"option 'k' sizes a partition function built by name.*\(k=8\)"):
         make("misa-dv", log_z=MonteCarloLogZ(8), k=16)
-    with pytest.raises(ValueError, match="an MCMCLogZ instance brings its own chain"):
+    with pytest.raises(ValueError, match="the MCMCLogZ instance given as log_z brings its own chain"):
         make("misa", log_z=MCMCLogZ("hmc", n_samples=4), n_samples=8)
     with pytest.raises(ValueError, match="^misa-dv: option 'init' is where the MCMC chain starts"):
         make("misa-dv", init="proposal")
