@@ -159,8 +159,9 @@ def _mean_std(values: list[float]) -> str:
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    """The report: per task, MSE / bias / variance per level (mean ± std over seeds), and which of ours are at or
-    below f-DIME's MSE (mean over seeds) at every level."""
+    """The report: a summary (per task, MSE per level and each of ours' worst ratio to f-DIME's: at most 1 means at
+    or below f-DIME's MSE, mean over seeds, at every level), then per task MSE / bias / variance per level (mean ±
+    std over seeds), then the seconds per trial."""
     entries = list(dict.fromkeys((r["library"], r["estimator"]) for r in rows))
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -183,7 +184,8 @@ def markdown(rows: list[dict], command: str) -> str:
         v = [x for x in v if math.isfinite(x)]
         return statistics.fmean(v) if v else math.nan
 
-    verdicts = []
+    peer_name = f"{PEER_DIVERGENCE.lower()}-{PEER_ARCHITECTURE}"
+    lines += ["", "## Summary", "", *_summary(rows, entries, tasks, peer_name, mean_of)]
     for task in tasks:
         lines += ["", f"## `{task}`"]
         for title, key in (("MSE (nats²)", "mse"), ("bias (nats)", "bias"), ("variance (nats²)", "variance")):
@@ -205,28 +207,6 @@ def markdown(rows: list[dict], command: str) -> str:
                     cells.append(_mean_std(sel) if sel else "")
                 if any(cells):
                     lines.append(f"| {lib} | `{est}` | " + " | ".join(cells) + " |")
-        peer = [
-            mean_of(PEER, f"{PEER_DIVERGENCE.lower()}-{PEER_ARCHITECTURE}", task, mi, "mse") for mi in LEVELS
-        ]
-        for lib, est in entries:
-            if lib == PEER:
-                continue
-            ours = [mean_of(lib, est, task, mi, "mse") for mi in LEVELS]
-            if all(math.isfinite(v) for v in ours + peer) and min(peer) > 0:
-                ratio = max(o / p for o, p in zip(ours, peer))
-                verdicts.append((task, est, ratio))
-    if verdicts:
-        lines += [
-            "",
-            "## Ours against f-DIME",
-            "",
-            "Largest ratio over the five levels of our MSE to f-DIME's (means over seeds): at most 1 means at or "
-            "below f-DIME's MSE at every level.",
-            "",
-            "| task | estimator | max over levels of MSE ours / MSE f-DIME |",
-            "|---|---|---|",
-        ]
-        lines += [f"| `{task}` | `{est}` | {ratio:.2f} |" for task, est, ratio in verdicts]
     secs = {}
     for r in rows:
         secs.setdefault((r["library"], r["estimator"], r["task"], r["seed"]), r["seconds"])
@@ -235,6 +215,44 @@ def markdown(rows: list[dict], command: str) -> str:
         v = [s for (lb, e, _, _), s in secs.items() if (lb, e) == (lib, est)]
         lines.append(f"- {lib} `{est}`: {statistics.median(v):.1f} s")
     return "\n".join(lines) + "\n"
+
+
+def _summary(rows: list[dict], entries: list, tasks: list[str], peer_name: str, mean_of) -> list[str]:
+    """The page's headline, a named block that benchmarks/docs_tables.py pastes into docs/benchmarks.md: per task,
+    f-DIME's row then ours, MSE per level (mean ± std over seeds) and each of ours' worst ratio to f-DIME."""
+    seeds = len({r["seed"] for r in rows})
+    lines = [
+        "<!-- table:fdime -->",
+        f"MSE (nats²) per level, mean ± std over {seeds} seeds; last column: the largest ratio over the levels of "
+        "the row's mean MSE to f-DIME's.",
+        "",
+        "| task | library | estimator | "
+        + " | ".join(f"{m:g}" for m in LEVELS)
+        + " | worst ratio to f-DIME |",
+        "|---|---|---|" + "---|" * (len(LEVELS) + 1),
+    ]
+    order = [e for e in entries if e[0] == PEER] + [e for e in entries if e[0] != PEER]
+    for task in tasks:
+        peer = [mean_of(PEER, peer_name, task, mi, "mse") for mi in LEVELS]
+        for lib, est in order:
+            sel = [
+                [
+                    r["mse"]
+                    for r in rows
+                    if (r["library"], r["estimator"], r["task"], r["true_mi"]) == (lib, est, task, mi)
+                ]
+                for mi in LEVELS
+            ]
+            if not all(sel):
+                continue
+            ours = [mean_of(lib, est, task, mi, "mse") for mi in LEVELS]
+            ok = lib != PEER and all(math.isfinite(v) for v in ours + peer) and min(peer) > 0
+            ratio = f"{max(o / p for o, p in zip(ours, peer)):.2f}" if ok else ""
+            cells = " | ".join(_mean_std(v) for v in sel)
+            lines.append(
+                f"| `{task}` | {lib} | `{est}`{' (its code)' if lib == PEER else ''} | {cells} | {ratio} |"
+            )
+    return [*lines, "<!-- /table:fdime -->"]
 
 
 def screen(rows: list[dict], sweep_out: Path, command: str) -> str:
@@ -258,6 +276,7 @@ def screen(rows: list[dict], sweep_out: Path, command: str) -> str:
     tasks = [t for t in TASKS if any((t, m) in peer_mse for m in LEVELS)]
     lines = [
         f"<!-- regenerate: {command} -->",
+        "<!-- table:search -->",  # a named block: benchmarks/docs_tables.py pastes it into docs/benchmarks.md
         "| estimator | critic | " + " | ".join(f"`{t}`" for t in tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
     ]
@@ -273,7 +292,7 @@ def screen(rows: list[dict], sweep_out: Path, command: str) -> str:
             worst = max(ratios) if all(math.isfinite(x) for x in ratios) else math.inf
             out.append("∞ (non-finite)" if math.isinf(worst) else f"{worst:.2f}")
         lines.append(f"| {est} | {critic} | " + " | ".join(out) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "<!-- /table:search -->"]) + "\n"
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -1395,6 +1395,7 @@ def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) ->
         "updates/s: the median training speed the runs logged (evaluations excluded; on their `threads`, "
         "beside whatever else the machine ran).",
         "",
+        f"<!-- table:{spec.name} -->",  # a named block: benchmarks/docs_tables.py pastes it into the docs
         "| variant | " + " | ".join(labels) + " | updates/s |",
         "|---|" + "---|" * (len(labels) + 1),
     ]
@@ -1410,6 +1411,7 @@ def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) ->
         rates = [r for r in rates if r]
         rate = f"{statistics.median(rates):.3g}" if rates else "—"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rate} |")
+    lines.append(f"<!-- /table:{spec.name} -->")
     bad = [t for t in g["trials"] if t["status"] == "error"]
     if bad:
         lines += ["", "Failed trials:", ""] + [f"- `{t['id']}`: {t['error']}" for t in bad]
@@ -1540,15 +1542,15 @@ def _best_per_level(
             if any(cells):
                 table.append(f"| `{name}` | " + " | ".join(cells) + " |")
         if table:
+            lines += [""] if lines else []
             lines += [
-                "",
                 f"**{title}**, among the estimator-critic pairs with all {len(seeds)} seeds finite:",
                 "",
             ]
             lines.append("| task | " + " | ".join(f"{m:g}" for m in levels) + " |")
             lines.append("|---|" + "---|" * len(levels))
             lines += table
-    return (["", "## Best per level"] + lines) if lines else []
+    return lines
 
 
 def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) -> list[Path]:
@@ -1646,7 +1648,10 @@ def _report_staircase(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: 
             f"{r['lr']:g} | {r['negatives'] or ''} | {r.get('average') or ''} | {r.get('max_grad_norm') or ''} |"
             for name, r in recipes.items()
         ]
-    lines += _best_per_level(g, tasks, levels, seeds)
+    best = _best_per_level(g, tasks, levels, seeds)
+    if best:  # a named block, as the RL table: benchmarks/docs_tables.py pastes it into the docs
+        lines += ["", "## Best per level", "", f"<!-- table:{spec.name}-best -->", *best]
+        lines.append(f"<!-- /table:{spec.name}-best -->")
     tables = (
         ("MSE", "mse", "nats²", False),
         ("bias", "bias", "nats", True),

@@ -88,7 +88,7 @@ def test_driver_runs_both_sides_on_the_same_law(fake_fdime, tmp_path, monkeypatc
             assert (5.0 < second_moment) if "cubic" in r["task"] else (0.6 < second_moment < 1.4), r
     md = (out / "fdime.md").read_text()
     assert md.startswith("<!-- regenerate: python benchmarks/peer_fdime.py --fdime ")
-    assert "| `gauss-d5` | `gan-dime` |" in md and "## `gauss-cubic-d5`" in md
+    assert "| `gauss-d5` | ours | `gan-dime` |" in md and "## `gauss-cubic-d5`" in md
     # --report-only rebuilds the same page from the CSV alone
     before = md
     assert peer_fdime.main(["--report-only", "--out", str(out)]) == 0
@@ -127,8 +127,13 @@ def test_verdict_is_the_worst_level_ratio():
                     | {"bias": 0.0, "variance": mse, "mse": mse, "nonfinite": 0, "seconds": 1.0}
                 )
     md = peer_fdime.markdown(rows, "cmd")
-    assert "| `gauss-d5` | `a` | 0.50 |" in md and "| `gauss-d5` | `b` | 2.00 |" in md
-    assert "| ours | `a` | 0.050 ± 0.000 | 0.100 ± 0.000 |" in md
+    summary = md.split("<!-- table:fdime -->\n")[1].split("<!-- /table:fdime -->")[0]
+    rows_of = {ln.split(" | ")[2]: ln for ln in summary.splitlines() if ln.startswith("| `gauss-d5` |")}
+    # the worst level's ratio: a is half f-DIME's everywhere; b is 0.8 / 0.4 at 8 nats
+    assert rows_of["`a`"].endswith("| 0.50 |") and rows_of["`b`"].endswith("| 2.00 |")
+    assert rows_of["`gan-deranged` (its code)"].endswith("| 0.500 ± 0.000 |  |")  # f-DIME has no ratio
+    assert list(rows_of) == ["`gan-deranged` (its code)", "`a`", "`b`"]  # f-DIME first
+    assert "| ours | `a` | 0.050 ± 0.000 | 0.100 ± 0.000 |" in md  # the per-task tables
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):
@@ -166,3 +171,4 @@ def test_screen_ratios_a_sweep_against_fdime(tmp_path):
         )
     md = peer_fdime.screen(rows, tmp_path / "sweep", "cmd")
     assert "| a | hybrid | 2.00 |" in md and "| b | concat | ∞ (non-finite) |" in md
+    assert md.splitlines()[1] == "<!-- table:search -->" and md.rstrip().endswith("<!-- /table:search -->")
