@@ -1835,14 +1835,20 @@ def _plot_heldout(spec, g, task, task_spec, estimators, critics, path: Path) -> 
                 capsize=2,
                 color=f"C{j % 10}",
                 ls="-" if j < 10 else "--",
-                label=f"{est} (n={len(held)})",
+                label=est,  # one colour per estimator on every panel; the seeds per cell are in the tables
             )
         ax.plot(levels, levels, color="black", lw=1.2, ls=":", label="true MI")
         ax.set_title(f"{critic} critic")
         ax.set_xlabel("true MI (nats)")
         ax.set_ylim(-5, 13)  # values below are in the held-out table
     axes[0][0].set_ylabel("held-out estimate (nats)")
-    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles: dict[str, Any] = {}  # every panel's estimators, not only the last panel's (a critic some lack)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(
+        list(handles.values()), list(handles), fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )
     fig.suptitle(
         f"{spec.name}: {task} = {task_spec.describe()}\nheld-out estimate at the end of each level",
         fontsize=9,
