@@ -624,7 +624,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = trainer.evals[-1] if trainer.evals else None
     where = f"logs: {trainer.run_dir}/progress.csv, eval.csv, tb/ (tensorboard --logdir {trainer.run_dir}/tb)"
     if rec is None:
-        print(f"done: {trainer.step} steps, no evaluation (no env for {cfg.dataset!r}); {where}")
+        why = (
+            f"no env for {cfg.dataset!r}"
+            if trainer.env_id is None
+            else f"final_eval is off and no step reached eval_every ({cfg.eval_every})"
+        )
+        print(f"done: {trainer.step} steps, no evaluation ({why}); {where}")
     elif rec["normalized_score"] is None:
         print(
             f"done: {trainer.step} steps; return {rec['return_mean']:.1f} (raw: no reference returns for "

@@ -222,6 +222,10 @@ def test_cli_trains_from_an_hdf5_file(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "done: 4 steps" in out and str(run) in out
+    assert f"no evaluation (no env for {str(path)!r})" in out  # a bare file names no env
+    # with an env, the summary says why nothing was evaluated
+    assert main([*argv[:7], str(tmp_path / "run-env"), *argv[8:], "--env", "Hopper-v5"]) == 0
+    assert "no evaluation (final_eval is off and no step reached eval_every (0))" in capsys.readouterr().out
     assert (run / "checkpoint.pt").exists() and (run / "progress.csv").exists() and (run / "tb").is_dir()
     assert main(argv) == 2  # the run exists: needs --resume
     assert main([*argv, "--resume"]) == 0
