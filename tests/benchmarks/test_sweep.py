@@ -738,6 +738,24 @@ def test_report_tables_per_task_and_critic(suite_run):
     assert {f: (out / f).read_text() for f in before} == before
 
 
+def test_the_heldout_legend_names_every_panels_estimators(suite_run, tmp_path, monkeypatch):
+    """An estimator run on the first critic only (as the recommended recipe runs on the hybrid one only) is in the
+    legend, which sits beside the last panel."""
+    _, spec, done = suite_run
+    out = tmp_path / "out"
+    shutil.copytree(done / "runs", out / "runs")
+    for d in (out / "runs").glob("kl-dime__*__concat__s0"):
+        shutil.rmtree(d)
+    drawn = {}
+    monkeypatch.setattr(sweep, "_save", lambda fig, path: drawn.setdefault(path.name, fig))
+    sweep.write_report(spec, out)
+    fig = drawn["heldout_gauss-d5.png"]
+    panels = [ax.get_title() for ax in fig.axes]
+    assert panels == ["separable critic", "concat critic"]
+    assert [c.get_label() for c in fig.axes[-1].containers] == ["nwj"]  # kl-dime is not on the last panel
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["true MI", "nwj", "kl-dime"]
+
+
 def test_a_stopped_run_is_reported_with_the_seeds_it_has(suite_run, tmp_path):
     _, spec, done = suite_run
     out = tmp_path / "out"
