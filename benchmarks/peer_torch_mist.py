@@ -145,8 +145,9 @@ def _markdown(rows: list[dict]) -> str:
         f"scores all 64 x 64 pairs, 6-10x slower, so it ran one seed here). {STEPS} steps of batch {BATCH}, Adam lr {LR}, "
         f"hidden {list(HIDDEN)}; held-out: 10,000 samples in batches of {BATCH}. InfoNCE is capped at log {BATCH} = "
         f"4.16 nats. Seconds: training + evaluation, one torch thread each, run one after the other.\n\n"
+        + "<!-- table:torch-mist -->\n"  # a named block: benchmarks/docs_tables.py pastes it into the docs
         + _table(rows)
-        + "\n"
+        + "\n<!-- /table:torch-mist -->\n"
     )
 
 
