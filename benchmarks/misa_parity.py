@@ -17,8 +17,10 @@ compared with ours. Writes `benchmarks/results/misa_parity.md` (+ `.json`) and e
 hopper-medium-v5, for `--steps` updates and each `--seeds`; the official policies saved every `--eval-every`
 steps are evaluated by our evaluation (same env Hopper-v5, same episode seeds, deterministic tanh(mean), D4RL
 normalised score with our references), so the two curves differ only by the training code. Writes
-`benchmarks/results/misa_parity_curves.csv`, `.md` and `.png`. Runs resume: finished official and our runs are
-reused.
+`benchmarks/results/misa_parity_curves.csv`, `.json` (command, seeds, behaviour score), `.md` and `.png`. Runs
+resume: finished official and our runs are reused.
+
+`report`: rebuild the curves' `.md` and `.png` from the `.csv` and `.json` in `--out` alone (no checkout needed).
 
 Not part of CI (it needs the official checkout and its venv); the numbers are quoted in docs/rl.md.
 """
@@ -519,6 +521,32 @@ def _last_step(run_dir: Path) -> int:
     return max(steps, default=0)
 
 
+def report_curves(out: Path) -> int:
+    """Rebuild `misa_parity_curves.md` and `.png` from the committed `.csv` (the evaluations) and `.json` (the
+    command, the seeds and the behaviour score) in `out`."""
+    csv_path, meta_path = out / "misa_parity_curves.csv", out / "misa_parity_curves.json"
+    for path in (csv_path, meta_path):
+        if not path.is_file():
+            print(f"error: {path} is missing (written by `misa_parity.py train`)", file=sys.stderr)
+            return 2
+    meta = json.loads(meta_path.read_text())
+    with open(csv_path) as f:
+        rows = [
+            {
+                "code": r["code"],
+                "seed": int(r["seed"]),
+                "step": int(r["step"]),
+                "return_mean": float(r["return_mean"]),
+                "normalized_score": float(r["normalized_score"]),
+            }
+            for r in csv.DictReader(f)
+        ]
+    args = argparse.Namespace(out=str(out), command=meta["command"], seeds=meta["seeds"])
+    _write_curves(rows, args, float(meta["behaviour"]))
+    print(f"wrote {out / 'misa_parity_curves.md'} and .png")
+    return 0
+
+
 def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviour: float) -> None:
     import matplotlib
 
@@ -534,6 +562,9 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
             w.writerows(sorted(rows, key=lambda r: (r["code"], r["seed"], r["step"])))
 
     atomic_write(out / "misa_parity_curves.csv", write_csv)
+    # what the page says beside the rows: `report` rebuilds the page from these two files alone
+    meta = {"command": args.command, "seeds": list(args.seeds), "behaviour": behaviour}
+    _write_text(out / "misa_parity_curves.json", json.dumps(meta, indent=1) + "\n")
     steps = sorted({r["step"] for r in rows})
     table = {}
     for code in ("official", "ours"):
@@ -553,6 +584,7 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
         "deterministic tanh(mean)). D4RL-normalised score, mean ± sample std over seeds (per-seed values); "
         f"the behaviour data scores {behaviour:.1f}.",
         "",
+        "<!-- table:misa-parity -->",  # a named block: benchmarks/docs_tables.py pastes it into docs/results.md
         "| step | official | ours |",
         "|---|---|---|",
     ]
@@ -565,6 +597,7 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
             else:
                 cells.append("-")
         lines.append(f"| {step} | {cells[0]} | {cells[1]} |")
+    lines.append("<!-- /table:misa-parity -->")
     _write_text(out / "misa_parity_curves.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6.5, 4.3))
     for code, color in (("official", "tab:blue"), ("ours", "tab:orange")):
@@ -584,9 +617,13 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["update", "train"])
-    p.add_argument("--official", required=True, help="path to a checkout of sail-sg/MISA")
-    p.add_argument("--official-python", required=True, help="python of the official code's venv")
+    p.add_argument(
+        "mode",
+        choices=["update", "train", "report"],
+        help="report: rebuild the curves' page and plot from misa_parity_curves.csv/.json in --out, running nothing",
+    )
+    p.add_argument("--official", help="update/train: path to a checkout of sail-sg/MISA")
+    p.add_argument("--official-python", help="update/train: python of the official code's venv")
     p.add_argument("--seed", type=int, default=0, help="update: seed of weights, batch and noise")
     p.add_argument("--warmup", type=int, default=200, help="update: our updates before the second comparison")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train: seeds of each side")
@@ -597,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    if args.mode == "report":
+        return report_curves(Path(args.out))
+    if not (args.official and args.official_python):
+        p.error(
+            f"{args.mode} needs --official and --official-python (the official checkout and its venv's python)"
+        )
     # The command as the docs give it: the two machine-specific paths as placeholders.
     shown, hide = [], {"--official": "OFFICIAL_DIR", "--official-python": "OFFICIAL_PYTHON"}
     raw = list(argv if argv is not None else sys.argv[1:])

@@ -1,12 +1,15 @@
 """The parity script's mapping between our networks and the official flax parameters (the oracle itself needs the
 official checkout and its venv, so it is not run here): a round trip through the flax layout gives the same policy,
-the Q layout is the official `concat([s, a]) @ kernel` network, and the noise replay reproduces the agent's draws."""
+the Q layout is the official `concat([s, a]) @ kernel` network, the noise replay reproduces the agent's draws, and
+`report` rebuilds the curves page from its CSV and JSON."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,3 +82,38 @@ def test_noise_replay_reproduces_the_agents_draws():
     assert set(out["grads"]) == set(misa_parity.policy_to_flax(agent.policy)) | set(
         misa_parity.q_to_flax(agent.critic)
     ) | {"log_alpha/params/value"}
+
+
+def test_report_rebuilds_the_curves_page_from_the_csv_and_json(tmp_path, capsys):
+    rows = [
+        {"code": code, "seed": seed, "step": step, "return_mean": 100.0 + step, "normalized_score": score}
+        for code, seed, step, score in (
+            ("official", 0, 0, 1.0),
+            ("official", 0, 500, 8.0),
+            ("official", 1, 500, 10.0),
+            ("ours", 0, 500, 6.0),
+            ("ours", 1, 500, 7.0),
+        )
+    ]
+    assert misa_parity.main(["report", "--out", str(tmp_path)]) == 2
+    assert "misa_parity_curves.csv is missing" in capsys.readouterr().err
+    args = argparse.Namespace(
+        out=str(tmp_path), command="python benchmarks/misa_parity.py train X", seeds=[0, 1]
+    )
+    misa_parity._write_curves(rows, args, 27.9125)
+    first = {n: (tmp_path / n).read_bytes() for n in ("misa_parity_curves.md", "misa_parity_curves.csv")}
+    md = first["misa_parity_curves.md"].decode()
+    assert "Made by `python benchmarks/misa_parity.py train X`" in md and "scores 27.9." in md
+    table = md.split("<!-- table:misa-parity -->\n")[1].split("<!-- /table:misa-parity -->")[0]
+    assert table.splitlines()[2:] == [
+        "| 0 | 1.0 ± 0.0 (1.0) | - |",
+        "| 500 | 9.0 ± 1.4 (8.0, 10.0) | 6.5 ± 0.7 (6.0, 7.0) |",
+    ]
+    (tmp_path / "misa_parity_curves.md").unlink()
+    assert (
+        misa_parity.main(["report", "--out", str(tmp_path)]) == 0
+    )  # from the two files alone, the same page
+    assert {n: (tmp_path / n).read_bytes() for n in first} == first
+    with pytest.raises(SystemExit):
+        misa_parity.main(["train", "--out", str(tmp_path)])
+    assert "train needs --official and --official-python" in capsys.readouterr().err
