@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rl._atomic import atomic_write  # noqa: E402
+from rl._atomic import atomic_write, atomic_write_csv  # noqa: E402
 from rl.agents.mi import MIAgent  # noqa: E402
 from rl.data import load  # noqa: E402
 from rl.networks import QEnsemble, TanhGaussianPolicy  # noqa: E402
@@ -555,13 +555,11 @@ def _write_curves(rows: list[dict[str, Any]], args: argparse.Namespace, behaviou
 
     out = Path(args.out)
 
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["code", "seed", "step", "return_mean", "normalized_score"])
-            w.writeheader()
-            w.writerows(sorted(rows, key=lambda r: (r["code"], r["seed"], r["step"])))
-
-    atomic_write(out / "misa_parity_curves.csv", write_csv)
+    atomic_write_csv(
+        out / "misa_parity_curves.csv",
+        sorted(rows, key=lambda r: (r["code"], r["seed"], r["step"])),
+        ["code", "seed", "step", "return_mean", "normalized_score"],
+    )
     # what the page says beside the rows: `report` rebuilds the page from these two files alone
     meta = {"command": args.command, "seeds": list(args.seeds), "behaviour": behaviour}
     _write_text(out / "misa_parity_curves.json", json.dumps(meta, indent=1) + "\n")

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--peer-python is required (the python of torch-mist's venv)")
     import csv
 
-    from rl._atomic import atomic_write
+    from rl._atomic import atomic_write, atomic_write_csv
 
     out = Path(args.out)
     rows = []
@@ -246,13 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             r.update(seed=int(r["seed"]), estimate=float(r["estimate"]), seconds=float(r["seconds"]))
         rows = kept + rows
 
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(out / "torch_mist.csv", write_csv)
+    atomic_write_csv(out / "torch_mist.csv", rows, fields)
     md = _markdown(rows)
     atomic_write(out / "torch_mist.md", lambda tmp: Path(tmp).write_text(md))
     print(md)

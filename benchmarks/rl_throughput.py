@@ -19,7 +19,6 @@ Writes `benchmarks/results/rl_throughput.{csv,md}`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -159,15 +158,9 @@ def main() -> None:
         raise SystemExit("no case ran (see the errors above); is the project installed (pip install -e .)?")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from rl._atomic import atomic_write
+    from rl._atomic import atomic_write, atomic_write_csv
 
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(out.with_suffix(".csv"), write_csv)
+    atomic_write_csv(out.with_suffix(".csv"), rows, list(rows[0]))
     import platform
 
     import torch

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_file", "atomic_write", "atomic_dir_replace", "remove_stale_temps", "jsonable"]
+__all__ = [
+    "atomic_file",
+    "atomic_write",
+    "atomic_write_csv",
+    "atomic_dir_replace",
+    "remove_stale_temps",
+    "jsonable",
+]
 
 # `.NAME.XXXXXXXX.tmp` (atomic_file) and `.NAME.old.XXXXXXXX` (atomic_dir_replace): mkstemp/mkdtemp's 8 characters
 _STALE = r"^\.(?:{names})\.(?:[a-z0-9_]{{8}}\.tmp|old\.[a-z0-9_]{{8}})$"
@@ -47,6 +55,20 @@ def atomic_write(path: str | os.PathLike, write_fn: Any) -> None:
     """Call `write_fn(tmp_path)` on a temporary file next to `path`, then move it onto `path` (see `atomic_file`)."""
     with atomic_file(Path(path)) as tmp:
         write_fn(str(tmp))
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]
+) -> None:
+    """`rows` as a CSV file with the header `fieldnames` (one column per key), written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(fieldnames))
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def atomic_dir_replace(src: Path, dst: Path, overwrite: bool) -> None:
