@@ -175,17 +175,7 @@ def markdown(rows: list[dict], command: str) -> str:
         f"{', '.join(map(str, seeds))} of the per-level value over the second half of each level.",
     ]
 
-    def mean_of(lib, est, task, mi, key):
-        v = [
-            r[key]
-            for r in rows
-            if (r["library"], r["estimator"], r["task"], r["true_mi"]) == (lib, est, task, mi)
-        ]
-        v = [x for x in v if math.isfinite(x)]
-        return statistics.fmean(v) if v else math.nan
-
-    peer_name = f"{PEER_DIVERGENCE.lower()}-{PEER_ARCHITECTURE}"
-    lines += ["", "## Summary", "", *_summary(rows, entries, tasks, peer_name, mean_of)]
+    lines += ["", "## Summary", "", *_summary(rows, entries, tasks)]
     for task in tasks:
         lines += ["", f"## `{task}`"]
         for title, key in (("MSE (nats²)", "mse"), ("bias (nats)", "bias"), ("variance (nats²)", "variance")):
@@ -199,11 +189,7 @@ def markdown(rows: list[dict], command: str) -> str:
             for lib, est in entries:
                 cells = []
                 for mi in LEVELS:
-                    sel = [
-                        r[key]
-                        for r in rows
-                        if (r["library"], r["estimator"], r["task"], r["true_mi"]) == (lib, est, task, mi)
-                    ]
+                    sel = _values(rows, lib, est, task, mi, key)
                     cells.append(_mean_std(sel) if sel else "")
                 if any(cells):
                     lines.append(f"| {lib} | `{est}` | " + " | ".join(cells) + " |")
@@ -217,7 +203,21 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _summary(rows: list[dict], entries: list, tasks: list[str], peer_name: str, mean_of) -> list[str]:
+def _values(rows: list[dict], lib: str, est: str, task: str, mi: float, key: str) -> list[float]:
+    """One metric of one library's estimator on one task and level, over the seeds in `rows`."""
+    return [
+        r[key]
+        for r in rows
+        if (r["library"], r["estimator"], r["task"], r["true_mi"]) == (lib, est, task, mi)
+    ]
+
+
+def _finite_mean(values: list[float]) -> float:
+    v = [x for x in values if math.isfinite(x)]
+    return statistics.fmean(v) if v else math.nan
+
+
+def _summary(rows: list[dict], entries: list, tasks: list[str]) -> list[str]:
     """The page's headline, a named block that benchmarks/docs_tables.py pastes into docs/benchmarks.md: per task,
     f-DIME's row then ours, MSE per level (mean ± std over seeds) and each of ours' worst ratio to f-DIME."""
     seeds = len({r["seed"] for r in rows})
@@ -231,21 +231,15 @@ def _summary(rows: list[dict], entries: list, tasks: list[str], peer_name: str, 
         + " | worst ratio to f-DIME |",
         "|---|---|---|" + "---|" * (len(LEVELS) + 1),
     ]
+    peer_name = f"{PEER_DIVERGENCE.lower()}-{PEER_ARCHITECTURE}"
     order = [e for e in entries if e[0] == PEER] + [e for e in entries if e[0] != PEER]
     for task in tasks:
-        peer = [mean_of(PEER, peer_name, task, mi, "mse") for mi in LEVELS]
+        peer = [_finite_mean(_values(rows, PEER, peer_name, task, mi, "mse")) for mi in LEVELS]
         for lib, est in order:
-            sel = [
-                [
-                    r["mse"]
-                    for r in rows
-                    if (r["library"], r["estimator"], r["task"], r["true_mi"]) == (lib, est, task, mi)
-                ]
-                for mi in LEVELS
-            ]
+            sel = [_values(rows, lib, est, task, mi, "mse") for mi in LEVELS]
             if not all(sel):
                 continue
-            ours = [mean_of(lib, est, task, mi, "mse") for mi in LEVELS]
+            ours = [_finite_mean(v) for v in sel]
             ok = lib != PEER and all(math.isfinite(v) for v in ours + peer) and min(peer) > 0
             ratio = f"{max(o / p for o, p in zip(ours, peer)):.2f}" if ok else ""
             cells = " | ".join(_mean_std(v) for v in sel)
@@ -342,10 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         _peer_worker(fdime, task, int(spl), int(batch), int(seed), out)
         return 0
 
-    import csv
-
     sys.path.insert(0, str(ROOT))
-    from rl._atomic import atomic_write
+    from rl._atomic import atomic_write, atomic_write_csv
 
     csv_path, md_path = args.out / "fdime.csv", args.out / "fdime.md"
     command = "python " + " ".join(
@@ -429,14 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             if (r["library"], r["estimator"], r["task"], r["seed"]) not in redone
         ] + rows
 
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(csv_path, write_csv)
+    atomic_write_csv(csv_path, rows, FIELDS)
     text = markdown(rows, command)
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(text))
     print(text)
