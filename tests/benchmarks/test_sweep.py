@@ -289,6 +289,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         ("estimators-smoke", 8),
         ("misa-cost", 4),
         ("estimator-search", 63),
+        ("heavy-tails", 6),
         ("locomotion-10k", 108),
         ("locomotion-1m", 297),
     ):
@@ -319,6 +320,13 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         k: v for k, v in mie.RECOMMENDED.items() if k != "critic"
     }
     assert mie.RECOMMENDED["critic"] == "hybrid"
+    # the heavy-tail probe: the grid's recommended Student-t trials (same recipe, protocol, task, seeds) with
+    # each half of the hybrid critic alone
+    probe = sweep.load_spec(SPECS / "heavy-tails.yaml").trials
+    assert {t["params"]["critic"] for t in probe} == {"concat", "separable"}
+    for t in probe:
+        grid_twin = full.trial(f"recommended__student-t3-d5__hybrid__s{t['params']['seed']}")
+        assert t["settings"] == grid_twin["settings"]
     assert {t["params"]["seed"] for t in full.trials} == {0, 1, 2}
     tasks = {t["params"]["task"]: t["settings"]["task"] for t in full.trials}
     assert tasks["student-t3-d5"] == {
