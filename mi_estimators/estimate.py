@@ -42,7 +42,8 @@ NEGATIVES = ("all-pairs", "derangement")
 #: sample) on the hybrid critic, gradients clipped to norm 1, its estimates read through a Polyak average of the
 #: critic (decay 0.99). On f-DIME's staircase protocol it is at or below the MSE of f-DIME's own GAN estimator at
 #: every level of the Gaussian d=5 and d=20 staircases and of the cubic one (benchmarks/results/fdime.md,
-#: docs/benchmarks.md "Against f-DIME").
+#: docs/benchmarks.md "Against f-DIME"). On heavy-tailed data (Student-t) its separable half overestimates; there use
+#: `{**RECOMMENDED, "critic": "concat"}` (docs/benchmarks.md "Which estimator when").
 RECOMMENDED: Mapping[str, Any] = MappingProxyType(
     {"estimator": "gan-dime", "critic": "hybrid", "average": 0.99, "max_grad_norm": 1.0}
 )
