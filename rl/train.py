@@ -276,6 +276,7 @@ class Trainer:
         self.agent: OfflineAgent = make_agent(cfg, dataset.obs_dim, dataset.act_dim)
         self.agent.fit_dataset_stats(dataset)
         self.step = 0
+        self.checkpoint_step: int | None = None  # the step `checkpoint.pt` holds (None: none written yet)
         self.evals: list[dict[str, Any]] = []
         self.offsets = {"progress.csv": 0, "eval.csv": 0}
         self._sums: dict[str, torch.Tensor] = {}
@@ -356,6 +357,7 @@ class Trainer:
             },
         }
         atomic_write(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
+        self.checkpoint_step = self.step
 
     def _restore(self, blob: dict[str, Any]) -> None:
         try:
@@ -370,6 +372,7 @@ class Trainer:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{self.ckpt_path} does not fit this run's agent: {msg}") from None
         self.step, self.evals, self.offsets, self._sums, self._counts = step, evals, offsets, sums, counts
+        self.checkpoint_step = step
 
     # -- logging ---------------------------------------------------------------------------------------------------
     def _append_csv(self, name: str, row: dict[str, Any]) -> None:
@@ -441,7 +444,7 @@ class Trainer:
                 row = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0])
                 msg += f" (the batch's {name!r} has a non-finite value at row {row})"
                 break
-        last = f"step {self.step}" if self.ckpt_path.exists() else "none yet"
+        last = "none yet" if self.checkpoint_step is None else f"step {self.checkpoint_step}"
         return TrainingError(f"{msg}; last good checkpoint: {self.ckpt_path} ({last})")
 
     # -- main loop -------------------------------------------------------------------------------------------------

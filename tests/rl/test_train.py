@@ -190,6 +190,19 @@ def test_nan_batch_names_step_and_term_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in blob["agent"]["modules"]["critic"].values())
 
 
+def test_failure_names_the_step_the_checkpoint_holds(tmp_path):
+    # the run fails two steps after its last checkpoint: the message names the checkpoint's step, not the last
+    # good update's
+    cfg = mi_cfg(tmp_path, steps=10, checkpoint_every=4)
+    trainer = Trainer(cfg, dataset=NaNAt(tiny_dataset(), at=7), quiet=True)
+    with pytest.raises(TrainingError, match=r"step 7: .*is nan.*last good checkpoint: .*checkpoint.pt \(step 4\)"):
+        trainer.train()
+    assert load_torch_file(tmp_path / "checkpoint.pt")["step"] == 4
+    resumed = Trainer(cfg, dataset=NaNAt(tiny_dataset(), at=3), resume=True, quiet=True)
+    with pytest.raises(TrainingError, match=r"step 7: .*\(step 4\)"):  # resumed at 4, fails on its third batch
+        resumed.train()
+
+
 def test_diverging_loss_is_named(tmp_path):
     cfg = mi_cfg(tmp_path, steps=3, max_abs_loss=1e-9)
     with pytest.raises(TrainingError, match=r"step 1: term 'critic_td' diverged"):
