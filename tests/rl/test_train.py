@@ -195,11 +195,14 @@ def test_failure_names_the_step_the_checkpoint_holds(tmp_path):
     # good update's
     cfg = mi_cfg(tmp_path, steps=10, checkpoint_every=4)
     trainer = Trainer(cfg, dataset=NaNAt(tiny_dataset(), at=7), quiet=True)
-    with pytest.raises(TrainingError, match=r"step 7: .*is nan.*last good checkpoint: .*checkpoint.pt \(step 4\)"):
+    with pytest.raises(
+        TrainingError, match=r"step 7: .*is nan.*last good checkpoint: .*checkpoint.pt \(step 4\)"
+    ):
         trainer.train()
     assert load_torch_file(tmp_path / "checkpoint.pt")["step"] == 4
     resumed = Trainer(cfg, dataset=NaNAt(tiny_dataset(), at=3), resume=True, quiet=True)
-    with pytest.raises(TrainingError, match=r"step 7: .*\(step 4\)"):  # resumed at 4, fails on its third batch
+    # resumed at 4, it fails on its third batch
+    with pytest.raises(TrainingError, match=r"step 7: .*\(step 4\)"):
         resumed.train()
 
 
