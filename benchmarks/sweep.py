@@ -10,15 +10,17 @@ A grid spec is a plain YAML file (see docs/sweeps.md and benchmarks/sweeps/). Ea
 derived from its grid point (`bc__hopper-medium-v5__s0`) and its own folder `<out>/runs/<id>` (default out:
 `runs/sweeps/<name>`); RL trials are `rl.train` runs in that folder, trained in chunks up to the next evaluation,
 each chunk reported to Tune. A trial is finished when its `<out>/runs/<id>/result.json` exists (written atomically
-at its end). Rerunning the same command after a kill skips finished trials (they are not even submitted to Ray),
-resumes unfinished RL trials exactly from their `checkpoint.pt`, and restarts unfinished staircase trials.
+at its end; an RL run whose loss turns NaN or passes `max_abs_loss` ends there too, its result.json saying where
+it diverged: that is the algorithm's outcome on that seed, which a rerun would replay). Rerunning the same command
+after a kill skips finished trials (they are not even submitted to Ray), resumes unfinished RL trials exactly from
+their `checkpoint.pt`, and restarts unfinished staircase trials.
 
 Outputs in `<out>`: `results.csv` (one row per trial and evaluation, or per trial and staircase level),
 `summary.csv`, `results.md` (mean +- std over seeds), `curves_<dataset>.png` (RL) or `staircase_<task>.png` and
 `heldout_<task>.png`,
 `behaviour.json` (cached behaviour-data scores), `sweep.log` (the driver's log), `errors/<id>.txt` (tracebacks of
-failed trials), `ray/` (Ray Tune's own experiment folders). Exit status: 0 when every trial finished, 1 when a trial
-failed or is unfinished, 2 for a bad spec.
+failed trials), `ray/` (Ray Tune's own experiment folders). Exit status: 0 when every trial finished (diverged runs
+included), 1 when a trial failed or is unfinished, 2 for a bad spec.
 """
 
 from __future__ import annotations
@@ -635,7 +637,7 @@ def run_trial(
 
 def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
     from rl.config import to_dict
-    from rl.train import Trainer
+    from rl.train import Trainer, TrainingError
 
     cfg = trial_config(trial, out)
     d = Path(cfg.run_dir)
@@ -652,19 +654,27 @@ def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any
     tlog = _trial_logger(out, trial["id"])
     tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.steps)
     every = cfg.eval_every or cfg.checkpoint_every
-    while trainer.step < cfg.steps:
-        trainer.train(until=min(cfg.steps, (trainer.step // every + 1) * every))
-        last = trainer.evals[-1] if trainer.evals else {}
-        metrics = {
-            "step": trainer.step,
-            "normalized_score": last.get("normalized_score"),
-            "return_mean": last.get("return_mean"),
-            "eval_step": last.get("step"),
-        }
-        tlog.info("%s step %d: %s", trial["id"], trainer.step, metrics)
-        report(metrics)
-    trainer.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
-    final = trainer.evals[-1] if trainer.evals else {}
+    diverged = None
+    try:
+        while trainer.step < cfg.steps:
+            trainer.train(until=min(cfg.steps, (trainer.step // every + 1) * every))
+            last = trainer.evals[-1] if trainer.evals else {}
+            metrics = {
+                "step": trainer.step,
+                "normalized_score": last.get("normalized_score"),
+                "return_mean": last.get("return_mean"),
+                "eval_step": last.get("step"),
+            }
+            tlog.info("%s step %d: %s", trial["id"], trainer.step, metrics)
+            report(metrics)
+        trainer.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
+    except TrainingError as err:
+        # A NaN or a term past `max_abs_loss` is what the algorithm does on this seed, not a fault to retry: resume
+        # is exact, so a rerun from the checkpoint replays the same updates and diverges at the same step.
+        diverged = str(err)
+        tlog.info("%s diverged: %s", trial["id"], diverged)
+        report({"step": trainer.step, "normalized_score": None, "diverged": diverged})
+    final = trainer.evals[-1] if trainer.evals and diverged is None else {}
     result = {
         "id": trial["id"],
         "kind": "rl",
@@ -677,6 +687,8 @@ def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any
         "seconds_last_attempt": round(time.perf_counter() - t0, 1),
         "config": to_dict(cfg),
     }
+    if diverged is not None:
+        result["diverged"] = diverged  # `step`: the last good update; the message names the one that diverged
     _write_json(d / RESULT, result)
     tlog.info("finished %s: %s", trial["id"], final)
     if start == cfg.steps:  # resumed after the last checkpoint but before result.json: nothing left to train
@@ -1066,6 +1078,8 @@ def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, s
             r = trial.last_result or {}
             score = r.get("normalized_score")
             tail = f" score {score:.1f}" if isinstance(score, float) else ""
+            if r.get("diverged"):
+                tail = f" diverged: {r['diverged'].split(';')[0]}"
             done[trial.config["trial"]["id"]] = "ok"
             _console(
                 f"  done  {trial.config['trial']['id']} step {r.get('step')}{tail} ({len(done)}/{len(todo)})"
@@ -1141,9 +1155,9 @@ def _fmt(mean: float | None, std: float | None, digits: int = 1) -> str:
 def gather(spec: Spec, out: str | os.PathLike) -> dict[str, Any]:
     """Everything the report needs, from the files in `out` only (no Ray, no training).
 
-    RL: `rows` (one per trial and evaluation), `trials` (id, params, status finished/unfinished/error/pending, step
-    reached, final score), `cells` ((variant, dataset label) -> mean/std/n over finished seeds, and the unfinished
-    ones), `behaviour` (label -> cached score). Staircase: `rows` (one per finished trial and level), `trials`,
+    RL: `rows` (one per trial and evaluation), `trials` (id, params, status finished/diverged/unfinished/error/
+    pending, step reached, final score, the update that diverged), `cells` ((variant, dataset label) -> mean/std/n
+    over finished seeds, and the diverged, unfinished, failed and pending ones), `behaviour` (label -> cached score). Staircase: `rows` (one per finished trial and level), `trials`,
     `cells` ((estimator, task, critic, true MI) -> per-seed lists of bias, variance, mse, heldout), `runs`.
     """
     out = Path(out).resolve()
@@ -1174,6 +1188,8 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
                 {**e, "return_std": e.get("return_std", math.nan)} for e in res.get("evals", [])
             ] or evals
         status, error = _status(out, t, bool(evals) or (d / "checkpoint.pt").exists())
+        if status == "finished" and res is not None and res.get("diverged"):
+            status, error = "diverged", res["diverged"]
         steps = t["steps"]
         final = None
         if status == "finished" and evals and evals[-1]["step"] == steps:
@@ -1200,6 +1216,7 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
                 "steps": steps,
                 "step": evals[-1]["step"] if evals else 0,
                 "final": final,
+                "diverged_at": res["step"] + 1 if status == "diverged" else None,  # the update that diverged
                 "error": error,
                 "updates_per_s": _median_rate(d / "progress.csv"),
             }
@@ -1208,7 +1225,15 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
     for tr in trials:
         c = cells.setdefault(
             (tr["variant"], tr["dataset_label"]),
-            {"scores": [], "seeds": [], "steps": set(), "unfinished": [], "errors": [], "pending": []},
+            {
+                "scores": [],
+                "seeds": [],
+                "steps": set(),
+                "unfinished": [],
+                "diverged": [],
+                "errors": [],
+                "pending": [],
+            },
         )
         c["steps"].add(tr["steps"])
         if tr["status"] == "finished" and tr["final"] is not None:
@@ -1216,6 +1241,8 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
             c["seeds"].append(tr["seed"])
         elif tr["status"] == "error":
             c["errors"].append(tr)
+        elif tr["status"] == "diverged":
+            c["diverged"].append(tr)
         elif tr["status"] == "pending":
             c["pending"].append(tr)
         else:
@@ -1333,6 +1360,10 @@ def _cell_text(c: dict[str, Any]) -> str:
         parts.append("unfinished: " + ", ".join(f"s{t['seed']} at step {t['step']}" for t in c["unfinished"]))
     if c["pending"]:
         parts.append("not started: " + ", ".join(f"s{t['seed']}" for t in c["pending"]))
+    if c["diverged"]:
+        parts.append(
+            "diverged: " + ", ".join(f"s{t['seed']} at step {t['diverged_at']}" for t in c["diverged"])
+        )
     if c["errors"]:
         parts.append("failed: " + ", ".join(f"s{t['seed']}" for t in c["errors"]))
     return "; ".join(parts) or "—"
@@ -1370,6 +1401,7 @@ def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) ->
                     "seeds": " ".join(str(s) for s in c["seeds"]),
                     "unfinished": " ".join(f"s{t['seed']}@{t['step']}" for t in c["unfinished"]),
                     "not_started": " ".join(f"s{t['seed']}" for t in c["pending"]),
+                    "diverged": " ".join(f"s{t['seed']}@{t['diverged_at']}" for t in c["diverged"]),
                     "failed": " ".join(f"s{t['seed']}" for t in c["errors"]),
                     "behaviour_score": (g["behaviour"].get(lab) or {}).get("normalized_score"),
                     "updates_per_s": c["updates_per_s"],
@@ -1412,9 +1444,10 @@ def _report_rl(spec: Spec, out: Path, g: dict[str, Any], cmd: str, head: str) ->
         rate = f"{statistics.median(rates):.3g}" if rates else "—"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rate} |")
     lines.append(f"<!-- /table:{spec.name} -->")
-    bad = [t for t in g["trials"] if t["status"] == "error"]
-    if bad:
-        lines += ["", "Failed trials:", ""] + [f"- `{t['id']}`: {t['error']}" for t in bad]
+    for status, title in (("diverged", "Diverged trials (a rerun skips them)"), ("error", "Failed trials")):
+        bad = [t for t in g["trials"] if t["status"] == status]
+        if bad:
+            lines += ["", f"{title}:", ""] + [f"- `{t['id']}`: {t['error']}" for t in bad]
     plots = []
     for lab in labels:
         path = out / f"curves_{lab}.png"
@@ -1936,7 +1969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.publish is not None:
         publish(write_report(spec, out), args.publish)
     g = gather(spec, out)
-    bad = [t for t in g["trials"] if t["status"] != "finished"]
+    bad = [t for t in g["trials"] if t["status"] not in ("finished", "diverged")]
     if bad:
         counts = {s: sum(t["status"] == s for t in bad) for s in ("error", "unfinished", "pending")}
         print(

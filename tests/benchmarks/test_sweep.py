@@ -891,6 +891,50 @@ def test_changed_settings_are_refused(tmp_path, hopper_file):
     assert "settings differ" in (tmp_path / "out" / "errors" / "bc__tiny-hopper__s0.txt").read_text()
 
 
+def test_a_diverged_trial_is_an_outcome_recorded_once(tmp_path, hopper_file):
+    # `max_abs_loss` so small that TD3+BC's first critic loss counts as diverged; BC's losses stay under it
+    spec_path = tiny_rl_spec(tmp_path, hopper_file)
+    text = spec_path.read_text().replace(
+        "config: configs/td3bc/hopper-medium-v5.yaml}",
+        "config: configs/td3bc/hopper-medium-v5.yaml, max_abs_loss: 1e-9}",
+    )
+    spec_path.write_text(text.replace("seed: [0, 1]", "seed: [0]"))
+    spec = sweep.load_spec(spec_path)
+    out = tmp_path / "out"
+    trial = spec.trial("td3bc__tiny-hopper__s0")
+    reports: list[dict] = []
+    res = sweep.run_trial(trial, out, report=reports.append)
+    assert res["step"] == 0 and res["final"] == {} and res["evals"] == []
+    assert res["diverged"].startswith("step 1: term 'critic_td' diverged to ")
+    assert reports[-1]["diverged"] == res["diverged"] and reports[-1]["normalized_score"] is None
+    assert not (out / "errors" / f"{trial['id']}.txt").exists()  # an outcome, not a failure
+    assert sweep.trial_status(trial, out)[0] == "finished"
+    before = snapshot(out / "runs")
+    assert sweep.run_trial(trial, out) == res and snapshot(out / "runs") == before  # not rerun
+
+    sweep.run_trial(spec.trial("bc__tiny-hopper__s0"), out)
+    g = sweep.gather(spec, out)
+    assert {t["id"]: (t["status"], t["diverged_at"]) for t in g["trials"]} == {
+        "bc__tiny-hopper__s0": ("finished", None),
+        "td3bc__tiny-hopper__s0": ("diverged", 1),
+    }
+    sweep.write_report(spec, out)
+    summary = {r["variant"]: r for r in read_table(out / "summary.csv")}
+    assert (summary["td3bc"]["n_finished"], summary["td3bc"]["diverged"], summary["td3bc"]["failed"]) == (
+        "0",
+        "s0@1",
+        "",
+    )
+    assert (summary["bc"]["n_finished"], summary["bc"]["diverged"]) == ("1", "")
+    md = (out / "results.md").read_text()
+    assert "| td3bc | diverged: s0 at step 1 |" in md
+    assert "Diverged trials (a rerun skips them):" in md and "term 'critic_td' diverged to" in md
+    assert "Failed trials" not in md
+    assert (
+        sweep.main([str(spec_path), "--out", str(out), "--report-only"]) == 0
+    )  # every trial has its outcome
+
+
 def test_damaged_trial_files_are_named_not_fatal(tmp_path, hopper_file):
     spec = sweep.load_spec(tiny_rl_spec(tmp_path, hopper_file))
     trial = spec.trial("bc__tiny-hopper__s0")
@@ -998,17 +1042,24 @@ grid:
   variant:
     - {{name: nope, algo: mi, estimator: no-such-bound}}
     - {{name: bc, algo: bc}}
+    - {{name: blowup, algo: td3bc, max_abs_loss: 1e-9}}
   seed: [0]
 """,
     )
     out = tmp_path / "out"
     assert sweep.main([str(path), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "1 trial(s) failed: nope__tiny-hopper__s0" in err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "1 trial(s) failed: nope__tiny-hopper__s0" in err  # the diverged one is not a failure
+    assert (
+        "done  blowup__tiny-hopper__s0 step 0 diverged: step 1: term 'critic_td' diverged to" in captured.out
+    )
+    assert "diverged" in json.loads((out / "runs" / "blowup__tiny-hopper__s0" / "result.json").read_text())
     assert "unknown estimator 'no-such-bound'" in (out / "errors" / "nope__tiny-hopper__s0.txt").read_text()
     assert (out / "runs" / "bc__tiny-hopper__s0" / "result.json").exists()
     md = (out / "results.md").read_text()
     assert "| nope | failed: s0 |" in md and "unknown estimator 'no-such-bound'" in md
+    assert "| blowup | diverged: s0 at step 1 |" in md
 
 
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
