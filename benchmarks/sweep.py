@@ -1189,7 +1189,7 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
             ] or evals
         status, error = _status(out, t, bool(evals) or (d / "checkpoint.pt").exists())
         if status == "finished" and res is not None and res.get("diverged"):
-            status, error = "diverged", res["diverged"]
+            status, error = "diverged", res["diverged"].split(";")[0]  # not the checkpoint's path
         steps = t["steps"]
         final = None
         if status == "finished" and evals and evals[-1]["step"] == steps:
