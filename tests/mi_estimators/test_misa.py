@@ -274,6 +274,6 @@ def test_scores_without_chains_for_evaluation():
         tilted=False,
     )
     assert s.tilted is None and s.negative.shape == (8, 6)
-    assert math.isfinite(float(est.bound(s)))
+    assert math.isfinite(float(est.bound(s).detach()))
     s = est.scores(x, y, BilinearCritic(2, 2), generator=torch.Generator().manual_seed(1))
     assert s.tilted is not None and s.tilted.shape == (8, 3)
