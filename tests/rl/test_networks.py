@@ -302,7 +302,7 @@ def test_lecun_hidden_init_is_flax_default_dense_init() -> None:
     # the default is unchanged: nn.Linear's uniform init with non-zero biases
     torch.manual_seed(0)
     q_torch = QEnsemble(11, 3, (256, 256), 2)
-    assert float(q_torch.w_obs.abs().max()) <= 1 / math.sqrt(14)
+    assert float(q_torch.w_obs.detach().abs().max()) <= 1 / math.sqrt(14)
     assert torch.count_nonzero(q_torch.b0) > 0
     with pytest.raises(ValueError, match="hidden_init must be one of"):
         QEnsemble(11, 3, (256,), 2, hidden_init="xavier")
