@@ -1079,7 +1079,7 @@ def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, s
             score = r.get("normalized_score")
             tail = f" score {score:.1f}" if isinstance(score, float) else ""
             if r.get("diverged"):
-                tail = f" diverged: {r['diverged'].split(';')[0]}"
+                tail = f" diverged: {_divergence_headline(r['diverged'])}"
             done[trial.config["trial"]["id"]] = "ok"
             _console(
                 f"  done  {trial.config['trial']['id']} step {r.get('step')}{tail} ({len(done)}/{len(todo)})"
@@ -1146,6 +1146,12 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def _divergence_headline(message: str) -> str:
+    """`rl.train`'s divergence message without its `; last good checkpoint: <absolute path>` tail, which is
+    machine-specific: `step 40954: term 'critic_td' diverged to 1.38e+08`."""
+    return message.split(";")[0]
+
+
 def _fmt(mean: float | None, std: float | None, digits: int = 1) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
@@ -1157,8 +1163,9 @@ def gather(spec: Spec, out: str | os.PathLike) -> dict[str, Any]:
 
     RL: `rows` (one per trial and evaluation), `trials` (id, params, status finished/diverged/unfinished/error/
     pending, step reached, final score, the update that diverged), `cells` ((variant, dataset label) -> mean/std/n
-    over finished seeds, and the diverged, unfinished, failed and pending ones), `behaviour` (label -> cached score). Staircase: `rows` (one per finished trial and level), `trials`,
-    `cells` ((estimator, task, critic, true MI) -> per-seed lists of bias, variance, mse, heldout), `runs`.
+    over finished seeds, and the diverged, unfinished, failed and pending ones), `behaviour` (label -> cached
+    score). Staircase: `rows` (one per finished trial and level), `trials`, `cells` ((estimator, task, critic,
+    true MI) -> per-seed lists of bias, variance, mse, heldout), `runs`.
     """
     out = Path(out).resolve()
     return _gather_rl(spec, out) if spec.kind == "rl" else _gather_staircase(spec, out)
@@ -1189,7 +1196,7 @@ def _gather_rl(spec: Spec, out: Path) -> dict[str, Any]:
             ] or evals
         status, error = _status(out, t, bool(evals) or (d / "checkpoint.pt").exists())
         if status == "finished" and res is not None and res.get("diverged"):
-            status, error = "diverged", res["diverged"].split(";")[0]  # not the checkpoint's path
+            status, error = "diverged", _divergence_headline(res["diverged"])
         steps = t["steps"]
         final = None
         if status == "finished" and evals and evals[-1]["step"] == steps:
