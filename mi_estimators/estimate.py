@@ -1,6 +1,10 @@
 """`estimate`: train a critic (and proposal) with any estimator on a task or on samples; return the history.
 `evaluate`: the estimate of a trained critic on held-out samples, batch by batch (no gradient).
 
+On fixed samples `estimate` answers on data the critic never saw: it splits off a validation and a test part,
+keeps the critic with the best validation estimate (early stopping with patience), and reports that critic's test
+estimate (`History.result`, with its standard error) — a critic trained and read on the same sample memorises it.
+
 A run that meets a non-finite score, estimate, loss or gradient stops at that step without applying it, warns
 (`RuntimeWarning`) and returns its `History` so far: `History.stopped_at` is the step (0-based; the history holds
 the `stopped_at` steps before it, and the critic their updates), `History.error` says what was non-finite.
@@ -8,6 +12,7 @@ the `stopped_at` steps before it, and the critic their updates), `History.error`
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import numbers
@@ -22,6 +27,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._samples import (
+    EpochBatches,
+    as_samples,
+    check_fraction,
+    check_samples,
+    split_sizes,
+    standard_error,
+    warn_constant_columns,
+)
 from .critics import (
     AveragedCritic,
     BilinearCritic,
@@ -29,7 +43,9 @@ from .critics import (
     HybridCritic,
     SeparableCritic,
     all_pairs_scores,
+    derangement,
     derangement_scores,
+    score_matrix,
 )
 from .registry import Estimator, make
 from .samplers import NonFiniteChainError
@@ -37,6 +53,13 @@ from .scores import NonFiniteScoresError, Scores
 
 #: the negatives a score-based estimator can be trained and evaluated with
 NEGATIVES = ("all-pairs", "derangement")
+
+#: fixed samples: the parts held out by default (validation selects the critic, test gives the answer), and the
+#: validation estimates without improvement that stop training; torch-mist's defaults are of this size
+VALID_FRACTION, TEST_FRACTION, PATIENCE = 0.1, 0.2, 10
+
+#: the delete-a-group jackknife of `evaluate` leaves out one of this many groups of each batch in turn
+JACKKNIFE_GROUPS = 16
 
 #: The estimator we recommend by default: `estimate(task=..., **RECOMMENDED)`. GAN-DIME (one derangement per
 #: sample) on the hybrid critic, gradients clipped to norm 1, its estimates read through a Polyak average of the
@@ -66,6 +89,11 @@ class Evaluation:
         values: the per-batch estimates, in batch order.
         batch_size: the samples per batch B.
         negatives: "all-pairs", "derangement", or "proposal" (a proposal-based estimator's own negatives).
+        stderr: the standard error of `mean` (nats): the square root of the sum over batches of each batch's
+            delete-a-group jackknife variance (`JACKKNIFE_GROUPS` groups; an all-pairs group leaves out its x and
+            its y, a derangement group every pair that touches it), divided by the number of batches. Defined with
+            a single batch too (NaN for batches of fewer than 4 samples, or where a jackknife replicate is
+            non-finite).
     """
 
     mean: float
@@ -73,6 +101,7 @@ class Evaluation:
     values: tuple[float, ...]
     batch_size: int
     negatives: str
+    stderr: float = math.nan
 
     def __float__(self) -> float:
         return self.mean
@@ -99,6 +128,12 @@ class History:
         negatives: the negatives the training used ("all-pairs", "derangement", or "proposal").
         batch_size: the training batch size (the default batch size of `evaluate` / `heldout`).
         task: the task trained on, when one task (not a schedule or fixed samples) was given.
+        result: fixed samples with a test part: the `Evaluation` of the selected critic on the test part, the
+            answer (`final()` returns its mean, `result.stderr` its standard error); None otherwise.
+        validation: fixed samples with a validation part: `(updates, estimate, loss)` on the validation part after
+            every `eval_every` updates (and before the first); the critic with the lowest loss is selected.
+        best_step: the number of updates the selected critic had (the critic and estimator hold that state);
+            None without a validation part.
     """
 
     estimator: str
@@ -111,9 +146,15 @@ class History:
     negatives: str | None = None
     batch_size: int | None = None
     task: Any = None
+    result: Evaluation | None = None
+    validation: list[tuple[int, float, float]] = field(default_factory=list)
+    best_step: int | None = None
 
     def final(self, window: int = 100) -> float:
-        """Mean estimate over the last `window` steps (nats): the number to quote for a converged run."""
+        """The number to quote (nats): for a run on fixed samples with a test part, the test estimate of the
+        selected critic (`result.mean`); otherwise the mean training estimate over the last `window` steps."""
+        if self.result is not None:
+            return self.result.mean
         if not self.estimates:
             raise ValueError("the history is empty: no step was run")
         tail = self.estimates[-window:]
@@ -170,7 +211,10 @@ class History:
     ) -> Evaluation:
         """`evaluate` the trained critic on `n` fresh samples of `task` (default: the task trained on), drawn from
         `generator` (fresh entropy when None: a generator seeded like the training one would redraw the training
-        batches). The task's `entropy_y`, when it has one, is the marginal entropy of proposal-based estimators."""
+        batches). The task's `entropy_y`, when it has one, is the marginal entropy of proposal-based estimators.
+        A run on fixed samples has no task: without one, its held-out answer is the test part's (`result`)."""
+        if task is None and self.result is not None:
+            return self.result
         if task is None:
             task = self.task
         if task is None or not hasattr(task, "sample"):
@@ -219,32 +263,6 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
 
 
-def _check_samples(x: Any, y: Any) -> None:
-    """Fixed samples: floating tensors `x [M, dx]`, `y [M, dy]`, same M >= 2, dx, dy >= 1, every entry finite."""
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape [M, d{name}]; got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(
-                f"{name} must have a floating dtype (e.g. {name}.float()); got {t.dtype} with shape "
-                f"{tuple(t.shape)}"
-            )
-    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x and y must be [M, dx] and [M, dy] with the same M; got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    for name, t in (("x", x), ("y", y)):
-        if t.shape[0] < 2 or t.shape[1] < 1:
-            raise ValueError(
-                f"{name} must have at least 2 samples (negatives come from the other samples) and at least one "
-                f"feature; got shape {tuple(t.shape)}"
-            )
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
-            idx = tuple(int(i) for i in (~finite).nonzero()[0])
-            raise ValueError(f"{name} has a non-finite value {t[idx].item()} at index {idx}")
-
-
 def _check_arguments(
     estimator: Any,
     steps: Any,
@@ -279,11 +297,18 @@ def _check_arguments(
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"{name} must be a dict of keyword options or None; got {type(options).__name__}")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(
             f"device must be a torch.device or a device string such as 'cpu'; got {device!r}"
         ) from e
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: this torch build or machine has no CUDA device; use device='cpu'"
+        )
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use device='cpu'")
+    return chosen
 
 
 def _check_negatives(negatives: Any, est: Estimator) -> str:
@@ -373,7 +398,8 @@ def evaluate(
         )
     if not callable(critic):
         raise TypeError(f"critic must be callable (x, y) -> scores; got {type(critic).__name__}")
-    _check_samples(x, y)
+    x, y = as_samples("x", x), as_samples("y", y)
+    check_samples(x, y)
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 2:
         raise ValueError(
             f"batch_size must be an int >= 2 (negatives come from the batch); got {batch_size!r}"
@@ -391,12 +417,30 @@ def evaluate(
     if generator is None:
         generator = torch.Generator()
         generator.seed()
+    return _read(est, critic, x, y, int(batch_size), kind, generator, marginal_entropy)[0]
 
+
+def _read(
+    est: Estimator,
+    critic: Any,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    kind: str,
+    generator: torch.Generator,
+    marginal_entropy: float | Tensor | None,
+    with_loss: bool = False,
+) -> tuple[Evaluation, float]:
+    """`evaluate` on checked arguments, and with `with_loss` the mean of the estimator's `loss` over the batches
+    (NaN without), which early stopping selects the critic by."""
+    m = x.shape[0]
     modules = [mod for mod in (critic, est) if isinstance(mod, nn.Module)]
     dtype = _work_dtype(modules) or x.dtype
     device = next((p.device for mod in modules for p in mod.parameters()), x.device)
     training = [(mod, mod.training) for mod in modules]
     values: list[float] = []
+    variances: list[float] = []
+    losses: list[float] = []
     try:
         for mod in modules:
             mod.eval()
@@ -404,14 +448,91 @@ def evaluate(
             for start in range(0, m - batch_size + 1, batch_size):
                 xb = x[start : start + batch_size].to(device=device, dtype=dtype)
                 yb = y[start : start + batch_size].to(device=device, dtype=dtype)
-                s = _batch_scores(est, critic, xb, yb, kind, generator, marginal_entropy, tilted=False)
-                values.append(float(est.bound(s)))
+                value, variance, loss = _batch_estimate(
+                    est, critic, xb, yb, kind, generator, marginal_entropy, with_loss
+                )
+                values.append(value)
+                variances.append(variance)
+                losses.append(loss)
     finally:
         for mod, was_training in training:
             mod.train(was_training)
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return Evaluation(mean=mean, std=std, values=tuple(values), batch_size=int(batch_size), negatives=kind)
+    evaluation = Evaluation(
+        mean=mean,
+        std=std,
+        values=tuple(values),
+        batch_size=batch_size,
+        negatives=kind,
+        stderr=standard_error(variances),
+    )
+    return evaluation, sum(losses) / len(losses)
+
+
+def _batch_estimate(
+    est: Estimator,
+    critic: Any,
+    x: Tensor,
+    y: Tensor,
+    kind: str,
+    generator: torch.Generator,
+    marginal_entropy: float | Tensor | None,
+    with_loss: bool,
+) -> tuple[float, float, float]:
+    """The bound on one held-out batch `x [B, dx]`, `y [B, dy]` (nats), its delete-a-group jackknife variance, and
+    with `with_loss` the estimator's loss on it (else NaN).
+
+    The loss is what the critic trains on (for f-DIME the f-divergence objective, whose readout `bound` is no
+    bound at all); its estimator's state (MINE's moving average) is put back after it. A proposal-based
+    estimator's loss may need MCMC chains that a held-out read does not run: it reads `-bound` instead.
+
+    A bound is not a mean over rows (DV's and InfoNCE's logs, all-pairs negatives that share every y), so its
+    variance comes from leaving out each of G groups of samples in turn: the bound without group g is read from the
+    same scores (no new critic pass, no new draw), and `var = (G-1)/G * sum_g (b_g - mean_g b_g)^2`. Leaving a
+    sample out removes its x and its y: its row and column of an all-pairs matrix, every derangement pair it
+    belongs to, its row of proposal negatives."""
+    n = x.shape[0]
+    if kind == "all-pairs":
+        matrix = score_matrix(critic, x, y)
+        s = Scores.from_matrix(matrix)
+
+        def without(keep: Tensor) -> Scores:
+            kept = keep.nonzero().squeeze(1)
+            return Scores.from_matrix(matrix.index_select(0, kept).index_select(1, kept))
+
+    elif kind == "derangement":
+        sigma = derangement(n, generator).to(y.device)
+        s = derangement_scores(critic, x, y, sigma=sigma)
+
+        def without(keep: Tensor) -> Scores:
+            return s.rows(keep & keep[sigma])
+
+    else:
+        s = _batch_scores(est, critic, x, y, kind, generator, marginal_entropy, tilted=False)
+
+        def without(keep: Tensor) -> Scores:
+            return s.rows(keep)
+
+    value = float(est.bound(s))
+    loss = math.nan
+    if with_loss and kind == "proposal":
+        loss = -value
+    elif with_loss:
+        kept = [b.detach().clone() for b in est.buffers()]
+        loss = float(est.loss(s))
+        for b, before in zip(est.buffers(), kept):
+            b.copy_(before)
+    if n < 4:
+        return value, math.nan, loss
+    groups = min(n, JACKKNIFE_GROUPS)
+    member = torch.arange(n, device=x.device) % groups
+    replicates = torch.tensor(
+        [float(est.bound(without(member != g))) for g in range(groups)], dtype=torch.float64
+    )
+    if not bool(torch.isfinite(replicates).all()):
+        return value, math.nan, loss
+    return value, float((groups - 1) / groups * ((replicates - replicates.mean()) ** 2).sum()), loss
 
 
 def estimate(
@@ -433,6 +554,10 @@ def estimate(
     negatives: str | None = None,
     average: float | AveragedCritic | None = None,
     max_grad_norm: float | None = None,
+    valid_fraction: float | None = None,
+    test_fraction: float | None = None,
+    patience: int | None = None,
+    eval_every: int | None = None,
 ) -> History:
     """Train a critic with `estimator` and return the history of its estimates (nats).
 
@@ -442,6 +567,16 @@ def estimate(
     `[B, B]` matrix (`negative [B, B-1]`) or one derangement of it (`negative [B, 1]`, the default of the f-DIME
     family), as `negatives` says; proposal-based ones (`needs_proposal`) build their own scores with
     `estimator.scores(...)`.
+
+    Fixed samples are answered on held-out data, as torch-mist and bmi do: a seeded random split keeps
+    `valid_fraction` of them for validation and `test_fraction` for the test; the critic trains on the rest in
+    minibatches drawn without replacement (a fresh permutation each epoch); every `eval_every` updates (and before
+    the first) its estimate and loss on the validation part are recorded (`History.validation`), the critic with
+    the lowest validation loss (the objective it trains on; `-estimate` for proposal-based estimators, whose loss
+    needs MCMC chains) is kept, and training stops after `patience` validation reads without improvement. The kept critic's estimate on the test part is the answer:
+    `History.result` (an `Evaluation` with `stderr`), `History.final()` its mean. The per-step training estimates
+    stay in `History.estimates`; on a small sample they climb far above the truth, which is why they are not the
+    answer.
 
     Args:
         estimator: a registered name or an `Estimator`.
@@ -464,6 +599,14 @@ def estimate(
         max_grad_norm: clip the gradient of all trained parameters to this global L2 norm before each step
             (`torch.nn.utils.clip_grad_norm_`); None leaves it alone. It tames the rare huge steps that
             heavy-tailed data (a cubed Gaussian) gives a critic.
+        valid_fraction: fixed samples only: the part held out to select the critic (default 0.1; 0 trains to the
+            last step and reads the test part with the last critic).
+        test_fraction: fixed samples only: the part held out for the answer (default 0.2). Both 0: no split, the
+            critic trains on every sample and `final()` is the training estimate, memorisation included.
+        patience: fixed samples with a validation part: stop after this many validation estimates without
+            improvement (default 10).
+        eval_every: fixed samples with a validation part: updates between validation estimates (default one
+            epoch, `n_train // batch_size` updates).
 
     Non-finite values do not lose the run: when a step's scores, estimate, loss or gradient is non-finite (a
     diverging critic, an overflowing NWJ term), `estimate` stops before applying that step's update, warns
@@ -471,8 +614,10 @@ def estimate(
     `History.error` (what was non-finite) set. `History.evaluate(x, y)` / `History.heldout(task)` evaluate the
     trained critic on held-out samples.
 
-    Fixed samples must be floating tensors `x [M, dx]`, `y [M, dy]` with the same M >= 2 and finite entries; the
-    minibatches are cast to the dtype of the trained networks (float32 for the critics built by name).
+    Fixed samples are tensors, numpy arrays or array-likes (a pandas DataFrame) of a floating dtype, `x [M, dx]`,
+    `y [M, dy]` (`[M]` is `[M, 1]`) with the same M >= 2 and finite entries; a constant column warns. The
+    minibatches are cast to the dtype of the trained networks (float32 for the critics built by name). A
+    `batch_size` above the training samples is lowered to their number, with a warning.
 
     Raises:
         TypeError: an argument of the wrong type (x or y not a floating tensor, estimator neither a name nor an
@@ -485,8 +630,11 @@ def estimate(
     )
     if (task is None) == (x is None or y is None):
         raise ValueError("give either a task (or a schedule step -> task) or both x and y")
+    holdout = _check_holdout(task is None, valid_fraction, test_fraction, patience, eval_every)
     if task is None:
-        _check_samples(x, y)
+        x, y = as_samples("x", x), as_samples("y", y)
+        check_samples(x, y)
+        warn_constant_columns(x, y)
     elif not (hasattr(task, "sample") or callable(task)):
         raise TypeError(
             f"task must have .sample(n, generator=) (or be a schedule step -> task); got {type(task).__name__}"
@@ -497,6 +645,19 @@ def estimate(
             generator.seed()  # fresh entropy: seed=None asks for a non-reproducible run
         else:
             generator.manual_seed(seed)
+    parts = None
+    if task is None:
+        parts = _Parts(x, y, holdout, generator)  # type: ignore[arg-type]
+        x, y = parts.train
+        if batch_size > x.shape[0]:
+            warnings.warn(
+                f"batch_size={batch_size} is larger than the {x.shape[0]} training samples (of M="
+                f"{parts.m} after the validation/test split); using batch_size={x.shape[0]}",
+                UserWarning,
+                stacklevel=2,
+            )
+            batch_size = x.shape[0]
+        batches = EpochBatches(x.shape[0], batch_size, generator)
 
     schedule = task if callable(task) and not hasattr(task, "sample") else None
     first = schedule(0) if schedule is not None else task
@@ -550,6 +711,11 @@ def estimate(
         batch_size=int(batch_size),
         task=task if schedule is None else None,
     )
+    selection = None
+    if parts is not None and parts.valid is not None:
+        every = eval_every or max(1, x.shape[0] // batch_size)  # type: ignore[union-attr]
+        selection = _Selection(history, parts, every, patience or PATIENCE)
+        selection.observe(0)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(range(steps), disable=not show, desc=f"estimate[{est.name}]", leave=False)
     for step in bar:
@@ -557,7 +723,7 @@ def estimate(
         if current is not None:
             xb, yb = current.sample(batch_size, generator=generator)
         else:
-            idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)  # type: ignore[union-attr]
+            idx = next(batches)
             xb, yb = x[idx], y[idx]  # type: ignore[index]
         xb, yb = xb.to(device=device, dtype=work_dtype), yb.to(device=device, dtype=work_dtype)
         entropy = getattr(current, "entropy_y", None) if est.needs_proposal and current is not None else None
@@ -599,8 +765,107 @@ def estimate(
             history.true_mi.append(float(current.mi))  # type: ignore[union-attr]
         if show and step % 50 == 0:
             bar.set_postfix(mi=f"{value:.3f}")
+        if selection is not None and (step + 1) % selection.every == 0 and selection.observe(step + 1):
+            break  # patience exhausted
     bar.close()
+    if selection is not None:
+        selection.restore()
+    if parts is not None and parts.test is not None:
+        history.result = parts.read(history, parts.test)[0]
     return history
+
+
+def _check_holdout(
+    fixed: bool, valid_fraction: Any, test_fraction: Any, patience: Any, eval_every: Any
+) -> tuple[float, float]:
+    """The (validation, test) fractions of a fixed-sample run; the held-out options are refused with a task."""
+    given = {
+        "valid_fraction": valid_fraction,
+        "test_fraction": test_fraction,
+        "patience": patience,
+        "eval_every": eval_every,
+    }
+    if not fixed:
+        named = [name for name, value in given.items() if value is not None]
+        if named:
+            raise ValueError(
+                f"{', '.join(named)} apply to fixed samples (x=, y=); a task gives fresh samples: evaluate "
+                "the critic on fresh ones with History.heldout()"
+            )
+        return 0.0, 0.0
+    valid = check_fraction("valid_fraction", VALID_FRACTION if valid_fraction is None else valid_fraction)
+    test = check_fraction("test_fraction", TEST_FRACTION if test_fraction is None else test_fraction)
+    if valid + test >= 1:
+        raise ValueError(
+            f"valid_fraction + test_fraction must leave samples to train on; got {valid} + {test} >= 1"
+        )
+    if valid > 0 and test == 0:
+        raise ValueError(
+            f"valid_fraction={valid} with test_fraction=0: the validation estimate of the critic it selects is "
+            "biased up by that selection; keep a test part (test_fraction > 0) for the answer"
+        )
+    for name in ("patience", "eval_every"):
+        if given[name] is not None:
+            _check_int(name, given[name], 1)
+            if valid == 0:
+                raise ValueError(f"{name} needs a validation part to watch; valid_fraction is 0")
+    return valid, test
+
+
+class _Parts:
+    """Fixed samples split at random (seeded by the run's generator) into train / validation / test parts, and the
+    one way the held-out parts are read: `mie.evaluate` with the run's estimator and negatives, the same draws
+    (derangements, proposal negatives) at every reading, so that validation estimates differ by the critic only."""
+
+    def __init__(
+        self, x: Tensor, y: Tensor, fractions: tuple[float, float], generator: torch.Generator
+    ) -> None:
+        self.m = x.shape[0]
+        n_train, n_valid, n_test = split_sizes(self.m, *fractions)
+        order = torch.randperm(self.m, generator=generator) if n_valid or n_test else torch.arange(self.m)
+        # the held-out reads draw from their own generator (seeded once from the run's), so that how often the
+        # validation part is read does not move the training draws
+        self._reads = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        self._state = self._reads.get_state()
+        ends = (n_train, n_train + n_valid)
+        self.train = x[order[: ends[0]]], y[order[: ends[0]]]
+        self.valid = (x[order[ends[0] : ends[1]]], y[order[ends[0] : ends[1]]]) if n_valid else None
+        self.test = (x[order[ends[1] :]], y[order[ends[1] :]]) if n_test else None
+
+    def read(self, history: History, part: tuple[Tensor, Tensor]) -> tuple[Evaluation, float]:
+        """The `Evaluation` of `part` by the run's critic and estimator, and their mean loss on it."""
+        self._reads.set_state(self._state)
+        px, py = part
+        assert history.module is not None and history.batch_size is not None and history.negatives is not None
+        size = min(history.batch_size, px.shape[0])
+        return _read(history.module, history.critic, px, py, size, history.negatives, self._reads, None, True)
+
+
+class _Selection:
+    """Early stopping on the validation part, by the loss the critic trains on (as torch-mist does): keeps the
+    state of the critic and estimator with the lowest validation loss seen so far."""
+
+    def __init__(self, history: History, parts: _Parts, every: int, patience: int) -> None:
+        self.history, self.parts, self.every, self.patience = history, parts, every, patience
+        self.modules = [m for m in (history.critic, history.module) if isinstance(m, nn.Module)]
+        self.best = math.inf
+        self.best_state: list[dict[str, Tensor]] = []
+        self.since_best = 0
+
+    def observe(self, updates: int) -> bool:
+        """Reads the validation part after `updates` updates; True when patience is exhausted."""
+        evaluation, loss = self.parts.read(self.history, self.parts.valid)  # type: ignore[arg-type]
+        self.history.validation.append((updates, evaluation.mean, loss))
+        if math.isfinite(loss) and loss < self.best:
+            self.best, self.since_best, self.history.best_step = loss, 0, updates
+            self.best_state = [copy.deepcopy(m.state_dict()) for m in self.modules]
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+    def restore(self) -> None:
+        for module, state in zip(self.modules, self.best_state):
+            module.load_state_dict(state)
 
 
 def _averaged(average: Any, net: Any, kind: str) -> AveragedCritic | None:

@@ -15,8 +15,11 @@ number here, and +-inf only where the option says so; numpy floats and one-eleme
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Option", "check_options", "choice", "flag", "integer", "number", "sizes"]
+__all__ = ["Option", "check_options", "choice", "flag", "from_signature", "integer", "number", "sizes"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,73 @@ def choice(*values: Any, types: tuple[type, ...] = (), what: str | None = None) 
 def sizes(what: str = "a tuple of ints >= 1 (layer widths)") -> Option:
     """A tuple or list of positive ints (possibly empty)."""
     return Option(what, lambda v: isinstance(v, (tuple, list)) and all(_int(w) and w >= 1 for w in v))
+
+
+def text(*, optional: bool = False) -> Option:
+    """A string."""
+    return Option(
+        "a string" + (" or None" if optional else ""), _optional(lambda v: isinstance(v, str), optional)
+    )
+
+
+def _from_type(kind: Any) -> Option | None:
+    """The check of an annotation: float (a real number: an int is one), int, bool, str, and each of them or None;
+    None for any other annotation (a tensor, a module, a union of several types: not ours to judge)."""
+    optional = False
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(members) != 1:
+            return None
+        kind, optional = members[0], True
+    if kind is bool:
+        return flag(optional=optional)
+    if kind is int:
+        return Option(
+            "an int" + (" or None" if optional else ""),
+            _optional(lambda v: isinstance(v, int) and not isinstance(v, bool), optional),
+        )
+    if kind is float:
+        return number(allow_inf=True, optional=optional, what="a number")
+    if kind is str:
+        return text(optional=optional)
+    return None
+
+
+def _from_default(default: Any) -> Option | None:
+    """The check of an unannotated parameter, from its default: a bool default wants a bool, a number default a
+    real number (an int default takes a float too: the default's type is weaker evidence than an annotation), a
+    string default a string; None or any other default checks nothing."""
+    if isinstance(default, bool):
+        return flag()
+    if isinstance(default, numbers.Real):
+        return number(allow_inf=True, what="a number")
+    if isinstance(default, str):
+        return text()
+    return None
+
+
+def from_signature(fn: Callable[..., Any], skip: int = 1) -> dict[str, Option]:
+    """Checks for the keyword options of `fn` (after its first `skip` parameters: the scores of a bound function,
+    self of a constructor) from its annotations, or from its defaults where a parameter has no annotation that
+    `_from_type` reads. A registered function `fn(scores, scale: float = 1.0)` then refuses `scale="abc"` by name,
+    as the declared options of the built-in estimators do."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # annotations naming what the module cannot resolve (local classes): use the defaults
+        hints = {}
+    try:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return {}
+    spec: dict[str, Option] = {}
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        # an annotation we do not read (a tensor, a union) overrides what the default's type suggests
+        if p.name in hints:
+            check = _from_type(hints[p.name])
+        else:
+            check = _from_default(p.default) if p.default is not p.empty else None
+        if check is not None:
+            spec[p.name] = check
+    return spec

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from .options import Option, check_options
+from .options import Option, check_options, from_signature
 from .scores import Scores
 
 _REGISTRY: dict[str, Callable[..., Estimator]] = {}
@@ -24,7 +24,9 @@ class Estimator(nn.Module):
 
     A subclass declares the options its constructor takes in `options` (name -> `mi_estimators.options.Option`, a
     type and range check); every option passed to the constructor, by `make()` or directly, is checked against it
-    before `__init__` runs, and a bad value raises a `ValueError` naming the estimator and the option.
+    before `__init__` runs, and a bad value raises a `ValueError` naming the estimator and the option. Options it
+    does not declare are checked against the constructor's annotations or defaults (`options.from_signature`: a
+    `float` takes a real number, an `int` an int, a `bool` a bool, a `str` a string).
     """
 
     name: str = "estimator"
@@ -39,11 +41,11 @@ class Estimator(nn.Module):
     negatives: ClassVar[str] = "all-pairs"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Estimator:
-        # One place checks the declared options, for make() and direct construction alike. (Unpickling and
-        # deepcopy call __new__ without arguments: nothing to check.)
-        if cls.options and (args or kwargs):
+        # One place checks the options, for make() and direct construction alike. (Unpickling and deepcopy call
+        # __new__ without arguments: nothing to check.)
+        if (args or kwargs) and cls.__init__ is not nn.Module.__init__:
             bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments
-            check_options(cls.name, cls.options, dict(list(bound.items())[1:]))  # [0] is self
+            check_options(cls.name, _option_checks(cls), dict(list(bound.items())[1:]))  # [0] is self
         return super().__new__(cls)
 
     def bound(self, s: Scores) -> Tensor:
@@ -57,6 +59,17 @@ class Estimator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+_SIGNATURE_CHECKS: dict[type, Mapping[str, Option]] = {}
+
+
+def _option_checks(cls: type[Estimator]) -> Mapping[str, Option]:
+    """The declared `options` of `cls`, and for its other constructor parameters the checks their annotations or
+    defaults give (computed once per class)."""
+    if cls not in _SIGNATURE_CHECKS:
+        _SIGNATURE_CHECKS[cls] = {**from_signature(cls.__init__), **cls.options}
+    return _SIGNATURE_CHECKS[cls]
 
 
 class FunctionEstimator(Estimator):
@@ -91,8 +104,10 @@ def register(name: str) -> Callable[[Any], Any]:
             obj.name = name
             _REGISTRY[name] = obj
         elif callable(obj):
+            checks = from_signature(obj)
 
             def factory(**options: Any) -> Estimator:
+                check_options(name, checks, options)
                 return FunctionEstimator(obj, name, **options)
 
             factory.__wrapped__ = obj  # type: ignore[attr-defined]
