@@ -34,7 +34,7 @@ def as_samples(name: str, value: Any) -> Any:
                     f"{name} must have a floating dtype (e.g. {name}.astype('float32')); got a "
                     f"{type(value).__name__} of dtype {array.dtype} with shape {array.shape}"
                 )
-            value = torch.from_numpy(np.ascontiguousarray(array))
+            value = torch.tensor(array)  # a copy: pandas hands out read-only views
     if isinstance(value, Tensor) and value.dim() == 1:
         value = value.unsqueeze(1)
     return value

@@ -272,11 +272,7 @@ def derangement(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 
 def derangement_scores(
-    critic: Critic,
-    x: Tensor,
-    y: Tensor,
-    generator: torch.Generator | None = None,
-    sigma: Tensor | None = None,
+    critic: Critic, x: Tensor, y: Tensor, generator: torch.Generator | None = None
 ) -> Scores:
     """`Scores` of a joint batch with derangement negatives (f-DIME): `positive [N] = T(x_i, y_i)`,
     `negative [N, 1] = T(x_i, y_{sigma(i)})` for one uniformly random derangement `sigma` (`derangement`), so each
@@ -286,19 +282,13 @@ def derangement_scores(
         critic: `critic(x [N, dx], y [N, dy]) -> [N]`, nats.
         x: `[N, dx]`, y: `[N, dy]` joint samples, N >= 2.
         generator: draws the derangement (the global RNG when None).
-        sigma: the derangement to use, `LongTensor [N]` (e.g. one drawn by `derangement` and kept to know the
-            pairs); drawn from `generator` when None.
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(
             f"derangement_scores needs x [N, dx] and y [N, dy] with the same N; got {tuple(x.shape)} and "
             f"{tuple(y.shape)}"
         )
-    if sigma is None:
-        sigma = derangement(x.shape[0], generator)
-    elif sigma.shape != (x.shape[0],):
-        raise ValueError(f"sigma must be a permutation [N] = [{x.shape[0]}]; got shape {tuple(sigma.shape)}")
-    sigma = sigma.to(y.device)
+    sigma = derangement(x.shape[0], generator).to(y.device)
     positive = critic(x, y)
     negative = critic(x, y.index_select(0, sigma))
     if (
