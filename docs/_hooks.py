@@ -36,6 +36,10 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    if (
+        page.file.src_uri == "changelog.md"
+    ):  # CHANGELOG.md links docs/x.md from the root; the site serves it beside x.md
+        markdown = markdown.replace("](docs/", "](")
     depth = page.file.src_uri.count("/")
     prefix = "../" * depth + PREFIX + "/"
     out = _LINK.sub("](" + prefix, markdown)

@@ -8,6 +8,8 @@ est.bound(s), est.loss(s)             # estimate (nats) and training loss
 hist = mie.estimate("infonce", mie.tasks.CorrelatedGaussian(dim=5, mi=2.0), steps=2000)
 hist.heldout(n=4096).mean             # the trained critic on fresh samples (mie.evaluate)
 mie.estimate("gan-dime", task)        # f-DIME: derangement negatives (mie.derangement_scores)
+hist = mie.estimate(x=x, y=y, **mie.RECOMMENDED)   # your own samples (tensors, numpy, pandas; [M, d] or [M])
+hist.result.mean, hist.result.stderr  # answered on a held-out test part by the critic validation selected
 """
 
 from . import bounds, critics, fdime, misa, options, partition, proposals, samplers, tasks

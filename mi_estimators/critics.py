@@ -127,7 +127,8 @@ class HybridCritic(nn.Module):
 
     Args:
         hidden: the concat MLP's hidden sizes.
-        separable_hidden, embed_dim: the separable critic's hidden sizes and embedding width.
+        separable_hidden: the separable critic's hidden sizes.
+        embed_dim: the separable critic's embedding width.
     """
 
     def __init__(

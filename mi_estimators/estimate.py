@@ -576,10 +576,13 @@ def estimate(
         estimator: a registered name or an `Estimator`.
         critic: "separable" | "concat" | "hybrid" | "bilinear", a module, or any callable critic (a fixed critic
             trains nothing but the estimator's own parameters, if any).
-        steps, batch_size, lr: Adam on all parameters of critic and estimator.
-        seed / generator: network initialisation uses `seed`, every data draw the generator (seeded by `seed` when
-            not given); the same seed gives the same history, and the global RNG is left untouched. `seed=None`
-            draws fresh entropy.
+        steps: the training steps (the most, on fixed samples with early stopping).
+        batch_size: the samples per training batch B.
+        lr: Adam's learning rate, on all parameters of critic and estimator.
+        seed: network initialisation uses `seed`, every data draw `generator` (seeded by `seed` when not given);
+            the same seed gives the same history, and the global RNG is left untouched. `seed=None` draws fresh
+            entropy.
+        generator: the source of every data draw (the split, the batches, the negatives).
         progress: tqdm bar; default on only when stderr is a terminal.
         negatives: "all-pairs" or "derangement" for score-based estimators; None is the estimator's default
             (`Estimator.negatives`: "derangement" for kl-dime, gan-dime, hd-dime, "all-pairs" otherwise). The

@@ -259,7 +259,9 @@ class Sampler:
             init: `[N, d]` or `[N, C, d]` initial states (detached; one chain per row, or C per row).
             n_samples: retained states per chain S (>= 1).
             generator: the source of every random draw (momenta, proposals, uniforms).
-            burn_in, thin, step_size: override the constructor's values for this call.
+            burn_in: overrides the constructor's burn-in for this call.
+            thin: overrides the constructor's thinning for this call.
+            step_size: overrides the constructor's step size for this call.
             value_and_grad: optional `u -> (log p(u) [*B], grad [*B, d])` replacing autograd of `log_density`
                 (e.g. a compiled or hand-written input gradient).
             to_constrained: optional map applied to the retained states for `SampleResult.samples`.

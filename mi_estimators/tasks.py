@@ -564,7 +564,8 @@ class StudentTTask(_JointGaussianLike):
     With the default identity dispersion all of the MI is the correction: x and y are uncorrelated but dependent.
 
     Args:
-        dim_x, dim_y: dimensions (positive ints).
+        dim_x: the dimension of x (a positive int).
+        dim_y: the dimension of y (a positive int).
         df: degrees of freedom (> 0, real; variances exist only for df > 2 but the MI is finite for any df).
         dispersion: `[D, D]` symmetric positive-definite dispersion (scale) matrix, `D = dim_x + dim_y`;
             identity when None. (The covariance is `df / (df - 2) * dispersion` for df > 2.)
@@ -816,7 +817,8 @@ class TransformedTask(Task):
 
     Args:
         base: any task (`sample`, `log_density_ratio`, `mi`, `dim_x`, `dim_y`).
-        transform_x, transform_y: a `Transform`, a name from `TRANSFORMS`, or None (identity).
+        transform_x: the map applied to x: a `Transform`, a name from `TRANSFORMS`, or None (identity).
+        transform_y: the map applied to y, likewise.
     """
 
     def __init__(
@@ -1021,7 +1023,9 @@ def staircase_task(
     """The task of training `step` on an MI staircase: its `.mi` is `staircase(step, steps_per_level, levels)`.
 
     Args:
-        step, steps_per_level, levels: as `staircase` (levels in nats).
+        step: the training step (an int >= 0).
+        steps_per_level: the steps spent at each level, as `staircase`.
+        levels: the MI of each level in nats, as `staircase`.
         dim: the dimension of x and of y.
         base: the task family that hits each level:
             * `"gaussian"` (alias `"correlated_gaussian"`, the default): `CorrelatedGaussian(dim, level)`;

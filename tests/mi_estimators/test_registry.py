@@ -383,3 +383,71 @@ def test_a_user_class_declares_its_options(cleanup):
         mie.make("test-checked", count=1.0)
     with pytest.raises(ValueError, match=r"^estimator 'test-checked' option scale must be a positive number"):
         Checked(scale=-1.0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# options of user estimators, checked against their signatures
+
+
+def _annotated(
+    s: Scores, scale: float = 1.0, count: int = 2, exact: bool = False, label: str = "a"
+) -> torch.Tensor:
+    return scale * s.positive.mean()
+
+
+def _unannotated(s, scale=1.0, exact=False, label="a", anything=None):
+    return scale * s.positive.mean()
+
+
+@pytest.mark.parametrize(
+    "fn, option, value, what",
+    [
+        (_annotated, "scale", "abc", "a number"),
+        (_annotated, "scale", True, "a number"),  # a bool is no number
+        (_annotated, "scale", math.nan, "a number"),
+        (_annotated, "count", 2.5, "an int"),
+        (_annotated, "exact", 1, "True or False"),
+        (_annotated, "label", 3, "a string"),
+        (_unannotated, "scale", "abc", "a number"),  # from the default's type
+        (_unannotated, "exact", "yes", "True or False"),
+        (_unannotated, "label", 0.5, "a string"),
+    ],
+)
+def test_a_registered_functions_options_are_checked_against_its_signature(cleanup, fn, option, value, what):
+    mie.register("signed")(fn)
+    cleanup.append("signed")
+    with pytest.raises(
+        ValueError,
+        match=rf"^estimator 'signed' option {option} must be {what}; got {re.escape(repr(value))}$",
+    ):
+        mie.make("signed", **{option: value})
+
+
+def test_values_the_signature_allows_pass(cleanup):
+    mie.register("signed")(_annotated)
+    mie.register("loose")(_unannotated)
+    cleanup.extend(["signed", "loose"])
+    s = scores()
+    assert float(mie.make("signed", scale=2, count=3, exact=True, label="b").bound(s)) == pytest.approx(
+        2 * float(s.positive.mean())
+    )
+    mie.make("signed", scale=np.float32(0.5), count=1)  # numpy floats are numbers; an int is a float
+    mie.make("loose", scale=2, anything=object())  # a None default checks nothing
+
+
+def test_a_user_class_without_declared_options_is_checked_against_its_constructor(cleanup):
+    class Scaled(Estimator):
+        def __init__(self, scale: float = 1.0, name_of: str | None = None) -> None:
+            super().__init__()
+            self.scale = scale
+
+        def bound(self, s):
+            return self.scale * dv_bound(s)
+
+    mie.register("scaled")(Scaled)
+    cleanup.append("scaled")
+    with pytest.raises(ValueError, match=r"^estimator 'scaled' option scale must be a number; got '2'$"):
+        mie.make("scaled", scale="2")
+    with pytest.raises(ValueError, match=r"option name_of must be a string or None; got 3"):
+        Scaled(name_of=3)  # direct construction is checked alike
+    assert mie.make("scaled", scale=2.0, name_of=None).scale == 2.0
