@@ -99,7 +99,8 @@ RECIPE_KEYS = (
 STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value of each base key (default 1)
 CRITICS = ("separable", "concat", "hybrid")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
-IGNORED_DRIFT = ("run_dir", "threads", "device")  # may change between reruns without invalidating a run
+# may change between reruns without invalidating a run (`imports`: where the estimators' code is, resolved paths)
+IGNORED_DRIFT = ("run_dir", "threads", "device", "imports", "progress")
 RESULT = "result.json"
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -250,6 +251,28 @@ def _resolve_config(value: Any, where: str, spec_path: Path) -> str:
     raise SpecError(f"{where}: config file not found: {value} (relative paths: to the repo root or the spec)")
 
 
+def _resolve_imports(value: Any, where: str, spec_path: Path) -> Any:
+    """`imports` with its `.py` paths made absolute as `config` paths are (Ray Tune runs a trial in its own
+    working directory); module names stay (Ray puts the driver's directory on its workers' sys.path)."""
+    from rl.plugins import is_path
+
+    if not isinstance(value, list | tuple):
+        return value  # the config's own type check names it
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str) and is_path(entry):
+            p = Path(entry).expanduser()
+            places = [p] if p.is_absolute() else [Path.cwd() / p, REPO / p, spec_path.parent / p]
+            hit = next((c for c in places if c.is_file()), None)
+            if hit is None:
+                raise SpecError(
+                    f"{where}[{i}]: no such file: {entry} (relative paths: to the repo root or the spec)"
+                )
+            entry = str(hit.resolve())
+        out.append(entry)
+    return out
+
+
 def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
     from rl.config import ConfigError
     from rl.train import build_config
@@ -289,7 +312,10 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
             raise SpecError(f"{where}.dataset: the grid has a dataset axis; set datasets there")
         if algo is not None:
             overrides = {"algo": algo, **overrides}
-        variants.append((vname, cfg_path, {**base, **overrides}, where))
+        merged = {**base, **overrides}
+        if "imports" in merged:
+            merged["imports"] = _resolve_imports(merged["imports"], f"{where}.imports", spec.path)
+        variants.append((vname, cfg_path, merged, where))
     names = [v[0] for v in variants]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
@@ -528,10 +554,11 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drift(saved: dict[str, Any], cfg: Any) -> str | None:
-    """None when the saved config equals `cfg` (up to run_dir/threads/device); else which keys differ."""
+    """None when the saved config equals `cfg` (up to `IGNORED_DRIFT`); else which keys differ."""
     from rl.config import to_dict
 
-    a, b = _comparable(saved), _comparable(to_dict(cfg))
+    # a field the run predates counts at its default, as `rl.train --resume` reads it
+    a, b = _comparable({**to_dict(type(cfg)()), **saved}), _comparable(to_dict(cfg))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if not keys:
         return None
@@ -636,8 +663,7 @@ def run_trial(
 
 
 def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
-    from rl.config import to_dict
-    from rl.train import Trainer, TrainingError
+    from rl.train import Trainer
 
     cfg = trial_config(trial, out)
     d = Path(cfg.run_dir)
@@ -649,7 +675,18 @@ def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any
     # A trial killed before its first checkpoint starts afresh (the trainer voids the logs it left).
     resume = (d / "checkpoint.pt").exists()
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, resume=resume, quiet=True)
+    with Trainer(cfg, resume=resume, quiet=True) as trainer:  # its run dir's lock is released at the end
+        return _train_trial(trial, trainer, resume, out, report, t0)
+
+
+def _train_trial(
+    trial: dict[str, Any], trainer: Any, resume: bool, out: Path, report: Callable, t0: float
+) -> dict[str, Any]:
+    """`_run_rl`'s training of a trial by `trainer` (chunk by chunk, each reported) and its result.json."""
+    from rl.config import to_dict
+    from rl.train import TrainingError
+
+    cfg, d = trainer.cfg, trainer.run_dir
     start = trainer.step
     tlog = _trial_logger(out, trial["id"])
     tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.steps)
@@ -953,32 +990,19 @@ def run_sweep(
     finally:
         log.removeHandler(handler)
         handler.close()
-        lock.close()
+        lock.release()
 
 
 def _lock(out: Path) -> Any:
-    """An exclusive lock on `<out>/.sweep.lock` for this driver's lifetime (the OS drops it when the driver dies,
-    even by kill -9), so that two drivers never train the same trials at once."""
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".sweep.lock", "a+")  # held open until the sweep ends
+    """The lock file `<out>/.sweep.lock` for this driver's lifetime (`rl._atomic.acquire_lock`, as `rl.train`
+    locks a run dir: it holds the driver's PID and host; a driver killed by kill -9 leaves it stale, and the next
+    one takes it over), so that two drivers never train the same trials at once."""
+    from rl._atomic import LockError, acquire_lock
+
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return f
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise SweepError(
-            f"another sweep driver (pid {holder}) is running in {out}; wait for it or kill it"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+        return acquire_lock(out / ".sweep.lock", "another sweep driver", what=f"the sweep folder {out}")
+    except LockError as err:
+        raise SweepError(str(err)) from None
 
 
 def _run_sweep(spec, out, address, num_cpus, max_concurrent, handler) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""Atomic writes (temp name in the same directory, then rename) and JSON-safe metadata."""
+"""Atomic writes (temp name in the same directory, then rename), lock files, and JSON-safe metadata."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
+import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,10 @@ __all__ = [
     "atomic_dir_replace",
     "remove_stale_temps",
     "jsonable",
+    "FileLock",
+    "LockError",
+    "acquire_lock",
+    "check_lock",
 ]
 
 # `.NAME.XXXXXXXX.tmp` (atomic_file) and `.NAME.old.XXXXXXXX` (atomic_dir_replace): mkstemp/mkdtemp's 8 characters
@@ -135,3 +144,218 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     return str(value)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lock files: one process at a time in a directory (a run dir, a sweep's output folder)
+# ------------------------------------------------------------------------------------------------------------
+class LockError(RuntimeError):
+    """A lock file is held by a live process (or by one on another host, which cannot be checked from here); the
+    message names what is locked and the holder's PID. `holder` is what the lock file says (pid, host, tool)."""
+
+    def __init__(self, message: str, path: Path, holder: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.path, self.holder = path, holder
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of `pid` from Linux's /proc (None elsewhere or when gone):
+    the start time tells a PID that was reused by a new process from the one that wrote a lock."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = text.rpartition(")")[2].split()  # the name in parentheses may hold spaces and parentheses
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _lock_content(tool: str) -> bytes:
+    stat = _proc_stat(os.getpid())
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "tool": tool,
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "proc_start": stat[1] if stat else None,
+        "nonce": uuid.uuid4().hex,  # this acquisition's own: a release removes only the lock it made
+    }
+    return (json.dumps(info) + "\n").encode()
+
+
+def _parse_lock(raw: bytes) -> dict[str, Any]:
+    """The holder a lock file names: our JSON, or a bare PID (what other tools write); {} when it names none."""
+    try:
+        text = raw.decode().strip()
+        info = json.loads(text) if text.startswith("{") else {"pid": int(text)}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    pid = info.get("pid") if isinstance(info, dict) else None
+    return info if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else {}
+
+
+def _held(info: dict[str, Any], age: float) -> bool:
+    """Whether the holder `info` of a lock (written `age` seconds ago) may still be running."""
+    if not info:
+        # No PID: a lock between its creation and its write (microseconds), or the leftover of a crash right then
+        return age < 10.0
+    host = info.get("host")
+    if host is not None and host != socket.gethostname():
+        return True  # another machine's process: it cannot be checked from here, so it counts as running
+    if os.name != "posix":
+        return True  # no os.kill(pid, 0) probe (on Windows it would terminate the process)
+    pid = int(info["pid"])
+    if pid == os.getpid():
+        # This very process (a lock an earlier object of this process took and never released, such as a Trainer
+        # that was not closed), or a process before it that had the same PID: either way nothing else holds it.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    if stat[0] == "Z":  # exited, not yet reaped by its parent
+        return False
+    if info.get("proc_start") is not None:
+        return info["proc_start"] == stat[1]  # another start time: the PID was reused
+    # A bare PID (another tool's lock, or the sweep driver's before this lock): a process that started after the
+    # lock was last written is not its writer (1 s for the boot time's whole seconds).
+    started = _started_at(stat[1])
+    return started is None or started <= time.time() - age + 1.0
+
+
+def _started_at(ticks: int) -> float | None:
+    """The wall-clock time of a process start given in clock ticks since boot (Linux; None elsewhere)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = int(next(line for line in lines if line.startswith("btime ")).split()[1])
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _read(path: Path) -> tuple[bytes, float] | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(), time.time() - os.fstat(f.fileno()).st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _remove_if_unchanged(path: Path, raw: bytes, owner_pid: int | None = None) -> None:
+    """Delete the lock file `path` if it still holds `raw`: a stale lock that two processes both judged stale is
+    removed once, never the fresh lock one of them created in its place."""
+    if owner_pid is not None and os.getpid() != owner_pid:
+        return  # a forked child at its exit: the lock is its parent's
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(ImportError, OSError):
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one remover at a time for this file
+        try:
+            now, mine = os.stat(path), os.fstat(fd)
+        except FileNotFoundError:
+            return
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            return  # replaced since it was opened: not the file that was judged
+        with open(fd, "rb", closefd=False) as f:
+            if f.read() != raw:
+                return
+        os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _held_error(path: Path, info: dict[str, Any], what: str | None) -> LockError:
+    where = what or str(path.parent)
+    if not info:
+        return LockError(
+            f"{where} is being locked by another process just now ({path} names no PID yet); try again, or delete "
+            f"{path} if no process uses {where}",
+            path,
+            info,
+        )
+    host = info.get("host") or socket.gethostname()
+    tool = info.get("tool") or "another process"
+    since = f", since {info['since']}" if info.get("since") else ""
+    msg = f"{where} is in use by {tool} (pid {info['pid']} on {host}{since}); wait for it to end or stop it"
+    if host != socket.gethostname():
+        msg += f" (it runs on another host, so it cannot be checked from here: delete {path} if it is gone)"
+    return LockError(msg, path, info)
+
+
+def check_lock(path: str | os.PathLike, what: str | None = None) -> None:
+    """Raise `LockError` if the lock file `path` is held by a live process; reads, writes nothing (for checks that
+    must leave everything as it was, such as `rl.train --dry-run`)."""
+    path = Path(path)
+    got = _read(path)
+    if got is not None:
+        info = _parse_lock(got[0])
+        if _held(info, got[1]):
+            raise _held_error(path, info, what)
+
+
+class FileLock:
+    """A lock file this process holds (made by `acquire_lock`); `release()` removes it (also at garbage collection
+    and at interpreter exit, whichever comes first; a `kill -9` leaves it behind, stale, for the next taker)."""
+
+    def __init__(self, path: Path, content: bytes) -> None:
+        self.path = path
+        self._finalizer = weakref.finalize(self, _remove_if_unchanged, path, content, os.getpid())
+
+    @property
+    def held(self) -> bool:
+        return self._finalizer.alive
+
+    def release(self) -> None:
+        self._finalizer()  # runs once
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def acquire_lock(path: str | os.PathLike, tool: str, what: str | None = None) -> FileLock:
+    """Take the lock file `path` (created atomically with O_CREAT|O_EXCL; it holds this process's PID, host and
+    `tool`), or raise `LockError` naming `what` (default: the lock's directory) and the holder's PID.
+
+    A lock whose process has exited on this host (or was left by an earlier object of this process) is stale and
+    is taken over; one written on another host counts as held, since its process cannot be checked from here.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = _lock_content(tool)
+    for _ in range(10):  # each turn removes one stale lock; contention that outlasts this is reported
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            got = _read(path)
+            if got is None:
+                continue  # released meanwhile
+            info = _parse_lock(got[0])
+            if _held(info, got[1]):
+                raise _held_error(path, info, what) from None
+            _remove_if_unchanged(path, got[0])
+            continue
+        try:
+            # one write of ~200 bytes: readers see all of it, or (for microseconds) nothing
+            os.write(fd, content)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return FileLock(path, content)
+    raise LockError(f"{what or path.parent}: cannot take {path}: other processes keep taking it", path, {})

@@ -58,14 +58,21 @@ class RunConfig:
         seed: seeds network init (`torch.manual_seed`) and the agent's generator (every later draw).
         device: "cpu" (default) or "cuda".
         batch_size: transitions per update.
-        eval_every / eval_episodes / eval_seed: evaluation schedule (deterministic policy; episode i resets
-            with seed `eval_seed + i`); `eval_every: 0` turns periodic evaluation off (the final one still runs).
+        eval_every: steps between evaluations of the deterministic policy; 0 turns periodic evaluation off (the
+            final one still runs, see `final_eval`).
+        eval_episodes: episodes per evaluation (their mean return is the normalised score's).
+        eval_seed: episode i of an evaluation resets the env with seed `eval_seed + i` (every evaluation the same).
         log_every: steps between CSV/TensorBoard rows (losses averaged since the last row).
         checkpoint_every: steps between atomic checkpoints (and one at the end).
         run_dir: where logs and checkpoints go (None: `runs/<algo>/<dataset>/seed<seed>`).
         threads: torch intra-op threads (None: leave torch's default).
         max_abs_loss: a logged term above this in magnitude counts as diverged (stops the run, names the term).
         final_eval: evaluate once more at the end of the run (and print the normalised score).
+        imports: modules imported before the config is checked, so that the estimators they register with
+            `mi_estimators.register` can be named: module names importable from the current directory, or paths to
+            `.py` files (`--import` adds one).
+        progress: a progress bar on stderr (None: only when stderr is a terminal, as `mi_estimators.estimate`;
+            `--quiet` turns it off).
     """
 
     algo: str = "mi"
@@ -85,8 +92,15 @@ class RunConfig:
     threads: int | None = None
     max_abs_loss: float = 1e8
     final_eval: bool = True
+    imports: tuple[str, ...] = ()
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.imports, str):  # tuple("my_bounds") would be its letters
+            raise ConfigError(
+                f"{type(self).__name__}.imports must be a list of module names; got {self.imports!r}"
+            )
+        self.imports = tuple(self.imports)
         for name in ("steps", "batch_size", "eval_episodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")

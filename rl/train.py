@@ -11,7 +11,11 @@ checkpoints (`checkpoint.pt`: networks, targets, optimisers, temperature, estima
 states, step, logger positions; the last one is written before the final evaluation). `--resume --run-dir DIR`
 continues a run exactly where its last checkpoint left it, with the run's own config (only `RESUME_OVERRIDABLE`
 fields such as `--steps` may change). Checkpoints are loaded weights-only (`rl._safe_load`). A run directory that
-holds files but not our marker (`.rl-run.json`) is never written to.
+holds files but not our marker (`.rl-run.json`) is never written to, and one run at a time writes to a run directory:
+it holds the lock file `.rl-run.lock` (its PID and host) while it runs; a second start there is refused, naming that
+PID, and the lock of a run that died (`kill -9`) is taken over by the next start. `--import MODULE` (repeatable; a
+module name or a `.py` path, added to the config's `imports`) runs the user's code that registers estimators before
+the config's estimator is looked up.
 
 Every check (config, device, dataset, env, run dir, checkpoint) runs before the first write: a misuse ends in one
 `error:` line and exit status 2 with the run dir as it was (`--debug` shows the traceback, `--dry-run` only checks).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -38,12 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl._atomic import atomic_write, remove_stale_temps
+from rl._atomic import FileLock, LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
 from rl.config import ConfigError, apply_overrides, config_help, from_dict, load_yaml, save_yaml, to_dict
 from rl.evaluation import evaluate
+from rl.plugins import import_modules
 from rl.references import behaviour_score, first_normalized_score
 
 __all__ = [
@@ -59,6 +65,7 @@ __all__ = [
 ]
 
 MARKER = ".rl-run.json"
+LOCK = ".rl-run.lock"  # held by the process that writes the run dir (rl._atomic.acquire_lock)
 _OWN_FILES = r"checkpoint\.pt|config\.yaml|\.rl-run\.json"  # what rl.train writes atomically in a run dir
 CHECKPOINT_KEYS = ("config", "agent", "step", "evals", "offsets", "log_sums", "log_counts", "rng")
 #: the fields a resumed run may change: how long it runs, how often it logs, evaluates and checkpoints, where
@@ -73,6 +80,8 @@ RESUME_OVERRIDABLE = (
     "threads",
     "final_eval",
     "max_abs_loss",
+    "imports",  # where the estimator's code is found, not what it is: the estimator's name and options stay fixed
+    "progress",
 )
 
 
@@ -81,7 +90,7 @@ class TrainingError(RuntimeError):
 
 
 class RunDirError(RuntimeError):
-    """The run directory is not ours, or holds a run and `--resume` was not given."""
+    """The run directory is not ours, holds a run and `--resume` was not given, or another process runs in it."""
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -243,10 +252,12 @@ class Trainer:
         resume: continue from `run_dir/checkpoint.pt` (required when it exists; an error when it does not), whose
             config must equal `cfg` outside `RESUME_OVERRIDABLE`.
         quiet: no progress bar or prints.
-        claim: write the run dir's marker and config (False: check and build only, as `--dry-run` does).
+        claim: take the run dir's lock and write its marker and config (False: check and build only, as `--dry-run`
+            does).
 
-    Every check (run dir, device, dataset, env, checkpoint) runs before the first write, so a start that fails
-    leaves the run dir as it was; the claim removes temp files that killed writes left behind.
+    Every check (imports, run dir and its lock, device, dataset, env, checkpoint) runs before the first write, so a
+    start that fails leaves the run dir as it was; the claim removes temp files that killed writes left behind.
+    The lock is held until `close()` (also a `with Trainer(...) as trainer:` block's end, or the process's exit).
     """
 
     def __init__(
@@ -259,6 +270,10 @@ class Trainer:
     ) -> None:
         self.cfg, self.quiet = cfg, quiet
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        self._lock: FileLock | None = None
+        self._closed = False
+        # First, so that the estimators the user's modules register exist when the agent looks its name up.
+        import_modules(cfg.imports)
         # Everything is checked and built before the first write: a start that fails leaves the dir as it was.
         blob = self._check_run_dir(resume)
         check_device(cfg.device)
@@ -298,8 +313,13 @@ class Trainer:
         d = self.run_dir
         if d.exists() and not d.is_dir():
             raise RunDirError(f"--run-dir {d} is a file, not a directory")
+        try:  # first: another run's files are in flux, and what they say is its business
+            check_lock(d / LOCK, what=f"--run-dir {d}")
+        except LockError as err:
+            raise RunDirError(str(err)) from None
         ours = (d / MARKER).exists()
-        if d.exists() and any(d.iterdir()) and not ours:
+        # a lock alone is what a start killed before it wrote the marker leaves
+        if d.exists() and any(p.name != LOCK for p in d.iterdir()) and not ours:
             raise RunDirError(
                 f"{d} holds files that are not from rl.train (no {MARKER}); choose another --run-dir"
             )
@@ -318,11 +338,30 @@ class Trainer:
             )
         blob = load_torch_file(self.ckpt_path, required=CHECKPOINT_KEYS, map_location="cpu")
         check_resume_config(blob["config"], self.cfg, self.ckpt_path)
+        done = blob["step"]
+        if isinstance(done, int) and done > self.cfg.steps:
+            # training would not run, and the config saved with steps < step would misdescribe the checkpoint
+            raise RunDirError(
+                f"--resume: {self.ckpt_path} is at step {done}, past --steps {self.cfg.steps}; a run cannot go "
+                f"back: ask for --steps {done} or more (or start a new run)"
+            )
         return blob
 
     def _claim_run_dir(self) -> None:
         d = self.run_dir
         d.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock = acquire_lock(d / LOCK, "rl.train", what=f"--run-dir {d}")
+        except LockError as err:  # another start got there between the check and now
+            raise RunDirError(str(err)) from None
+        try:
+            self._write_claim()
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_claim(self) -> None:
+        d = self.run_dir
         remove_stale_temps(d, _OWN_FILES)
         if not (d / MARKER).exists():
             text = json.dumps({"tool": "rl.train", "algo": self.cfg.algo, "created": time.time()})
@@ -339,6 +378,19 @@ class Trainer:
                     with open(p, "r+b") as f:
                         f.truncate(off)
         save_yaml(self.cfg, d / "config.yaml")
+
+    def close(self) -> None:
+        """Release the run dir's lock (a second call does nothing); the trainer trains no more afterwards."""
+        self._closed = True
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -452,9 +504,14 @@ class Trainer:
         """Update until `until` (default `cfg.steps`) steps; returns the last evaluation record (or None)."""
         from tqdm.auto import tqdm
 
+        if self._closed:
+            raise RuntimeError(
+                f"this Trainer of {self.run_dir} is closed (its lock released); make a new one"
+            )
         cfg, agent, ds = self.cfg, self.agent, self.dataset
         until = cfg.steps if until is None else min(until, cfg.steps)
-        bar = tqdm(total=until, initial=self.step, disable=self.quiet, dynamic_ncols=True, desc=cfg.algo)
+        show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and not self.quiet
+        bar = tqdm(total=until, initial=self.step, disable=not show, dynamic_ncols=True, desc=cfg.algo)
         t0, s0 = time.perf_counter(), self.step
         last = None
         try:
@@ -520,7 +577,7 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------------------
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
-    ours = (ConfigError, RunDirError, CheckpointError, FileNotFoundError, TrainingError)
+    ours = (ConfigError, RunDirError, CheckpointError, FileNotFoundError, IsADirectoryError, TrainingError)
     return text if isinstance(err, ours) else f"{type(err).__name__}: {text}"
 
 
@@ -580,13 +637,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="check the config, device, dataset, env and run dir, say what would run, write nothing to the run dir",
     )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module name importable from the current directory, or a path to a .py file, imported before the "
+        "config is checked so that the estimators it registers (mi_estimators.register) can be named by "
+        "--estimator; repeatable; added to the config's imports",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no prints but errors")
     args, rest = p.parse_known_args(argv)
     try:
         overrides = _parse_overrides(rest)
         base = _resume_base(overrides) if args.resume and args.config is None and args.algo is None else None
         cfg = build_config(args.config, overrides, args.algo, base=base)
+        if args.imports:  # after the config's own, each once (a resume that repeats them asks for the same)
+            cfg = dataclasses.replace(cfg, imports=tuple(dict.fromkeys([*cfg.imports, *args.imports])))
         trainer = Trainer(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
     except Exception as e:  # noqa: BLE001 - every misuse ends in one line; --debug shows where
         if args.debug:
@@ -624,6 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        trainer.close()  # the lock goes with the run, whichever way it ended
     rec = trainer.evals[-1] if trainer.evals else None
     where = f"logs: {trainer.run_dir}/progress.csv, eval.csv, tb/ (tensorboard --logdir {trainer.run_dir}/tb)"
     if rec is None:

@@ -49,8 +49,10 @@ class AgentConfig(RunConfig):
     """Hyperparameters every offline agent shares (the algorithm configs add theirs and change defaults).
 
     Attributes:
-        hidden_q / hidden_pi: hidden layer widths of the Q networks and the policy.
-        q_activation / pi_activation: "relu", "elu", "tanh", "gelu" or "silu".
+        hidden_q: hidden layer widths of each Q network (`[256, 256]`: two layers of 256).
+        hidden_pi: hidden layer widths of the policy network.
+        q_activation: activation of the Q networks' hidden layers, "relu", "elu", "tanh", "gelu" or "silu".
+        pi_activation: activation of the policy's hidden layers (the same choices).
         output_init_scale: variance scaling of the last layers (official MISA / CQL-JAX: 1e-2; None: nn.Linear's).
         hidden_init: initialisation of the other layers, "torch" (nn.Linear's default) or "lecun" (flax's default,
             which the official MISA code uses: truncated-normal weights of variance 1/fan_in, zero biases).
@@ -58,14 +60,17 @@ class AgentConfig(RunConfig):
         ensemble_size: Q networks in the ensemble (2: twin Q with the clipped double-Q minimum).
         gamma: discount.
         tau: Polyak rate of the target networks.
-        lr_q / lr_pi / lr_alpha: Adam learning rates of critic, policy, entropy temperature.
+        lr_q: Adam learning rate of the critic (the Q ensemble, and an estimator's own parameters).
+        lr_pi: Adam learning rate of the policy.
+        lr_alpha: Adam learning rate of the entropy temperature `log_alpha`.
         auto_alpha: tune `log_alpha` towards `target_entropy`; else alpha stays `exp(init_log_alpha)`.
         init_log_alpha: the entropy temperature's initial log.
         target_entropy: the policy entropy `auto_alpha` aims at (None: `-|A|`, the action dimension).
         action_clip: dataset actions are clipped to `[-action_clip, action_clip]` before any `log pi(a_D|s)`.
         normalize_observations: standardise observations with the dataset's mean and std (+1e-3), as TD3+BC.
         normalize_rewards: scale rewards by `1000 / (max episode return - min episode return)` (IQL, CORL).
-        reward_scale / reward_bias: then `r <- reward_scale * r + reward_bias`.
+        reward_scale: factor on the rewards after any `normalize_rewards` (`r <- reward_scale * r + reward_bias`).
+        reward_bias: added to the rewards after `reward_scale` (`r <- reward_scale * r + reward_bias`).
     """
 
     hidden_q: tuple[int, ...] = (256, 256)

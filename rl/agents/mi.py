@@ -59,7 +59,8 @@ class MIConfig(AgentConfig):
     """MI actor-critic; defaults = official MISA on gym-locomotion.
 
     Attributes:
-        estimator: any name from `mi_estimators.available()` except upper bounds (`club`).
+        estimator: any name from `mi_estimators.available()` except upper bounds (`club`), including those
+            registered by the `imports` modules and by installed plugins (entry points `mi_estimators.plugins`).
         estimator_options: passed to `mi_estimators.make` (MISA family: sampler, n_samples, burn_in, step_size,
             n_leapfrog, adapt, target_accept, chains, log_z, precondition, ...).
         n_negatives: policy actions per state for the critic term (official: 50).
@@ -119,7 +120,16 @@ class MIAgent(OfflineAgent):
     def build(self) -> None:
         cfg = self.cfg
         if cfg.estimator not in mie.available():
-            raise ValueError(f"unknown estimator {cfg.estimator!r}; available: {', '.join(mie.available())}")
+            # An installed plugin package may register it (its `imports:` modules ran at the Trainer's start).
+            # Loaded here only when a name is missing: runs on built-in estimators never import third-party code.
+            from rl.plugins import load_plugins
+
+            load_plugins()
+        if cfg.estimator not in mie.available():
+            raise ValueError(
+                f"unknown estimator {cfg.estimator!r}; available: {', '.join(mie.available())} (one of your own: "
+                "name the module that registers it in `imports:` or with --import)"
+            )
         est = mie.make(cfg.estimator, **cfg.estimator_options).to(self.device)
         if not est.lower_bound:
             raise ValueError(

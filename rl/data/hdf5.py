@@ -99,12 +99,17 @@ def read_hdf5(
     (files written by `to_hdf5` do), else the dataset is unbounded. A missing ``next_observations`` is rebuilt
     by `rl.data.from_d4rl_dict`'s rule (d4rl's ``qlearning_dataset``: rows that end by timeout are dropped).
 
-    Raises ``FileNotFoundError`` if the file does not exist, and ``ValueError`` naming the file for a
-    truncated or corrupt file, a missing key (named), or any invalid row (field and index named).
+    Raises ``FileNotFoundError`` if the file does not exist, ``IsADirectoryError`` if `path` is a directory, and
+    ``ValueError`` naming the file for a truncated or corrupt file, a missing key (named), or any invalid row
+    (field and index named).
     """
     import h5py
 
     path = Path(path).expanduser()
+    if path.is_dir():  # `x.hdf5/` (an unpacked archive, say) exists, so "no such file" would mislead
+        raise IsADirectoryError(
+            f"{path} is a directory, not an HDF5 file (a D4RL-format dataset is one .hdf5 file)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no such HDF5 file: {path}")
     try:
@@ -116,8 +121,9 @@ def read_hdf5(
             data, metadata, action_low, action_high = _read_open_file(
                 f, path, action_low, action_high, max_episode_steps
             )
-    except _Invalid:
-        raise
+    except _Invalid as err:
+        # a plain ValueError for the caller: the class only kept our message apart from h5py's errors in here
+        raise ValueError(str(err)) from None
     except Exception as err:  # only I/O and parsing happen in there
         # h5py raises these when the data blocks behind an intact header are missing or damaged (a cut-off or
         # corrupted file: a failed fletcher32 checksum, a garbled name, a broken B-tree).

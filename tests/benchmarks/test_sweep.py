@@ -999,7 +999,8 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     shutil.rmtree(out / "runs" / victim)
     spec = sweep.load_spec(spec_path)
     cfg = sweep.trial_config(spec.trial(victim), out)
-    Trainer(cfg, quiet=True).train(until=25)  # killed after the step-25 checkpoint
+    with Trainer(cfg, quiet=True) as trainer:  # closed: its lock would keep the Ray worker out of the run dir
+        trainer.train(until=25)  # killed after the step-25 checkpoint
     with open(Path(cfg.run_dir) / "eval.csv", "a") as f:
         f.write("30,1")  # and in the middle of writing a row
     before = {
@@ -1063,17 +1064,67 @@ grid:
 
 
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
-    fcntl = pytest.importorskip("fcntl")
+    import subprocess
+
     spec = sweep.load_spec(write_spec(tmp_path, RL_OK))
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / ".sweep.lock", "a+") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("4242\n")
-        held.flush()
-        with pytest.raises(sweep.SweepError, match=r"another sweep driver \(pid 4242\) is running"):
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"]
+    )  # a driver still running
+    try:
+        (out / ".sweep.lock").write_text(f"{driver.pid}\n")  # rl._atomic's lock, as the old drivers wrote it
+        with pytest.raises(
+            sweep.SweepError, match=rf"sweep folder {out} is in use by .*\(pid {driver.pid} on "
+        ):
             sweep.run_sweep(spec, out)
-    assert not (out / "runs").exists()
+    finally:
+        driver.kill()
+        driver.wait()
+    assert not (out / "runs").exists() and (out / ".sweep.lock").read_text() == f"{driver.pid}\n"
+
+
+def test_imports_reach_the_trials_config_and_register_the_estimator(tmp_path, hopper_file, monkeypatch):
+    import mi_estimators as mie
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "sweep_bounds_t32.py").write_text(
+        "import mi_estimators as mie\n\n\n@mie.register('sweep-dv-t32')\n"
+        "def bound(s):\n    return s.positive.mean() - mie.logmeanexp(s.negative)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    spec_path = write_spec(
+        tmp_path,
+        f"""
+name: imports
+kind: rl
+base: {{steps: 4, eval_every: 0, final_eval: false, checkpoint_every: 2, dataset: {hopper_file}, {TINY_NETS}}}
+grid:
+  variant:
+    - {{name: mine, algo: mi, imports: [lib/sweep_bounds_t32.py], estimator: sweep-dv-t32, n_negatives: 4}}
+  seed: [0]
+""",
+    )
+    (trial,) = sweep.load_spec(spec_path).trials
+    # a relative .py path is resolved as config paths are: Ray Tune runs each trial in a folder of its own
+    assert trial["overrides"]["imports"] == [str(tmp_path / "lib" / "sweep_bounds_t32.py")]
+    try:
+        res = sweep.run_trial(trial, tmp_path / "out")
+        assert res["step"] == 4 and res["config"]["estimator"] == "sweep-dv-t32"
+        assert res["config"]["imports"] == [str(tmp_path / "lib" / "sweep_bounds_t32.py")]
+        assert not (
+            tmp_path / "out" / "runs" / trial["id"] / ".rl-run.lock"
+        ).exists()  # released by the trial
+        assert sweep.trial_status(trial, tmp_path / "out")[0] == "finished"
+    finally:
+        if "sweep-dv-t32" in mie.available():
+            mie.unregister("sweep-dv-t32")
+        sys.modules.pop("sweep_bounds_t32", None)
+    spec_path.write_text(spec_path.read_text().replace("lib/sweep_bounds_t32.py", "lib/gone.py"))
+    with pytest.raises(
+        sweep.SpecError, match=r"grid\.variant\[0\] \(mine\)\.imports\[0\]: no such file: lib/gone\.py"
+    ):
+        sweep.load_spec(spec_path)
 
 
 def test_publish_copies_the_report_files_only(tmp_path):

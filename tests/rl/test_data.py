@@ -326,6 +326,14 @@ def test_bad_file_raises_named_error(tmp_path, corrupt, expected):
     with pytest.raises(ValueError, match=expected) as info:
         data.load(str(path))
     assert str(path) in str(info.value)
+    assert type(info.value) is ValueError  # not the reader's internal class, whose name the CLI would print
+
+
+def test_a_directory_named_like_an_hdf5_file_is_called_a_directory(tmp_path):
+    (tmp_path / "x.hdf5").mkdir()
+    for source in (str(tmp_path / "x.hdf5"), tmp_path / "x.hdf5"):
+        with pytest.raises(IsADirectoryError, match=r"x\.hdf5 is a directory, not an HDF5 file"):
+            data.load(source)
 
 
 def test_action_out_of_bounds_file(tmp_path):

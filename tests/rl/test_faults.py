@@ -4,8 +4,10 @@ errors, kill -9 at random moments, and the CLI fuzzed with hypothesis (docs/faul
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from test_sac import _tiny_cfg
 from test_train import tiny_dataset
 
-from rl._atomic import atomic_write, remove_stale_temps
+from rl._atomic import LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
 from rl.config import ConfigError, load_yaml
 from rl.data.hdf5 import read_hdf5
@@ -307,6 +309,166 @@ def test_unwritable_dataset_cache_fails_before_generating(tmp_path, monkeypatch)
     assert not (tmp_path / "r").exists()
 
 
+def test_hdf5_without_a_key_and_a_directory_named_hdf5_are_one_line(tmp_path):
+    import h5py
+
+    path = tmp_path / "partial.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.zeros((5, 4), np.float32), np.zeros((5, 2), np.float32)
+    rc, _, err = run_cli(bc_argv(path, tmp_path / "run"))
+    assert_one_line_error(rc, err, str(path), "has no 'rewards' dataset")
+    assert "_Invalid" not in err
+    folder = tmp_path / "x.hdf5"
+    folder.mkdir()
+    rc, _, err = run_cli(bc_argv(folder, tmp_path / "run"))
+    assert_one_line_error(rc, err, f"{folder} is a directory, not an HDF5 file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_import_is_one_line_naming_the_module(tmp_path, data_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the import puts the current directory on it
+    (tmp_path / "broken_bounds_mod.py").write_text("import mi_estimators\nraise RuntimeError('not today')\n")
+    (tmp_path / "needs_dep_mod.py").write_text("import no_such_dependency_xyz\n")
+    run = tmp_path / "run"
+    for target, needles in (
+        ("no_such_bounds_mod", ("import 'no_such_bounds_mod'", "no module named 'no_such_bounds_mod'")),
+        ("broken_bounds_mod", ("import 'broken_bounds_mod' failed", "RuntimeError: not today")),
+        ("needs_dep_mod", ("import 'needs_dep_mod' failed", "No module named 'no_such_dependency_xyz'")),
+        ("lib/missing.py", ("import 'lib/missing.py'", "no such file")),
+        (str(tmp_path / "broken_bounds_mod.py"), ("broken_bounds_mod.py' failed", "not today")),
+    ):
+        rc, _, err = run_cli(bc_argv(data_file, run, "--import", target))
+        assert_one_line_error(rc, err, *needles)
+        assert not run.exists(), target
+    assert "broken_bounds_mod" not in sys.modules  # a failed file import leaves no half-made module behind
+    # from the config file, the same
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algo: bc\nimports: [no_such_bounds_mod]\n")
+    rc, _, err = run_cli(
+        ["--config", str(cfg), "--dataset", str(data_file), "--run-dir", str(run), "--dry-run"]
+    )
+    assert_one_line_error(rc, err, "no module named 'no_such_bounds_mod'")
+
+
+# --- one run per run dir: the lock ---------------------------------------------------------------------------------
+@pytest.fixture
+def live_pid():
+    """The PID of a live process that is not this one (a sleeping child), killed at the end."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+def _write_lock(path: Path, pid: int, host: str | None = None) -> None:
+    lock = {"pid": pid, "host": host or socket.gethostname(), "tool": "rl.train", "since": "then"}
+    path.write_text(json.dumps(lock))
+
+
+def test_a_second_run_on_a_locked_run_dir_is_refused(tmp_path, data_file, live_pid):
+    run = tmp_path / "run"
+    assert run_cli(bc_argv(data_file, run))[0] == 0
+    assert not (run / ".rl-run.lock").exists()  # released at the end of the run
+    _write_lock(run / ".rl-run.lock", live_pid)  # as a run still training there would hold it
+    before = snapshot(run)
+    for argv in (
+        bc_argv(data_file, run, "--resume", steps=6),
+        ["--resume", "--run-dir", str(run), "--steps", "6", "--dry-run"],
+        bc_argv(data_file, run),
+    ):
+        rc, _, err = run_cli(argv)
+        assert_one_line_error(rc, err, f"--run-dir {run} is in use by rl.train (pid {live_pid} on ")
+        assert snapshot(run) == before  # not a row added, not a byte of the lock changed
+    # a fresh run dir that holds only the lock of a live run is refused as well (not called "not from rl.train")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _write_lock(fresh / ".rl-run.lock", live_pid)
+    rc, _, err = run_cli(bc_argv(data_file, fresh))
+    assert_one_line_error(rc, err, f"pid {live_pid}")
+    # a lock written on another host cannot be checked from here: it counts as held, and the message says so
+    _write_lock(run / ".rl-run.lock", live_pid, host="elsewhere.example")
+    rc, _, err = run_cli(bc_argv(data_file, run, "--resume", steps=6))
+    assert_one_line_error(rc, err, f"pid {live_pid} on elsewhere.example", "another host", ".rl-run.lock")
+
+
+def test_a_stale_lock_is_taken_over_and_the_lock_is_held_while_training(tmp_path, data_file):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and reaped: its PID names no process (until the system reuses it)
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_lock(run / ".rl-run.lock", dead.pid)  # what a start killed before it wrote its marker leaves
+    rc, _, err = run_cli(bc_argv(data_file, run))
+    assert rc == 0, err
+    assert not (run / ".rl-run.lock").exists()
+    _write_lock(run / ".rl-run.lock", dead.pid)  # a run killed by kill -9 after its checkpoint
+    from rl.agents import config_class
+
+    cfg = config_class("bc")(
+        dataset=str(data_file),
+        hidden_pi=(8,),
+        batch_size=8,
+        steps=6,
+        eval_every=0,
+        final_eval=False,
+        run_dir=str(run),
+    )
+    with Trainer(cfg, resume=True, quiet=True) as trainer:
+        held = json.loads((run / ".rl-run.lock").read_text())
+        assert (held["pid"], held["host"], held["tool"]) == (os.getpid(), socket.gethostname(), "rl.train")
+        trainer.train()
+    assert not (run / ".rl-run.lock").exists()
+    with pytest.raises(RuntimeError, match="closed"):
+        trainer.train()
+    # a run that fails still releases it
+    rc, _, err = run_cli(bc_argv(data_file, run, "--resume", "--max-abs-loss", "1e-12", steps=8))
+    assert rc == 1 and "diverged" in err and not (run / ".rl-run.lock").exists()
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(tmp_path, data_file):
+    run = tmp_path / "run"
+    assert run_cli(bc_argv(data_file, run, steps=6))[0] == 0
+    before = snapshot(run)
+    rc, _, err = run_cli(["--resume", "--run-dir", str(run), "--steps", "4"])
+    assert_one_line_error(rc, err, "checkpoint.pt is at step 6, past --steps 4", "--steps 6 or more")
+    assert snapshot(run) == before  # config.yaml still says steps: 6
+    rc, out, err = run_cli(["--resume", "--run-dir", str(run), "--steps", "6"])  # nothing to do is fine
+    assert rc == 0 and "done: 6 steps" in out, err
+
+
+def test_lock_helper_takes_over_dead_reused_and_unreadable_locks(tmp_path, live_pid):
+    path = tmp_path / "d" / ".lock"
+    first = acquire_lock(path, "tool-a")
+    assert json.loads(path.read_text())["pid"] == os.getpid() and first.held
+    second = acquire_lock(path, "tool-b")  # this process's own earlier lock: nothing else holds it
+    first.release()  # does not remove the lock that `second` made in its place
+    assert json.loads(path.read_text())["tool"] == "tool-b"
+    second.release()
+    assert not path.exists() and not second.held
+    second.release()  # twice: nothing
+    # the PID of a live process, written with another start time: that PID was reused, the writer is gone
+    path.write_text(json.dumps({"pid": live_pid, "host": socket.gethostname(), "proc_start": -1}))
+    acquire_lock(path, "t").release()
+    # a bare PID (what other tools write) of a live process holds; the check writes nothing
+    path.write_text(f"{live_pid}\n")
+    # ... unless that process started after the lock was written: then the PID was reused
+    if Path("/proc/stat").exists():
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+        acquire_lock(path, "t").release()
+        path.write_text(f"{live_pid}\n")
+    with pytest.raises(LockError, match=f"in use by another process \\(pid {live_pid}"):
+        check_lock(path, what="the folder")
+    with pytest.raises(LockError) as info:
+        acquire_lock(path, "t", what="the folder")
+    assert info.value.holder["pid"] == live_pid and path.read_text() == f"{live_pid}\n"
+    # no PID at all: a lock being written right now (refused), or a crash's leftover once it is old (taken over)
+    path.write_text("")
+    with pytest.raises(LockError, match="being locked by another process just now"):
+        acquire_lock(path, "t")
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    acquire_lock(path, "t").release()
+
+
 def test_out_of_range_actions_are_refused_before_training(tmp_path):
     ds = tiny_dataset()
     ds = ds.replace(actions=ds.actions * 3.0)
@@ -424,6 +586,9 @@ def _kill_and_resume(tmp_path: Path, data: Path, steps: int, tries: int, seed: i
     strip = lambda t: [line.rsplit(",", 1)[0] for line in t.splitlines()]  # noqa: E731 - drop updates/s
     assert strip((straight / "progress.csv").read_text()) == strip((run / "progress.csv").read_text())
     assert not list(run.glob(".*.tmp"))
+    assert not (
+        run / ".rl-run.lock"
+    ).exists()  # each killed run's stale lock was taken over, the last released
     return at
 
 
@@ -464,6 +629,7 @@ KEYS = [
     "estimator-options.x",
     "nope",
     "steps.x",
+    "progress",
 ]
 VALUES = st.one_of(
     st.integers(-(10**12), 10**12).map(str),

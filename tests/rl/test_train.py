@@ -3,6 +3,7 @@ the CLI, and a slow learning test."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,9 @@ def mi_cfg(tmp: Path, **kw):
 # --- configs ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("algo", sorted(set(ALGOS) - {"misa"}))
 def test_config_round_trip(tmp_path, algo):
-    cfg = config_class(algo)(steps=123, hidden_q=(4, 5), seed=7)
+    cfg = config_class(algo)(
+        steps=123, hidden_q=(4, 5), seed=7, imports=("my_bounds", "lib/more.py"), progress=True
+    )
     save_yaml(cfg, tmp_path / "c.yaml")
     back = from_dict(type(cfg), load_yaml(tmp_path / "c.yaml"))
     assert back == cfg and to_dict(back) == to_dict(cfg)
@@ -304,3 +307,161 @@ def test_help_lists_every_config_field_with_type_default_and_meaning(capsys):
             line = next(ln for ln in out.splitlines() if ln.startswith(f"  --{f.name.replace('_', '-')} "))
             assert "(default " in line and line.split("): ", 1)[1], line  # a type, a default and a meaning
     assert "--dataset-size int | None (default null): transitions to generate" in out
+
+
+def test_help_gives_each_field_its_own_meaning(capsys):
+    for algo in sorted(set(ALGOS) - {"misa"}):
+        with pytest.raises(SystemExit):
+            main(["--algo", algo, "--help"])
+        out = capsys.readouterr().out.split("config fields of", 1)[1]
+        meanings = {}
+        for line in out.splitlines():
+            if line.startswith("  --"):
+                meanings.setdefault(line.split("): ", 1)[1], []).append(line.split()[0])
+        shared = {text: names for text, names in meanings.items() if len(names) > 1}
+        assert not shared, (algo, shared)
+    for needle in (
+        "--hidden-q tuple[int, ...] (default [256, 256]): hidden layer widths of each Q network",
+        "--hidden-pi tuple[int, ...] (default [256, 256]): hidden layer widths of the policy network",
+        "--eval-every int (default 10000): steps between evaluations",
+        "--eval-episodes int (default 10): episodes per evaluation",
+        "--eval-seed int (default 1000000): episode i of an evaluation resets the env with seed",
+        "--lr-q float (default 0.0003): Adam learning rate of the critic",
+        "--lr-pi float (default 0.0003): Adam learning rate of the policy",
+        "--lr-alpha float (default 0.0003): Adam learning rate of the entropy temperature",
+    ):
+        assert needle in out, needle
+
+
+# --- custom estimators from the user's modules ----------------------------------------------------------------------
+BOUND_MODULE = """
+import mi_estimators as mie
+from mi_estimators import logmeanexp
+
+
+@mie.register({name!r})
+def tempered_dv(s, temperature: float = 1.0):
+    t = 1.0 / temperature
+    return (t * s.positive).mean() - logmeanexp(t * s.negative)
+"""
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """A temp dir as the current directory, with the registry and the imported modules restored afterwards."""
+    import mi_estimators as mie
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    names = set(mie.available())
+    yield tmp_path
+    for name in set(mie.available()) - names:
+        mie.unregister(name)
+    for mod, m in list(sys.modules.items()):  # the test's own modules only (torch imports submodules lazily)
+        if str(getattr(m, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[mod]
+
+
+def test_import_makes_a_custom_estimator_usable_by_name(user_modules, capsys):
+    import mi_estimators as mie
+
+    (user_modules / "my_bounds_t32.py").write_text(BOUND_MODULE.format(name="tempered-dv-t32"))
+    (user_modules / "lib").mkdir()
+    (user_modules / "lib" / "more_bounds_t32.py").write_text(BOUND_MODULE.format(name="more-dv-t32"))
+    tiny_dataset().to_hdf5(user_modules / "d.hdf5")
+    common = ["--algo", "mi", "--dataset", "d.hdf5", "--steps", "3", "--batch-size", "8", "--hidden-q", "[8]"]
+    common += [
+        "--hidden-pi",
+        "[8]",
+        "--n-negatives",
+        "4",
+        "--eval-every",
+        "0",
+        "--final-eval",
+        "false",
+        "--quiet",
+    ]
+    assert main([*common, "--run-dir", "run", "--estimator", "tempered-dv-t32"]) == 2
+    assert "unknown estimator 'tempered-dv-t32'" in capsys.readouterr().err
+    assert not (user_modules / "run").exists()
+    argv = [*common, "--run-dir", "run", "--estimator", "tempered-dv-t32", "--import", "my_bounds_t32"]
+    assert main([*argv, "--import", "lib/more_bounds_t32.py", "--import", "my_bounds_t32"]) == 0, (
+        capsys.readouterr()
+    )
+    saved = load_yaml(user_modules / "run" / "config.yaml")
+    assert (
+        saved["imports"] == ["my_bounds_t32", "lib/more_bounds_t32.py"]
+        and saved["estimator"] == "tempered-dv-t32"
+    )
+    assert "more-dv-t32" in mie.available()
+    # a resume takes the imports from the run's config: a new process (here: the registry emptied) finds them again
+    for name in ("tempered-dv-t32", "more-dv-t32"):
+        mie.unregister(name)
+    for mod in ("my_bounds_t32", "more_bounds_t32"):
+        del sys.modules[mod]
+    assert main(["--resume", "--run-dir", "run", "--steps", "5", "--quiet"]) == 0, capsys.readouterr().err
+    assert load_torch_file(user_modules / "run" / "checkpoint.pt")["step"] == 5
+    # a path to a .py file, in the YAML config
+    (user_modules / "c.yaml").write_text(
+        "algo: mi\nestimator: more-dv-t32\nimports: [lib/more_bounds_t32.py]\n"
+    )
+    assert main(["--config", "c.yaml", *common[2:], "--run-dir", "run2"]) == 0, capsys.readouterr().err
+    assert load_yaml(user_modules / "run2" / "config.yaml")["imports"] == ["lib/more_bounds_t32.py"]
+
+
+def test_plugins_of_installed_packages_are_loaded_when_a_name_is_missing(tmp_path, monkeypatch, user_modules):
+    import importlib.metadata
+
+    import mi_estimators as mie
+    import rl.plugins
+
+    (user_modules / "plugin_pkg_t32.py").write_text(BOUND_MODULE.format(name="plugin-dv-t32"))
+    monkeypatch.syspath_prepend(str(user_modules))  # where an installed package would be
+    ep = importlib.metadata.EntryPoint(name="t32", value="plugin_pkg_t32", group=rl.plugins.ENTRY_POINT_GROUP)
+    calls = []
+
+    def entry_points(group):
+        calls.append(group)
+        return [ep] if group == rl.plugins.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(rl.plugins, "_plugins_loaded", None)
+    Trainer(
+        mi_cfg(tmp_path / "builtin", estimator="nwj", estimator_options={}),
+        dataset=tiny_dataset(),
+        quiet=True,
+        claim=False,
+    )
+    assert calls == []  # a registered name needs no plugin
+    trainer = Trainer(
+        mi_cfg(tmp_path / "r", estimator="plugin-dv-t32", estimator_options={}),
+        dataset=tiny_dataset(),
+        quiet=True,
+    )
+    trainer.train(until=1)
+    trainer.close()
+    assert calls == [rl.plugins.ENTRY_POINT_GROUP] and "plugin-dv-t32" in mie.available()
+    monkeypatch.setattr(rl.plugins, "_plugins_loaded", None)
+    broken = importlib.metadata.EntryPoint(name="bad", value="no_such_plugin_t32", group=ep.group)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
+    with pytest.raises(ConfigError, match=r"estimator plugin 'bad' .*no_such_plugin_t32.*failed to load"):
+        Trainer(
+            mi_cfg(tmp_path / "r2", estimator="other-t32", estimator_options={}),
+            dataset=tiny_dataset(),
+            quiet=True,
+        )
+
+
+# --- progress bar -----------------------------------------------------------------------------------------------
+def test_progress_bar_only_on_a_terminal_unless_asked(tmp_path, capsys, monkeypatch):
+    def bar_shown(quiet: bool = False, **kw) -> bool:
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        cfg = config_class("bc")(**{**TINY, "run_dir": str(d), "steps": 3, **kw})
+        with Trainer(cfg, tiny_dataset(), quiet=quiet) as trainer:
+            trainer.train()
+        return "3/3" in capsys.readouterr().err
+
+    assert not bar_shown()  # stderr is pytest's capture, not a terminal
+    assert bar_shown(progress=True) and not bar_shown(progress=True, quiet=True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert bar_shown() and not bar_shown(progress=False)
