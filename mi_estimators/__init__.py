@@ -143,3 +143,12 @@ __all__ = [
     "tuba_bound",
     "unregister",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `mie.testing` on first use: it imports hypothesis, an optional extra that plain users need not have
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
