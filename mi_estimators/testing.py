@@ -29,6 +29,7 @@ Properties (names as reported):
 
 from __future__ import annotations
 
+import copy
 import math
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed with [dev]
     ) from e
 
 from .critics import BilinearCritic, ConcatCritic, HybridCritic, SeparableCritic
+from .estimate import evaluate
 from .registry import Estimator, make
 from .scores import Scores
 from .tasks import CorrelatedGaussian
@@ -106,7 +108,8 @@ def scores(
     if pairs:
         flat = draw(st.lists(value, min_size=rows * rows, max_size=rows * rows))
         matrix = torch.tensor(flat, dtype=torch.float64).reshape(rows, rows).to(dtype)
-        positive, negative = Scores.from_matrix(matrix).positive, Scores.from_matrix(matrix).negative
+        from_matrix = Scores.from_matrix(matrix)
+        positive, negative = from_matrix.positive, from_matrix.negative
     else:
         positive = torch.tensor(draw(st.lists(value, min_size=rows, max_size=rows)), dtype=torch.float64)
         flat = draw(st.lists(value, min_size=rows * cols, max_size=rows * cols))
@@ -407,8 +410,6 @@ def check_estimator(
 
 
 def _factory(estimator: Any, options: dict[str, Any]) -> Callable[[], Estimator]:
-    import copy
-
     if isinstance(estimator, str):
         make(estimator, **options)  # unknown names and bad options fail here, by name
         return lambda: make(estimator, **options)
@@ -454,8 +455,6 @@ CLOSED_FORM_N, CLOSED_FORM_MI, CLOSED_FORM_TOLERANCE = 1024, 1.0, 0.15
 
 
 def _closed_form(factory: Callable[[], Estimator], kind: str, proposal: bool, critic_shift: float) -> None:
-    from .estimate import evaluate
-
     task = CorrelatedGaussian(dim=2, mi=CLOSED_FORM_MI)
     g = torch.Generator().manual_seed(0)
     x, y = task.sample(CLOSED_FORM_N, generator=g, dtype=torch.float64)
