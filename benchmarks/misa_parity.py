@@ -152,10 +152,10 @@ def _one_update(agent: MIAgent, batch: dict[str, torch.Tensor]) -> dict[str, Any
     chain = agent._chain
 
     def recording_chain(*args: Any, **kwargs: Any) -> Any:
-        u, accept, step = chain(*args, **kwargs)
-        recorded.setdefault("u", []).append(u)
-        recorded.setdefault("accept", []).append(accept)
-        return u, accept, step
+        samples = chain(*args, **kwargs)
+        recorded.setdefault("u", []).append(samples.unconstrained)
+        recorded.setdefault("accept", []).append(samples.accept_rate.reshape(-1))
+        return samples
 
     agent._chain = recording_chain  # type: ignore[method-assign]
     grads: dict[str, np.ndarray] = {}
@@ -173,7 +173,7 @@ def _one_update(agent: MIAgent, batch: dict[str, torch.Tensor]) -> dict[str, Any
         hook.remove()
         del agent._chain
     # Replay our generator's draws, in the order of MIAgent.losses: a' at s' [B, 1, da], the critic's N negatives
-    # at s [B, N, da], the reparameterised a~ at s [B, 1, da] (the chain draws from its own generators).
+    # at s [B, N, da], the reparameterised a~ at s [B, 1, da] (the chain draws from its own generator).
     g = torch.Generator().set_state(gen_state)
     b, da, n = batch["actions"].shape[0], batch["actions"].shape[1], agent.cfg.n_negatives
     eps_next = torch.randn(b, 1, da, generator=g)
@@ -192,12 +192,10 @@ def _one_update(agent: MIAgent, batch: dict[str, torch.Tensor]) -> dict[str, Any
 
 
 def _density(agent: MIAgent, obs: torch.Tensor, points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    from rl.agents.tilted import TiltedDensity
-
     with torch.no_grad():
-        density = TiltedDensity(agent.policy(obs), agent.critic, obs)
-        value, grad = density.value_and_grad(points)
-    return value.numpy(), grad.numpy()
+        log_pi, grad_pi = agent.policy(obs).log_prob_and_grad(points)
+        q, grad_q = agent.critic.input_gradient(obs)(points)
+    return (log_pi + q).numpy(), (grad_pi + grad_q).numpy()
 
 
 def _rel(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -415,8 +413,8 @@ def _export(path: Path) -> None:
 
 
 def _evaluate_official(policy_files: list[Path], episodes: int, eval_seed: int) -> list[dict[str, Any]]:
+    from rl.data.references import normalized_score
     from rl.evaluation import evaluate
-    from rl.references import normalized_score
 
     rows = []
     for f in policy_files:
@@ -510,7 +508,7 @@ def train_curves(args: argparse.Namespace) -> None:
                         "normalized_score": float(r["normalized_score"]),
                     }
                 )
-    from rl.references import behaviour_score
+    from rl.data.references import behaviour_score
 
     _write_curves(rows, args, behaviour_score(load(str(data_file)), [DATASET]))
 

@@ -8,7 +8,7 @@ runs in its own subprocess (so `ru_maxrss` is that case's peak resident memory) 
   otherwise idle core; with more threads it undercounts),
 * `peak_rss_mb`: peak resident memory of the process.
 
-The SAC update (`rl.sac.SAC`, batch 256, same shapes) is timed in the same run as a reference for machine load.
+The SAC update (`rl.collect.sac.SAC`, batch 256, same shapes) is timed in the same run as a reference for machine load.
 
     nice python benchmarks/rl_throughput.py [--threads 1 2] [--seconds 20] [--cases misa-hmc cql ...]
         [--peer-python .venv-d3rlpy/bin/python]   # also time d3rlpy's CQL/IQL/TD3+BC/BC in the same run
@@ -31,11 +31,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 CASES: dict[str, tuple[str, dict]] = {
     "misa-hmc": ("mi", {}),
-    "misa-hmc-unconstrained": ("mi", {"mcmc_space": "unconstrained"}),
+    "misa-hmc-unconstrained": ("mi", {"estimator_options": {"space": "unconstrained"}}),
     "misa-mala": ("mi", {"estimator_options": {"sampler": "mala"}}),
     "misa-ula": ("mi", {"estimator_options": {"sampler": "ula"}}),
     "misa-pyro-hmc": ("mi", {"estimator_options": {"sampler": "pyro-hmc"}}),
-    "misa-hmc-compiled": ("mi", {"compile": True}),
+    "misa-hmc-plain": ("mi", {"fast": False}),  # plain autograd: what the `fast` paths buy
     "misa-biased": ("mi", {"estimator": "misa-biased"}),
     # fewer critic negatives and retained MCMC samples (benchmarks/sweeps/misa-cost.yaml trains them)
     "misa-n20-s20": ("mi", {"n_negatives": 20, "estimator_options": {"n_samples": 20}}),
@@ -73,7 +73,7 @@ def run_one(name: str, threads: int, seconds: float) -> dict:
     algo, kw = CASES[name]
     batch = _batch()
     if algo == "sac":
-        from rl.sac import SAC, SACConfig
+        from rl.collect.sac import SAC, SACConfig
 
         agent = SAC(11, 3, SACConfig())
         batch = {**batch, "terminals": batch.pop("dones")}

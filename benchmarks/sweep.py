@@ -940,7 +940,7 @@ def _load_dataset(dataset: str, size: int | None, make: bool, probe: bool = Fals
                 return True
         else:
             try:
-                from rl.data.generate import is_cached, parse_name
+                from rl.collect.generate import is_cached, parse_name
 
                 parse_name(dataset)
                 if not is_cached(dataset, size):
@@ -957,7 +957,7 @@ def _load_dataset(dataset: str, size: int | None, make: bool, probe: bool = Fals
 
 
 def _behaviour_score(dataset: str, ds: Any) -> dict[str, Any]:
-    from rl.references import behaviour_score
+    from rl.data.references import behaviour_score
 
     rets = ds.episode_returns()
     env_id = (getattr(ds, "metadata", None) or {}).get("env_id")

@@ -311,6 +311,8 @@ class BarberAgakov(ProposalEstimator):
     (options as `ProposalEstimator`: `proposal`, `x_dim`, `y_dim`, `hidden`, `squashed`, `marginal_entropy`). It is
     the `T = 0` member of the MISA family, so its scores carry zero critic scores."""
 
+    needs_critic = False
+
     def bound(self, s: Scores) -> Tensor:
         return ba_bound(s)
 

@@ -13,7 +13,6 @@ the `stopped_at` steps before it, and the critic their updates), `History.error`
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import numbers
 import sys
@@ -343,7 +342,7 @@ def _batch_scores(
     """The `Scores` of one joint batch `x [B, dx]`, `y [B, dy]` for `est` with the chosen negatives."""
     if negatives == "proposal":
         kwargs: dict[str, Any] = {"generator": generator, "marginal_entropy": marginal_entropy}
-        if not tilted and "tilted" in inspect.signature(est.scores).parameters:  # type: ignore[attr-defined]
+        if not tilted and est.chain_optional_for_value:
             kwargs["tilted"] = False
         return est.scores(x, y, critic, **kwargs)  # type: ignore[attr-defined]
     if negatives == "derangement":

@@ -45,7 +45,7 @@ from .partition import (
 )
 from .proposals import ProposalEstimator
 from .registry import register
-from .samplers import Sampler, _PyroSampler, available_samplers
+from .samplers import SPACES, Sampler, SampleResult, available_samplers
 from .scores import Scores
 
 __all__ = [
@@ -152,6 +152,9 @@ class _MISAFamily(ProposalEstimator):
             step size for all chains from their mean acceptance probability (TFP's `SimpleStepSizeAdaptation` with
             a scalar step size, as the official MISA code runs it).
         precondition: run the chain whitened by the proposal's scale (step size in proposal std units).
+        space: where a tanh-squashed proposal's chain runs: "unconstrained" (on `atanh y`, default) or
+            "constrained" (on `y` itself, as the official MISA code runs HMC on the action; proposals outside the
+            box are rejected; `precondition` does not apply, so giving it as well is refused).
         init: chain start, "data" (the positive y, as the official MISA code starts at the dataset action) or
             "proposal" (a proposal draw).
         proposal: a module mapping `x [N, dx]` to a batched law (`GaussianProposal`, an RL policy); else one is
@@ -160,6 +163,7 @@ class _MISAFamily(ProposalEstimator):
     """
 
     needs_proposal = True
+    chain_optional_for_value = True
     default_log_z = "mc"
     options = {
         **ProposalEstimator.options,
@@ -172,10 +176,7 @@ class _MISAFamily(ProposalEstimator):
         ),
         "sampler": Option(
             f"a sampler name ({', '.join(available_samplers())}) or a Sampler",
-            lambda v: (
-                isinstance(v, (Sampler, _PyroSampler))
-                or (isinstance(v, str) and v.lower() in available_samplers())
-            ),
+            lambda v: isinstance(v, Sampler) or (isinstance(v, str) and v.lower() in available_samplers()),
         ),
         "n_samples": integer(1, optional=True),
         "burn_in": integer(0, optional=True),
@@ -190,6 +191,7 @@ class _MISAFamily(ProposalEstimator):
         ),
         "per_chain": flag(optional=True),
         "precondition": flag(optional=True),
+        "space": choice(None, *SPACES),
         "init": choice(None, "data", "proposal"),
     }
     #: the chain's options and their defaults: they configure the MCMC run of `log_z="mcmc"` and nothing else
@@ -205,6 +207,7 @@ class _MISAFamily(ProposalEstimator):
         "target_accept": None,
         "per_chain": None,
         "precondition": True,
+        "space": "unconstrained",
     }
 
     def __init__(
@@ -222,6 +225,7 @@ class _MISAFamily(ProposalEstimator):
         target_accept: float | None = None,
         per_chain: bool | None = None,
         precondition: bool | None = None,
+        space: str | None = None,
         init: str | None = None,
         proposal: nn.Module | None = None,
         x_dim: int | None = None,
@@ -244,6 +248,7 @@ class _MISAFamily(ProposalEstimator):
             "target_accept": target_accept,
             "per_chain": per_chain,
             "precondition": precondition,
+            "space": space,
         }
         # An option that nothing reads is refused by name rather than silently dropped (e.g. `n_samples` with the
         # Monte Carlo partition function of misa-dv's default).
@@ -266,6 +271,11 @@ class _MISAFamily(ProposalEstimator):
             raise ValueError(
                 f"{self.name}: option 'k' sizes a partition function built by name; the log_z "
                 f"instance given has its own (k={spec.k})"
+            )
+        if space == "constrained" and precondition is not None:
+            raise ValueError(
+                f"{self.name}: option 'precondition' whitens the unconstrained chain; space='constrained' runs on y "
+                "itself (leave precondition out)"
             )
         self.init = "data" if init is None else init
         chain = {name: self.CHAIN_DEFAULTS[name] if v is None else v for name, v in chain.items()}
@@ -322,7 +332,7 @@ class _MISAFamily(ProposalEstimator):
         log_proposal = law.log_prob(y)
         init = y if self.init == "data" else None
         if not tilted and isinstance(self.partition, MCMCLogZ):
-            est = self.partition._mc(law, critic_k, generator)  # the Monte Carlo value's draws only
+            est = self.partition.monte_carlo(law, critic_k, generator)  # the Monte Carlo value's draws only
         else:
             est = self.partition(law, critic_k, generator, init=init)
         self.last_log_z = est
@@ -332,6 +342,51 @@ class _MISAFamily(ProposalEstimator):
             log_proposal=log_proposal,
             marginal_entropy=self._entropy(marginal_entropy),
             tilted=est.tilted,
+        )
+
+    def critic_loss(self, s: Scores) -> Tensor:
+        """The critic's loss beside a proposal it does not train (the RL critic, `T = Q`, negatives from the policy):
+        `-bound(s)` with the Monte Carlo (SNIS) gradient of log Z whatever `log_z` is, as the official MISA code
+        trains its Q on the logsumexp over policy actions; the MCMC samples serve the proposal's side
+        (`policy_scores`)."""
+        return -self._bound_fn(s, log_z="mc")
+
+    def policy_scores(
+        self,
+        law: Any,
+        critic: Any,
+        positive: Tensor,
+        draws: Tensor,
+        draw_scores: Tensor,
+        generator: torch.Generator | None = None,
+        samples: SampleResult | None = None,
+    ) -> Scores:
+        """Scores whose `loss` has the partition term's gradient wrt the proposal alone, the critic held fixed (the
+        RL actor's view: `T = Q` frozen, the policy the proposal). `log q(y|x)` on the data and H(Y) are left out
+        (zero): a caller that wants them weights them itself (MISA's BC term), so `loss(...)` is
+        `partition term - mean(positive)` in value.
+
+        Args:
+            law: the proposal's law at the N states (gradient into its parameters).
+            critic: `y [N, K, d] -> [N, K]`, x closed over, fixed.
+            positive: `[N]` critic scores on the data pairs (detached).
+            draws: `[N, K, d]` detached proposal draws and `draw_scores [N, K]` their critic scores (detached),
+                reused as the negatives where the gradient allows (`partition.policy_negatives`).
+            generator: fresh draws (`misa-biased`'s reparameterised negatives).
+            samples: `partition.sample(...)`'s tilted samples when `partition.runs_chain`.
+        """
+        negative = self.partition.policy_negatives(law, critic, draws, draw_scores, generator)
+        tilted = None
+        if samples is not None:
+            # T = Q is constant in the proposal's parameters and left out; the surrogate has zero value, so only its
+            # gradient E_tilted[grad log q] matters. Bounded laws: log q from u (no atanh near +-1).
+            if getattr(law, "bounded", False):
+                tilted = law.log_prob_of_squashed(samples.unconstrained.detach())
+            else:
+                tilted = law.log_prob(samples.samples.detach())
+        zeros = torch.zeros_like(positive)
+        return Scores(
+            positive, negative, log_proposal=zeros, marginal_entropy=0.0, tilted=tilted, validate=False
         )
 
     @property
@@ -382,6 +437,7 @@ class MISABiased(_MISAFamily):
     estimate to +inf (docs/partition.md, staircase)."""
 
     default_log_z = "mc"
+    _bound_fn = staticmethod(misa_bound)
 
     @staticmethod
     def _make_partition(

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ._math import logmeanexp
-from .samplers import Sampler, SampleResult, _PyroSampler, make_sampler, sample_tilted
+from .samplers import SPACES, Sampler, SampleResult, make_sampler, sample_tilted
 
 __all__ = ["LogZEstimate", "MCMCLogZ", "MonteCarloLogZ", "PartitionError", "mcmc_log_z_surrogate"]
 
@@ -108,6 +108,9 @@ class MonteCarloLogZ:
             the pathwise gradient through the log-mean-exp: MISA-biased). Both give SNIS wrt the critic.
     """
 
+    #: whether this partition function runs an MCMC chain (`MCMCLogZ.sample`) for its gradient
+    runs_chain = False
+
     def __init__(self, k: int = 50, grad: str = "snis") -> None:
         self.k = _check_count("k", k)
         if grad not in ("snis", "reparam"):
@@ -127,6 +130,23 @@ class MonteCarloLogZ:
         log_q = law.log_prob(y)
         # Zero in value, SNIS in gradient: d/dtheta logmeanexp(T + lq - lq.detach()) = sum_k w_k dlq_k/dtheta.
         return t + (log_q - log_q.detach())
+
+    def policy_negatives(
+        self,
+        law: Any,
+        critic: Critic,
+        draws: Tensor,
+        draw_scores: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """`[N, K]` negatives that carry this partition function's gradient wrt the proposal alone, the critic held
+        fixed (an RL actor's view: `T = Q` frozen, the policy the proposal), reusing K detached `draws [N, K, d]`
+        and their scores `draw_scores [N, K]` where the gradient allows: SNIS rides on them with zero value;
+        `grad="reparam"` draws K fresh reparameterised actions from `generator` and scores them with `critic`."""
+        if self.grad == "reparam":
+            return _score(critic, law.rsample(draws.shape[1], generator), "proposal draws")
+        log_q = law.log_prob(draws)
+        return draw_scores + (log_q - log_q.detach())
 
     def __call__(
         self, law: Any, critic: Critic, generator: torch.Generator | None = None, init: Tensor | None = None
@@ -163,7 +183,9 @@ class MCMCLogZ:
         k: proposal draws per row for the Monte Carlo value; None = `n_samples`.
         chains: chains per row C (samples pooled: `tilted` is `[N, C*S]`).
         precondition: run the chain whitened by the proposal's mean and scale (step size in units of the proposal's
-            std); False runs on the raw (unconstrained) coordinates as the official code does.
+            std); False runs on the raw (unconstrained) coordinates.
+        space: where a bounded law's chain runs, "unconstrained" (`atanh y`, default) or "constrained" (`y` itself,
+            as the official MISA code runs HMC on the action; `precondition` does not apply there).
         **sampler_options: passed to `make_sampler` when `sampler` is a name (`step_size`, `n_leapfrog`, `adapt`,
             `target_accept`, ...).
 
@@ -173,13 +195,14 @@ class MCMCLogZ:
 
     def __init__(
         self,
-        sampler: str | Sampler | _PyroSampler = "hmc",
+        sampler: str | Sampler = "hmc",
         n_samples: int = 50,
         burn_in: int = 5,
         thin: int = 1,
         k: int | None = None,
         chains: int = 1,
         precondition: bool = True,
+        space: str = "unconstrained",
         **sampler_options: Any,
     ) -> None:
         self.n_samples = _check_count("n_samples", n_samples)
@@ -188,16 +211,43 @@ class MCMCLogZ:
         self.burn_in, self.thin = burn_in, _check_count("thin", thin)
         self.k = self.n_samples if k is None else _check_count("k", k)
         self.chains, self.precondition = _check_count("chains", chains), precondition
+        if space not in SPACES:
+            raise PartitionError(f"space must be one of {SPACES}; got {space!r}")
+        self.space = space
         if isinstance(sampler, str):
             sampler_options.setdefault("burn_in", burn_in)
         self.sampler = make_sampler(sampler, **sampler_options)
-        self._mc = MonteCarloLogZ(self.k)
+        self._monte_carlo = MonteCarloLogZ(self.k)
+
+    #: whether this partition function runs an MCMC chain (`sample`) for its gradient
+    runs_chain = True
+
+    @property
+    def thread_safe(self) -> bool:
+        """Whether `sample` may run in a worker thread beside other torch work (the sampler's `thread_safe`)."""
+        return self.sampler.thread_safe
 
     def __repr__(self) -> str:
         return (
             f"MCMCLogZ(sampler={self.sampler!r}, n_samples={self.n_samples}, burn_in={self.burn_in}, "
-            f"thin={self.thin}, k={self.k}, chains={self.chains})"
+            f"thin={self.thin}, k={self.k}, chains={self.chains}, space={self.space!r})"
         )
+
+    def monte_carlo(self, law: Any, critic: Critic, generator: torch.Generator | None = None) -> LogZEstimate:
+        """The Monte Carlo value over `k` proposal draws alone (no chain): enough for a bound's value."""
+        return self._monte_carlo(law, critic, generator)
+
+    def policy_negatives(
+        self,
+        law: Any,
+        critic: Critic,
+        draws: Tensor,
+        draw_scores: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """`draw_scores [N, K]`, detached: the value's summands. The gradient wrt the proposal comes from the tilted
+        samples (`sample`), not from the negatives (see `MonteCarloLogZ.policy_negatives`)."""
+        return draw_scores.detach()
 
     def sample(
         self,
@@ -208,21 +258,27 @@ class MCMCLogZ:
         critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> SampleResult:
         """Run the chains on the tilted law of `law` and `critic`; samples `[N, C*S, d]`, detached.
-        `critic_value_and_grad` (optional, `y -> (T, dT/dy)`) replaces autograd through the critic in the chain."""
+        `critic_value_and_grad` (optional, `y -> (T, dT/dy)`, a hand-written or compiled input gradient) replaces
+        autograd through the critic where the sampler takes explicit gradients; a sampler that differentiates the
+        density itself (pyro's) uses `critic`."""
         _check_law(law)
-        return sample_tilted(
-            self.sampler,
-            law,
-            critic,
-            self.n_samples,
-            init=init,
-            generator=generator,
-            chains=self.chains,
-            precondition=self.precondition,
-            critic_value_and_grad=critic_value_and_grad,
-            burn_in=self.burn_in,
-            thin=self.thin,
-        )
+        if not self.sampler.takes_value_and_grad:
+            critic_value_and_grad = None
+        with torch.no_grad() if critic_value_and_grad is not None else torch.enable_grad():
+            return sample_tilted(
+                self.sampler,
+                law,
+                critic,
+                self.n_samples,
+                init=init,
+                generator=generator,
+                chains=self.chains,
+                precondition=self.precondition,
+                critic_value_and_grad=critic_value_and_grad,
+                space=self.space,
+                burn_in=self.burn_in,
+                thin=self.thin,
+            )
 
     @staticmethod
     def tilted_scores(law: Any, critic: Critic, result: SampleResult) -> Tensor:

@@ -150,6 +150,22 @@ class TanhDiagGaussian(DiagGaussian):
         rounds to +-1 (no round trip through `atanh`)."""
         return self.log_prob_unconstrained(u) - tanh_log_abs_det_jacobian(u)
 
+    def log_prob_and_grad(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """`(log q(y), d log q / dy)` in closed form for `y [N(, C), d]` -> `[N(, C)]`, `[N(, C), d]` (nats), no
+        autograd: what an MCMC chain on `y` itself evaluates every step. Non-finite outside the open box (`log1p`
+        of a value below -1 is NaN), which the samplers treat as a rejection. First derivatives only; the
+        parameters are read as constants."""
+        mean, log_std = self.mean, self.log_std
+        inv_std = torch.exp(-log_std)
+        log_norm = (-log_std - 0.5 * _LOG_2PI).sum(-1)
+        if y.dim() == 3:
+            mean, inv_std, log_norm = mean.unsqueeze(1), inv_std.unsqueeze(1), log_norm.unsqueeze(1)
+        l1p, l1m = torch.log1p(y), torch.log1p(-y)
+        z = (0.5 * (l1p - l1m) - mean) * inv_std  # u = atanh(y), whitened
+        # log q(y) = log N(atanh y; mean, std) - sum log(1 - y^2); d/dy = (-(u - mean)/std^2 + 2y) / (1 - y^2)
+        log_q = (-0.5 * z.square() - l1p - l1m).sum(-1) + log_norm
+        return log_q, (2.0 * y - z * inv_std) / (1.0 - y.square())
+
     def log_prob(self, y: Tensor) -> Tensor:
         mean, log_std = self._params_like(y)
         inside = (y.abs() < 1.0).all(-1)

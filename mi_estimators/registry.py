@@ -39,6 +39,10 @@ class Estimator(nn.Module):
     #: the negatives `estimate` and `evaluate` build for a score-based estimator unless told otherwise:
     #: "all-pairs" (the other N-1 samples of the batch) or "derangement" (one deranged sample, the f-DIME family)
     negatives: ClassVar[str] = "all-pairs"
+    #: whether the bound reads critic scores at all (Barber-Agakov's `T = 0` does not)
+    needs_critic: ClassVar[bool] = True
+    #: whether `scores(..., tilted=False)` may skip an MCMC chain that only the loss needs (the MISA family)
+    chain_optional_for_value: ClassVar[bool] = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Estimator:
         # One place checks the options, for make() and direct construction alike. (Unpickling and deepcopy call
@@ -53,6 +57,11 @@ class Estimator(nn.Module):
 
     def loss(self, s: Scores) -> Tensor:
         return -self.bound(s)
+
+    def critic_loss(self, s: Scores) -> Tensor:
+        """What a critic trained beside a proposal it does not train minimises (the RL layer's `T = Q`, negatives
+        from the policy); `loss(s)` unless the estimator says otherwise (the MISA family's Monte Carlo gradient)."""
+        return self.loss(s)
 
     def forward(self, s: Scores) -> Tensor:
         return self.bound(s)

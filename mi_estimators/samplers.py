@@ -40,7 +40,7 @@ coordinates whitened by the law's own mean and scale (a diagonal mass matrix), s
 proposal's standard deviation. `HMC(jitter=...)` randomises the step per chain and step.
 
 Performance: per gradient evaluation the sampler adds ~15 small tensor ops (proposal, finiteness checks, MH
-select); at the RL shapes of DESIGN.md (256 chains, MLP critic) that is ~10-15% on top of the autograd cost of the
+select); at the RL shapes (256 chains, a 256-256 MLP critic) that is ~10-15% on top of the autograd cost of the
 target itself. Hooks for a faster gradient: `value_and_grad=` (of the whole target) on `Sampler.sample`, and
 `critic_value_and_grad=` (of the critic only) on `sample_tilted` / `MCMCLogZ`.
 """
@@ -79,6 +79,9 @@ __all__ = [
 # Noise is drawn for this many steps at a time: one RNG call per block instead of per step, without holding
 # [n_steps, *B, d] at once for long chains.
 _NOISE_BLOCK = 32
+
+#: where `sample_tilted` runs a bounded law's chain
+SPACES = ("unconstrained", "constrained")
 
 
 class NonFiniteChainError(RuntimeError):
@@ -176,6 +179,10 @@ class Sampler:
     metropolis = True
     #: relative step-size jitter: each step uses h * U(1 - jitter, 1 + jitter) per chain (0 = fixed h)
     jitter = 0.0
+    #: whether `sample` takes an explicit `value_and_grad` (a hand-written or compiled gradient of the target)
+    takes_value_and_grad = True
+    #: whether `sample` may run in a worker thread beside other torch work (it draws from its `generator` only)
+    thread_safe = True
 
     def __init__(
         self,
@@ -540,17 +547,23 @@ class HMC(Sampler):
         return u_new, lp_new, g_new, log_ratio
 
 
-class _PyroSampler:
-    """pyro-ppl kernels behind the `Sampler.sample` interface (import-guarded: pyro is optional).
+class _PyroSampler(Sampler):
+    """pyro-ppl kernels behind the `Sampler` interface (import-guarded: pyro is optional).
 
     Pyro's HMC/NUTS run ONE chain; the whole batch `[*B, d]` is its state and the target is the sum of the
     per-row log densities, so accept/reject and the (dual-averaging) step size are joint over all rows: with many
     rows a joint move is accepted less often than independent per-row moves, and the step size is set by the
-    hardest row. Randomness comes from the torch global RNG, which we fork and seed from `generator`.
+    hardest row. Randomness comes from the torch global RNG, which we fork and seed from `generator` (so it must
+    not run beside other work in another thread: `thread_safe = False`); pyro differentiates the density itself
+    (`takes_value_and_grad = False`).
     """
 
     name = "pyro"
     metropolis = True
+    takes_value_and_grad = False
+    thread_safe = False
+    #: pyro's accept/reject and step size are joint over the whole batch
+    per_chain = False
 
     def __init__(
         self,
@@ -574,6 +587,7 @@ class _PyroSampler:
             raise ValueError(f"target_accept must be in (0, 1); got {target_accept!r}")
         self.step_size, self.burn_in, self.thin = float(step_size), _check_int("burn_in", burn_in, 0), thin
         _check_int("thin", thin, 1)
+        self.on_nonfinite = "reject"
         self.adapt_step_size, self.adapt_mass_matrix = adapt_step_size, adapt_mass_matrix
         self.target_accept, self.jit_compile = target_accept, jit_compile
 
@@ -598,10 +612,26 @@ class _PyroSampler:
     ) -> SampleResult:
         """Same contract as `Sampler.sample`; `value_and_grad` is not supported (pyro differentiates itself) and
         `step_size` must be a float (pyro has one step size)."""
-        import pyro
-
         if log_density is None or value_and_grad is not None:
             raise ValueError(f"{type(self).__name__} needs log_density and does not take value_and_grad")
+        with torch.enable_grad():  # pyro differentiates the density itself, also under a caller's no_grad
+            return self._sample(
+                log_density, init, n_samples, generator, burn_in, thin, step_size, to_constrained
+            )
+
+    def _sample(
+        self,
+        log_density: LogDensity,
+        init: Tensor,
+        n_samples: int,
+        generator: torch.Generator | None,
+        burn_in: int | None,
+        thin: int | None,
+        step_size: float | None,
+        to_constrained: Callable[[Tensor], Tensor] | None,
+    ) -> SampleResult:
+        import pyro
+
         if not isinstance(init, Tensor) or not init.is_floating_point():
             raise TypeError(f"init must be a floating tensor; got {type(init).__name__}")
         if init.dim() not in (2, 3) or init.numel() == 0:
@@ -759,7 +789,7 @@ def available_samplers() -> list[str]:
     return sorted(_SAMPLERS)
 
 
-def make_sampler(name: str | Sampler | _PyroSampler, **options: Any) -> Sampler | _PyroSampler:
+def make_sampler(name: str | Sampler, **options: Any) -> Sampler:
     """A sampler by name (`"hmc"`, `"mala"`, `"ula"`, `"pyro-hmc"`, `"pyro-nuts"`) with keyword options; options
     that are None are dropped (the class default applies). A sampler instance is returned as is (then `options`
     must be empty or all None).
@@ -794,7 +824,7 @@ def _detached_law(law: Any) -> Any:
 
 
 def sample_tilted(
-    sampler: Sampler | _PyroSampler,
+    sampler: Sampler,
     law: Any,
     critic: Callable[[Tensor], Tensor],
     n_samples: int,
@@ -804,6 +834,7 @@ def sample_tilted(
     chains: int = 1,
     precondition: bool = True,
     critic_value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+    space: str = "unconstrained",
     **options: Any,
 ) -> SampleResult:
     """Sample the tilted law `q(y|x_i) e^{T(x_i, y)} / Z(x_i)`, one (or `chains`) chain(s) per row i.
@@ -825,6 +856,10 @@ def sample_tilted(
         critic_value_and_grad: optional `y [N, C, d] -> (T [N, C], dT/dy [N, C, d])` replacing autograd through
             the critic (e.g. a compiled or hand-written input gradient of a Q network); the sampler composes it with
             the law's own (closed-form) terms. Only for `DiagGaussian`/`TanhDiagGaussian` laws and our samplers.
+        space: where a bounded law's chain runs: "unconstrained" (on `u = atanh(y)` with the log-Jacobian, the
+            default) or "constrained" (on `y` itself, as the official MISA code runs HMC on the action: a proposal
+            outside the box has a non-finite log density and is rejected; `precondition` does not apply). Laws on
+            all of R^d run on `y` either way.
         **options: passed to `sampler.sample` (`burn_in`, `thin`, `step_size`).
 
     Returns:
@@ -832,10 +867,13 @@ def sample_tilted(
         samples for bounded laws; equal to `samples` otherwise).
     """
     _check_int("chains", chains, 1)
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}; got {space!r}")
     q = _detached_law(law)
     mean, log_std = q.mean, q.log_std
     n, d = mean.shape
     single_chain = chains == 1 and (init is None or init.dim() == 2)
+    y0: Tensor | None = None
     if init is None:
         u0 = q.rsample_unconstrained(chains, generator) if hasattr(q, "rsample_unconstrained") else None
         if u0 is None:
@@ -852,9 +890,8 @@ def sample_tilted(
             edge = 1.0 - torch.finfo(y0.dtype).eps
             y0 = y0.clamp(-edge, edge)
         u0 = q.to_unconstrained(y0)
-    m, s = mean.unsqueeze(1), torch.exp(log_std).unsqueeze(1)  # [N, 1, d], broadcast over chains
     if critic_value_and_grad is not None:
-        if type(q) not in (DiagGaussian, TanhDiagGaussian) or not isinstance(sampler, Sampler):
+        if type(q) not in (DiagGaussian, TanhDiagGaussian) or not sampler.takes_value_and_grad:
             raise ValueError(
                 "critic_value_and_grad needs a DiagGaussian/TanhDiagGaussian law and one of our samplers "
                 f"(got {type(q).__name__}, {type(sampler).__name__})"
@@ -870,7 +907,23 @@ def sample_tilted(
     def log_density_u(u: Tensor) -> Tensor:
         return q.log_prob_unconstrained(u) + critic(q.to_constrained(u))
 
-    if precondition:
+    m, s = mean.unsqueeze(1), torch.exp(log_std).unsqueeze(1)  # [N, 1, d], broadcast over chains
+    if space == "constrained" and q.bounded:
+        vg = None
+        if critic_value_and_grad is not None:
+
+            def vg(y: Tensor) -> tuple[Tensor, Tensor]:
+                log_q, g_q = q.log_prob_and_grad(y)
+                t, g_t = critic_value_and_grad(y)
+                return log_q + t, g_q + g_t
+
+        def log_density_y(y: Tensor) -> Tensor:
+            return q.log_prob(y) + critic(y)
+
+        start = q.to_constrained(u0) if y0 is None else y0
+        res = sampler.sample(log_density_y, start, n_samples, generator, value_and_grad=vg, **options)
+        u_samples = q.to_unconstrained(res.samples)  # accepted states lie strictly inside the box
+    elif precondition:
         # u = m + s z. In u the law is N(m, s^2) for Gaussian and tanh-Gaussian laws alike (the tanh Jacobian
         # cancels: q_u(u) = q(tanh u) |d tanh/du|). The Jacobian |s| of z -> u is constant, so the unnormalised
         # whitened density is -|z|^2/2 + T: no division by s, no normalising constants in the hot loop.

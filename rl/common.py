@@ -1,8 +1,8 @@
-"""Actor-critic pieces shared by online SAC (`rl.sac`) and the offline agents (`rl.agents`).
+"""Actor-critic pieces shared by online SAC (`rl.collect.sac`) and the offline agents (`rl.agents`).
 
 Small pure functions: the soft TD target, the critic/actor/temperature losses, Polyak averaging and the optimiser
 factory. They live here, below both users, so that the offline agents do not depend on the online trainer's module
-(its replay buffer, env loop and CLI). `rl.sac` re-exports them under their old names.
+(its replay buffer, env loop and CLI).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -73,7 +73,14 @@ class RunConfig:
             `.py` files (`--import` adds one).
         progress: a progress bar on stderr (None: only when stderr is a terminal, as `mi_estimators.estimate`;
             `--quiet` turns it off).
+        fast: take the hand-written CPU paths of `rl._fast` (the Q ensemble's wide pass on many actions per
+            state, the MCMC chain's input gradient, the chain run beside the critic's update): the same functions
+            up to float rounding; the committed results were made with them. False: plain autograd throughout.
     """
+
+    #: keys of earlier configs that moved: key -> (the value that meant the default, where the setting lives now);
+    #: `from_dict` drops such a key at that value and refuses any other value, naming the new place
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     algo: str = "mi"
     dataset: str = "hopper-medium-v5"
@@ -94,6 +101,7 @@ class RunConfig:
     final_eval: bool = True
     imports: tuple[str, ...] = ()
     progress: bool | None = None
+    fast: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.imports, str):  # tuple("my_bounds") would be its letters
@@ -225,6 +233,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values; got {type(data).__name__}")
     names = {f.name for f in fields(cls) if f.init}
+    data = _drop_retired(cls, data, names, where)
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
@@ -235,6 +244,23 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _drop_retired(cls: type, data: dict[str, Any], names: set[str], where: str) -> dict[str, Any]:
+    """`data` without the keys `cls.RETIRED` lists at their old default; any other value is a `ConfigError`."""
+    retired = getattr(cls, "RETIRED", {})
+    kept = {}
+    for key, value in data.items():
+        if key in retired and key not in names:
+            default, now = retired[key]
+            if value != default:
+                raise ConfigError(
+                    f"{where}: key {key!r} was retired; its setting is now {now} (only {key}: {default!r}, "
+                    "the old default, is still read, and ignored)"
+                )
+            continue
+        kept[key] = value
+    return kept
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Running a policy in its gymnasium environment: the env factory, the action scaling and `evaluate`.
 
-Shared by online SAC (`rl.sac`, which re-exports `evaluate`), the offline trainer (`rl.train`) and the dataset
-tools (`rl.collect`); kept apart from all of them so that none has to import another's module to evaluate.
+Shared by online SAC (`rl.collect.sac`), the offline trainer (`rl.train`) and the dataset factory
+(`rl.collect`); kept apart from all of them so that none has to import another's module to evaluate.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Networks shared by every agent of the RL layer: a stacked Q ensemble and a tanh-Gaussian policy.
 
-Shapes follow DESIGN.md ("Speed by design"):
+What each piece is for (the measurements: docs/rl.md, "Speed"):
 
 * `EnsembleLinear` holds `E` linear layers as one stacked weight `[E, in, out]` and runs them with one
   `torch.baddbmm`, so a twin Q (or an ensemble of any size) costs one call per layer.
 * `QEnsemble(obs [B, do], act [B, K, da]) -> [E, B, K]` computes the state part of the first layer `W_s s` once per
-  state and broadcasts it over the `K` actions; the `K` actions are one `[B*K, .]` batch through the rest. It keeps
-  the stacked `[E, in, out]` weights but runs each member as 2-D matmuls (faster backward on the CPU). With many
-  actions per state on the CPU (MISA's 50, CQL's 30) and a gradient to compute it takes the *wide pass*
-  (`_WideQ`): forward and backward written by hand and run a cache-sized chunk of states at a time.
-* ELU is `elu`: `exp2`-based, with a backward from its output (`F.elu`'s recomputes `exp`).
+  state and broadcasts it over the `K` actions; the `K` actions are one `[B*K, .]` batch through the rest. Plain
+  autograd; `QEnsemble.input_gradient(obs)` is the one entry point for `a -> (min_e Q_e(s, a), d/da)`.
+  `fast=True` routes the wide critic pass (many actions per state, with a gradient) and the input gradient
+  through the hand-written paths of the private `rl._fast` (same function, float rounding aside).
+* ELU is `rl._activations.elu`: `exp2`-based, with a backward from its output (`F.elu`'s recomputes `exp`).
 * `TanhGaussianPolicy(obs) -> TanhDiagGaussian` (from `mi_estimators.proposals`): the mean and scale at a state are
   computed once and reused for all samples; it also serves as a conditional proposal (`sample`, `rsample`,
   `log_prob`) for the MI estimators.
@@ -18,65 +18,24 @@ Shapes follow DESIGN.md ("Speed by design"):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from mi_estimators.proposals import TanhDiagGaussian
+from rl._activations import elu
 
 __all__ = [
     "EnsembleLinear",
     "QEnsemble",
     "TanhGaussianPolicy",
-    "elu",
-    "elu_and_derivative",
     "mlp",
     "variance_scaling_",
 ]
-
-_LOG2_E = 1.0 / math.log(2.0)
-
-
-def elu_and_derivative(z: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """`(elu(z), elu'(z))`, elementwise, same shape as `z` (`elu(z)` written into `out` when given).
-
-    `d = exp(min(z, 0))` is `elu'(z)`, and `elu(z) = max(z, d - 1)` because `e^z - 1 >= z`. Measured on this CPU
-    (AVX2, fp32): `exp2` of a pre-scaled argument is ~2x faster than `exp`, and this form beats `F.elu` (which
-    computes `expm1` on every element) by 1.1-2x from 128 to 12.8k rows of 256; `torch.where` is slower still."""
-    d = torch.mul(z, _LOG2_E).clamp_max_(0.0).exp2_()
-    return torch.add(d, -1.0, out=out).clamp_min_(z), d
-
-
-class _ELU(torch.autograd.Function):
-    """ELU whose backward reads its output (`elu'(z) = h + 1` where `h <= 0`): `F.elu`'s backward recomputes
-    `exp` from the input, which cost as much as the forward (8.5 ms per 12.8k x 256 tensor here, against 1.5 ms),
-    and the output is kept anyway as the next layer's input."""
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor) -> Tensor:
-        h = elu_and_derivative(z)[0]
-        ctx.save_for_backward(h)
-        return h
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (h,) = ctx.saved_tensors
-        return _activation_grad(grad, h, "elu")
-
-
-def elu(z: Tensor) -> Tensor:
-    """`F.elu(z)` (alpha 1) with the faster forward and backward of `elu_and_derivative` (first-order gradients
-    only: a second derivative raises)."""
-    if torch.is_grad_enabled() and z.requires_grad:
-        return _ELU.apply(z)
-    return elu_and_derivative(z)[0]
-
 
 _ACTIVATIONS = {"relu": F.relu, "elu": elu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu}
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
@@ -204,131 +163,6 @@ class EnsembleLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, ensemble_size={self.ensemble_size}"
 
 
-#: States per chunk of the wide pass are chosen so that a chunk holds about this many rows (state-action pairs):
-#: a [1024, 256] fp32 activation is 1 MB, so a chunk's activations, its gradients and one 256 x 256 weight stay
-#: in the caches between the matmul and the elementwise passes (measured on this CPU: 512-1024 at one thread).
-WIDE_CHUNK_ROWS = 1024
-#: `QEnsemble` takes the wide pass from this many rows (B x K) up, with K >= 2 actions per state.
-WIDE_MIN_ROWS = 2048
-
-
-def _activation_grad(grad: Tensor, h: Tensor, activation: str) -> Tensor:
-    """`grad * act'(z)` from the activation's output `h = act(z)`, one fused pass: `elu'(z) = h + 1` where
-    `h <= 0` (else 1), `relu'(z) = [h > 0]` (multiplying by a boolean mask instead converts it to float first:
-    ~8x slower here)."""
-    if activation == "elu":
-        return torch.ops.aten.elu_backward(grad, 1.0, 1, 1, True, h)
-    return torch.ops.aten.threshold_backward(grad, h, 0.0)
-
-
-class _WideQ(torch.autograd.Function):
-    """`QEnsemble` on `K` actions per state (`[B*K]` rows), forward and backward by hand, a chunk of whole states
-    at a time.
-
-    Autograd runs each layer over all `B*K` rows before the next (12.8k x 256 fp32 = 13 MB per activation for
-    MISA's 50 actions per state), so every elementwise pass and matmul output streams through memory; here a
-    chunk's pre-activations, activations and gradients stay in the caches, only the post-activations are kept
-    (for the weight gradients; the activation's derivative is recomputed from them) and the weight gradients
-    accumulate over chunks. Measured for MISA's 12.8k-row pass (2 members, 256-256 ELU) forward + backward:
-    223 -> 162 ms at one thread, 149 -> 102 ms at two. Same values as the autograd path up to float rounding (summation order).
-
-    Inputs: the ensemble, `obs [B, do]`, `act [B*K, da]`, `k`, then the parameters in `QEnsemble._params()`
-    order. Output: `q [E, B*K]`. First-order gradients only.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, net: QEnsemble, obs: Tensor, act: Tensor, k: int, *params: Tensor) -> Tensor:
-        w_obs, w_act, b0, *layers = params
-        weights, biases = layers[0::2], layers[1::2]
-        e, b, rows = net.ensemble_size, obs.shape[0], act.shape[0]
-        widths = net.hidden
-        per_chunk = max(1, WIDE_CHUNK_ROWS // k)
-        hs = [torch.addmm(b0[m], obs, w_obs[m]) for m in range(e)]  # [B, h0] per member: the state part
-        # post-activations of every hidden layer, per member: [rows, width]
-        acts = [[net._buffer(rows, w, act) for w in widths] for _ in range(e)]
-        q = act.new_empty(e, rows)
-        for m in range(e):
-            for s0 in range(0, b, per_chunk):
-                s1 = min(b, s0 + per_chunk)
-                r0, r1 = s0 * k, s1 * k
-                z = torch.mm(act[r0:r1], w_act[m]).view(s1 - s0, k, -1).add_(hs[m][s0:s1].unsqueeze(1))
-                z = z.view(r1 - r0, -1)
-                for i in range(len(widths)):
-                    h = _activation_into(z, net.activation, acts[m][i][r0:r1])
-                    if i + 1 < len(widths):
-                        z = torch.addmm(biases[i][m], h, weights[i][m])
-                torch.addmv(biases[-1][m, 0], h, weights[-1][m, :, 0], out=q[m, r0:r1])
-        ctx.net, ctx.k, ctx.acts = net, k, acts
-        ctx.save_for_backward(obs, act, *params)
-        return q
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_q: Tensor) -> tuple[Tensor | None, ...]:
-        net, k, acts = ctx.net, ctx.k, ctx.acts
-        if acts is None:
-            raise RuntimeError(
-                "QEnsemble's wide pass (K actions per state on the CPU) supports one backward pass per forward; "
-                "for retain_graph=True, set rl.networks.WIDE_MIN_ROWS above the row count"
-            )
-        ctx.acts = None
-        obs, act, w_obs, w_act, b0, *layers = ctx.saved_tensors
-        weights, biases = layers[0::2], layers[1::2]
-        e, b = net.ensemble_size, obs.shape[0]
-        n_hidden = len(net.hidden)
-        need = ctx.needs_input_grad  # (net, obs, act, k, w_obs, w_act, b0, W1, b1, ...)
-        per_chunk = max(1, WIDE_CHUNK_ROWS // k)
-        # A frozen critic (the actor's view) needs only the input gradients: skip a third of the backward matmuls.
-        params = any(need[4:])
-        d_w_obs, d_w_act, d_b0 = torch.zeros_like(w_obs), torch.zeros_like(w_act), torch.zeros_like(b0)
-        d_weights = [torch.zeros_like(w) for w in weights]
-        d_biases = [torch.zeros_like(v) for v in biases]
-        d_obs = torch.zeros_like(obs) if need[1] else None
-        d_act = torch.zeros_like(act) if need[2] else None
-        for m in range(e):
-            d_hs = obs.new_empty(b, w_act.shape[-1])  # gradient wrt the state part, summed over the K actions
-            for s0 in range(0, b, per_chunk):
-                s1 = min(b, s0 + per_chunk)
-                r0, r1 = s0 * k, s1 * k
-                g = grad_q[m, r0:r1]
-                h = acts[m][-1][r0:r1]
-                if params:
-                    d_weights[-1][m, :, 0].addmv_(h.t(), g)
-                    d_biases[-1][m, 0] += g.sum()
-                gz = _activation_grad(torch.outer(g, weights[-1][m, :, 0]), h, net.activation)
-                for i in range(n_hidden - 1, 0, -1):
-                    h_in = acts[m][i - 1][r0:r1]
-                    if params:
-                        d_weights[i - 1][m].addmm_(h_in.t(), gz)
-                        d_biases[i - 1][m, 0] += gz.sum(0)
-                    gz = _activation_grad(torch.mm(gz, weights[i - 1][m].t()), h_in, net.activation)
-                if params:
-                    d_w_act[m].addmm_(act[r0:r1].t(), gz)
-                if d_act is not None:
-                    d_act[r0:r1].addmm_(gz, w_act[m].t())
-                if params or d_obs is not None:
-                    torch.sum(gz.view(s1 - s0, k, -1), dim=1, out=d_hs[s0:s1])
-            if params:
-                d_w_obs[m] = obs.t() @ d_hs
-                d_b0[m, 0] = d_hs.sum(0)
-            if d_obs is not None:
-                d_obs.addmm_(d_hs, w_obs[m].t())
-        grads = [d_w_obs, d_w_act, d_b0]
-        for dw, db in zip(d_weights, d_biases):
-            grads += [dw, db]
-        grads = [g if n else None for g, n in zip(grads, need[4:])]
-        for member in acts:  # the activations are spent: later forward passes reuse their memory
-            net._release(member)
-        return (None, d_obs, d_act, None, *grads)
-
-
-def _activation_into(z: Tensor, activation: str, out: Tensor) -> Tensor:
-    """`act(z)` written into `out` (same shape) and returned; "elu" as `elu_and_derivative`, or "relu"."""
-    if activation == "elu":
-        return elu_and_derivative(z, out)[0]
-    return torch.clamp_min(z, 0.0, out=out)
-
-
 class QEnsemble(nn.Module):
     """Ensemble of `E` Q-networks `Q_e(s, a)`, MLP on `[s, a]`, stacked weights.
 
@@ -336,7 +170,8 @@ class QEnsemble(nn.Module):
     The first layer's weight is split into a state block `[E, do, h]` and an action block `[E, da, h]`, so
     `W_s s + b` is computed once per state and broadcast over the `K` actions (no copy of `obs` K times).
     `output_init_scale` re-initialises the last layer with variance scaling (official MISA: 1e-2); `hidden_init`
-    ("torch" or "lecun", see `HIDDEN_INITS`) initialises the others.
+    ("torch" or "lecun", see `HIDDEN_INITS`) initialises the others. `fast=True` takes the hand-written paths of
+    `rl._fast` where they serve (the CPU, an ELU or ReLU network; see `forward` and `input_gradient`).
     """
 
     def __init__(
@@ -348,6 +183,7 @@ class QEnsemble(nn.Module):
         activation: str = "relu",
         output_init_scale: float | None = None,
         hidden_init: str = "torch",
+        fast: bool = False,
     ) -> None:
         super().__init__()
         if obs_dim < 1 or act_dim < 1:
@@ -358,7 +194,8 @@ class QEnsemble(nn.Module):
         self.obs_dim, self.act_dim, self.ensemble_size = obs_dim, act_dim, ensemble_size
         self.hidden, self.activation = hidden, activation
         self._act = _activation(activation)
-        self._pool: dict[tuple, list[Tensor]] = {}  # spent activation buffers of the wide pass (`_buffer`)
+        self.fast = bool(fast)
+        self._scratch: dict[tuple, list[Tensor]] = {}  # spent activation buffers of the fast wide pass
         e, h0 = ensemble_size, hidden[0]
         # First layer, split: initialised over the full fan-in do + da.
         self.w_obs = nn.Parameter(torch.empty(e, obs_dim, h0))
@@ -401,8 +238,11 @@ class QEnsemble(nn.Module):
         h0 = self.hidden[0]
         a = act.reshape(b * k, self.act_dim)
         if members is None:
-            if self._wide(b * k, k, obs, a):
-                return _WideQ.apply(self, obs, a, k, *self._params()).view(self.ensemble_size, b, k)
+            if self.fast:
+                from rl import _fast
+
+                if _fast.takes_wide_pass(self, b * k, k, obs, a):
+                    return _fast.wide_q(self, obs, a, k).view(self.ensemble_size, b, k)
             members = range(self.ensemble_size)
         elif not all(0 <= int(m) < self.ensemble_size for m in members):
             raise ValueError(
@@ -429,40 +269,28 @@ class QEnsemble(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # Spent activation buffers are scratch memory: a pickled or deep-copied ensemble starts without them.
         state = super().__getstate__()
-        return {**state, "_pool": {}}
+        return {**state, "_scratch": {}}
 
-    def _buffer(self, rows: int, width: int, like: Tensor) -> Tensor:
-        """An uninitialised `[rows, width]` tensor for the wide pass's activations, from the pool of ones whose
-        backward pass has run: a fresh allocation of this size is a fresh mapping from the OS, and its first
-        writes page-faulted (~10 ms per CQL update here)."""
-        key = (rows, width, like.dtype, like.device)
-        pool = self._pool.get(key)
-        return pool.pop() if pool else like.new_empty(rows, width)
+    def input_gradient(self, obs: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """`a -> (min_e Q_e(s, a), d/da)` at the fixed states `obs [N, do]`, for actions `a [N, da]` -> `[N]`,
+        `[N, da]` or `a [N, C, da]` -> `[N, C]`, `[N, C, da]`: what an MCMC chain on the actions evaluates every
+        step. No gradient reaches the weights (they are read as constants). Plain autograd; with `fast=True` (ELU
+        or ReLU) the hand-written backward pass of `rl._fast.InputGradient` (checked against this one)."""
+        self._check(obs, torch.empty(obs.shape[0], self.act_dim, device=obs.device))
+        if self.fast and self.activation in ("elu", "relu"):
+            from rl import _fast
 
-    def _release(self, tensors: list[Tensor]) -> None:
-        for t in tensors:
-            self._pool.setdefault((t.shape[0], t.shape[1], t.dtype, t.device), []).append(t)
+            return _fast.InputGradient(self, obs)
+        obs = obs.detach()
 
-    def _params(self) -> list[Tensor]:
-        """`w_obs, w_act, b0, W1, b1, ..., WL, bL` (the order `_WideQ` takes them)."""
-        out = [self.w_obs, self.w_act, self.b0]
-        for layer in self.layers:
-            out += [layer.weight, layer.bias]
-        return out
+        def value_and_grad(a: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                a = a.detach().requires_grad_(True)
+                q = self.q_min(obs, a)
+                (g,) = torch.autograd.grad(q.sum(), a)
+            return q.detach(), g
 
-    def _wide(self, rows: int, k: int, obs: Tensor, act: Tensor) -> bool:
-        """Whether `forward` takes the chunked wide pass (`_WideQ`): K >= 2 actions per state, many rows, a
-        gradient to compute, on the CPU (an accelerator prefers whole-batch kernels), in eager mode."""
-        if (
-            k < 2
-            or rows < WIDE_MIN_ROWS
-            or obs.device.type != "cpu"
-            or self.activation not in ("elu", "relu")
-        ):
-            return False
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return False
-        return obs.requires_grad or act.requires_grad or any(p.requires_grad for p in self.parameters())
+        return value_and_grad
 
     @staticmethod
     def min(q: Tensor) -> Tensor:

@@ -177,7 +177,7 @@ def _short_names(dirs: list[Path]) -> list[str]:
 
 def _behaviour_of(run_dir: Path) -> float | None:
     from rl.data import load
-    from rl.references import behaviour_score
+    from rl.data.references import behaviour_score
 
     cfg = read_run(run_dir)["config"]
     if "dataset" not in cfg:

@@ -6,7 +6,7 @@ Without `--config`, `--algo NAME` starts from that algorithm's defaults.
 
 One `fit` loop serves every algorithm: a tqdm bar with the losses, evaluation every `eval_every` steps (deterministic
 policy `tanh(mean)`, `eval_episodes` episodes on the dataset's gymnasium env, D4RL-normalised score via
-`rl.references.normalized_score`), CSV (`progress.csv`, `eval.csv`) and TensorBoard (`tb/`) logs, and atomic
+`rl.data.references.normalized_score`), CSV (`progress.csv`, `eval.csv`) and TensorBoard (`tb/`) logs, and atomic
 checkpoints (`checkpoint.pt`: networks, targets, optimisers, temperature, estimator state, generator and global RNG
 states, step, logger positions; the last one is written before the final evaluation). `--resume --run-dir DIR`
 continues a run exactly where its last checkpoint left it, with the run's own config (only `RESUME_OVERRIDABLE`
@@ -48,9 +48,9 @@ from rl._safe_load import CheckpointError, load_torch_file
 from rl.agents import config_class, make_agent
 from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
 from rl.config import ConfigError, apply_overrides, config_help, from_dict, load_yaml, save_yaml, to_dict
+from rl.data.references import behaviour_score, first_normalized_score
 from rl.evaluation import evaluate
 from rl.plugins import import_modules
-from rl.references import behaviour_score, first_normalized_score
 
 __all__ = [
     "Trainer",
@@ -233,7 +233,7 @@ def _env_id(cfg: AgentConfig, dataset: Any) -> str | None:
     if env:
         return str(env)
     try:
-        from rl.data.generate import parse_name
+        from rl.collect.generate import parse_name
 
         return parse_name(cfg.dataset).env_id
     except Exception:  # noqa: BLE001 - not one of our names

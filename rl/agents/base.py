@@ -158,6 +158,7 @@ class OfflineAgent:
                 activation=cfg.q_activation,
                 output_init_scale=cfg.output_init_scale,
                 hidden_init=cfg.hidden_init,
+                fast=cfg.fast,
             ).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
             self.modules.update(critic=self.critic, critic_target=self.critic_target)

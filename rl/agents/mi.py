@@ -26,32 +26,19 @@ Temperature: `-mean(log_alpha (log pi(a~|s) + target_entropy))`, target `-|A|`.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 import mi_estimators as mie
-import mi_estimators.misa as mie_misa  # registers the MISA family
-from mi_estimators.partition import MCMCLogZ, MonteCarloLogZ
-from mi_estimators.samplers import Sampler
+import mi_estimators.misa  # noqa: F401  (registers the MISA family)
+from mi_estimators.samplers import SampleResult
+from rl import _fast
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent, frozen
-from rl.agents.tilted import MemberHelper, TiltedDensity
 from rl.common import alpha_loss, critic_loss, td_target
-
-# The critic term of the MISA family always uses the Monte Carlo (SNIS) gradient of log Z, as the official code:
-# its regulariser is logsumexp over policy actions. (The MCMC samples only train the policy.)
-_MC_BOUNDS = {
-    mie_misa.MISA: mie_misa.misa_bound,
-    mie_misa.MISABiased: mie_misa.misa_bound,
-    mie_misa.MISADV: mie_misa.misa_dv_bound,
-    mie_misa.MISAF: mie_misa.misa_f_bound,
-}
 
 
 @dataclass
@@ -62,26 +49,28 @@ class MIConfig(AgentConfig):
         estimator: any name from `mi_estimators.available()` except upper bounds (`club`), including those
             registered by the `imports` modules and by installed plugins (entry points `mi_estimators.plugins`).
         estimator_options: passed to `mi_estimators.make` (MISA family: sampler, n_samples, burn_in, step_size,
-            n_leapfrog, adapt, target_accept, chains, log_z, precondition, ...).
+            n_leapfrog, adapt, target_accept, chains, log_z, precondition, per_chain, space, ...). With
+            `log_z: mcmc` the chain defaults are the official code's unless given here: `space: constrained` (HMC on
+            the action itself, proposals outside (-1, 1) rejected; samplers that differentiate the density
+            themselves, pyro's, run unconstrained) and `per_chain: false` (one step size for all chains, adapted from
+            their mean acceptance probability, as TFP's `SimpleStepSizeAdaptation` with a scalar step size).
         n_negatives: policy actions per state for the critic term (official: 50).
         critic_weight: weight of the critic term (official `min_q_weight`: 5.0).
         bc_weight: weight of `alpha log pi(a~|s) - log pi(a_D|s)` (official: 0.5).
         ub_weight: weight of the estimator's policy term (official: 0.1).
-        mcmc_per_chain: False (official): one HMC step size for all chains, adapted from their mean acceptance
-            probability, as TFP's `SimpleStepSizeAdaptation` does with the official scalar step size; True: each
-            chain adapts its own. (An explicit `per_chain` or sampler object in `estimator_options` wins.)
-        mcmc_space: "action" runs the chain on the action (official; proposals outside (-1, 1) are rejected),
-            "unconstrained" on `atanh(a)` via the estimator's `MCMCLogZ.sample` (whitened when the
-            estimator's `precondition` is on).
-        compile: `torch.compile` the chain's critic gradient.
-        chain_parts: the MCMC chains (one per state) are run as this many groups of states, each drawing from its
-            own generator; with per-chain step-size adaptation (`mcmc_per_chain`) the chains are independent, so
-            this changes no law, only the random streams. Samplers that couple the chains (pyro's, `per_chain=False`)
-            run as one group.
-        overlap_chain: on the CPU with >= 2 torch threads, run each chain group in a worker thread while the
-            critic's losses and backward pass run (every thread on one torch thread); the main thread then serves
-            the chains' per-member pieces (`rl.agents.tilted.MemberHelper`). Same numbers either way.
     """
+
+    #: keys of earlier configs that moved: key -> (the value that meant the default, where the setting lives now)
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {
+        "mcmc_per_chain": (False, "estimator_options.per_chain"),
+        "mcmc_space": ("action", "estimator_options.space ('constrained' or 'unconstrained')"),
+        "compile": (
+            False,
+            "nothing (the compiled chain gradient was slower on the CPU; `fast` picks the paths)",
+        ),
+        "chain_parts": (1, "nothing (the chain runs as one group)"),
+        "overlap_chain": (True, "fast"),
+    }
 
     algo: str = "mi"
     seed: int = 42
@@ -97,20 +86,11 @@ class MIConfig(AgentConfig):
     critic_weight: float = 5.0
     bc_weight: float = 0.5
     ub_weight: float = 0.1
-    mcmc_per_chain: bool = False
-    mcmc_space: str = "action"
-    compile: bool = False
-    chain_parts: int = 1
-    overlap_chain: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mcmc_space not in ("action", "unconstrained"):
-            raise ValueError(f"mcmc_space must be 'action' or 'unconstrained'; got {self.mcmc_space!r}")
         if self.n_negatives < 1:
             raise ValueError(f"n_negatives must be >= 1; got {self.n_negatives}")
-        if self.chain_parts < 1:
-            raise ValueError(f"chain_parts must be >= 1; got {self.chain_parts}")
 
 
 class MIAgent(OfflineAgent):
@@ -130,70 +110,49 @@ class MIAgent(OfflineAgent):
                 f"unknown estimator {cfg.estimator!r}; available: {', '.join(mie.available())} (one of your own: "
                 "name the module that registers it in `imports:` or with --import)"
             )
-        est = mie.make(cfg.estimator, **cfg.estimator_options).to(self.device)
+        est = self._make_estimator(cfg.estimator, dict(cfg.estimator_options))
         if not est.lower_bound:
             raise ValueError(
                 f"estimator {cfg.estimator!r} is an upper bound on MI; the MI actor-critic maximises a lower bound "
                 "(choose e.g. misa, nwj, infonce, dv)"
             )
-        partition = getattr(est, "partition", None)
-        if est.needs_proposal and partition is None and cfg.estimator != "ba":
+        if est.needs_critic and est.needs_proposal and not callable(getattr(est, "policy_scores", None)):
             raise ValueError(
-                f"estimator {cfg.estimator!r} needs a proposal but has no partition function (`partition`) that "
-                "the RL layer can drive with the policy"
+                f"estimator {cfg.estimator!r} needs a proposal but has no `policy_scores(...)` (the MISA family's "
+                "contract) through which the RL layer can drive it with the policy"
             )
-        sampler, opts = getattr(partition, "sampler", None), cfg.estimator_options
-        # A sampler the estimator built by name follows `mcmc_per_chain`; one handed in as an object is the user's.
-        if (
-            isinstance(sampler, Sampler)
-            and "per_chain" not in opts
-            and not isinstance(opts.get("sampler"), Sampler)
-        ):
-            sampler.per_chain = cfg.mcmc_per_chain
-        self.estimator, self.partition = est, partition
+        self.estimator = est
+        self.partition = getattr(est, "partition", None)
         self.modules["estimator"] = est
-        # The chains' own streams (one per group of states), so that they can run beside the critic's draws and
-        # give the same numbers.
-        self.chain_generators = [
-            torch.Generator(self.device).manual_seed(self.cfg.seed + 1 + i)
-            for i in range(self.cfg.chain_parts)
-        ]
-        self._executor: ThreadPoolExecutor | None = None
+        # The chain's own stream, so that it can run beside the critic's draws and give the same numbers.
+        self.chain_generator = torch.Generator(self.device).manual_seed(cfg.seed + 1)
 
-    def _chain_groups(self, n: int) -> list[slice]:
-        """Row slices of the `n` states, one per chain group (one group when the sampler couples the chains)."""
-        sampler = getattr(self.partition, "sampler", None)
-        independent = isinstance(sampler, Sampler) and getattr(sampler, "per_chain", True)
-        parts = min(self.cfg.chain_parts, n) if independent else 1
-        bounds = [round(i * n / parts) for i in range(parts + 1)]
-        return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-    def _chain_executor(self) -> ThreadPoolExecutor | None:
-        """The worker threads for the chain groups, when overlapping pays (CPU, >= 2 threads, our samplers)."""
-        part = self.partition
-        if not (
-            self.cfg.overlap_chain
-            and self.device.type == "cpu"
-            and torch.get_num_threads() >= 2
-            and isinstance(part, MCMCLogZ)
-            and isinstance(part.sampler, Sampler)
-        ):
-            return None
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self.cfg.chain_parts, thread_name_prefix="mi-chain"
-            )
-        return self._executor
+    def _make_estimator(self, name: str, opts: dict[str, Any]) -> mie.Estimator:
+        """`mie.make(name, **opts)`, with the official MISA chain where `opts` leave it open (see `MIConfig`)."""
+        est = mie.make(name, **opts)
+        part = getattr(est, "partition", None)
+        if getattr(part, "runs_chain", False) and not hasattr(opts.get("log_z"), "sample"):
+            official: dict[str, Any] = {}
+            if "space" not in opts and "precondition" not in opts and part.sampler.takes_value_and_grad:
+                official["space"] = "constrained"
+            if (
+                "per_chain" not in opts
+                and not hasattr(opts.get("sampler"), "sample")
+                and part.sampler.per_chain
+            ):
+                official["per_chain"] = False
+            if official:
+                est = mie.make(name, **{**official, **opts})
+        return est.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["chain_generators"] = [gen.get_state() for gen in self.chain_generators]
+        sd["chain_generator"] = self.chain_generator.get_state()
         return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         super().load_state_dict(sd)
-        for gen, state in zip(self.chain_generators, sd["chain_generators"], strict=True):
-            gen.set_state(state)
+        self.chain_generator.set_state(sd["chain_generator"])
 
     def critic_parameters(self) -> list[torch.nn.Parameter]:
         # An estimator's own parameters (a learned TUBA/interpolated baseline) belong to the critic's bound.
@@ -212,20 +171,12 @@ class MIAgent(OfflineAgent):
         nobs, done = batch["next_observations"], batch["dones"]
         alpha = self.alpha
         dist = self.policy(obs)  # mean and log-std at the states, once; reused by every term below
-        no_scores = cfg.estimator == "ba"  # BA has T = 0: no critic scores at all
-        policy_side = not no_scores and est.needs_proposal
+        policy_side = est.needs_critic and est.needs_proposal
         chain = None
-        if policy_side and isinstance(self.partition, MCMCLogZ):
-            # The chains read the pre-update critic and policy only, so they can run while the critic learns.
-            groups = self._chain_groups(obs.shape[0])
-            executor = self._chain_executor()
-            # Once this thread has done its part of the update it takes ensemble members' share of the chain.
-            helper = MemberHelper() if executor is not None else None
-            jobs = [
-                partial(self._chain, dist, obs, act, rows, gen, helper)
-                for rows, gen in zip(groups, self.chain_generators)
-            ]
-            chain = _Jobs(jobs, executor, helper)
+        if policy_side and self.partition.runs_chain:
+            # The chain reads the pre-update critic and policy only, so it can run while the critic learns.
+            overlap = cfg.fast and self.device.type == "cpu" and self.partition.thread_safe
+            chain = _fast.beside(partial(self._chain, dist, obs, act), overlap)
         try:
             # Critic: TD (no entropy backup) + critic_weight x the estimator's critic term per ensemble member.
             with torch.no_grad():
@@ -233,12 +184,12 @@ class MIAgent(OfflineAgent):
                 y = td_target(rew, done, self.critic_target.q_min(nobs, next_act), cfg.gamma)
             q_data = self.critic(obs, act)  # [E, B]
             td = critic_loss(q_data, y)
-            if no_scores:
-                critic_mi = torch.zeros((), device=obs.device)
-            else:
+            if est.needs_critic:
                 neg_act = dist.sample(cfg.n_negatives, g)  # [B, N, da], detached
                 q_neg = self.critic(obs, neg_act)  # [E, B, N]
                 critic_mi = sum(self._critic_term(q_data[k], q_neg[k]) for k in range(q_data.shape[0]))
+            else:  # T = 0 (Barber-Agakov): no critic scores at all
+                critic_mi = torch.zeros((), device=obs.device)
             critic_objective: Tensor | None = td + cfg.critic_weight * critic_mi
             if chain is not None and chain.concurrent:
                 # The critic's loss reaches only the critic (and the estimator's parameters): its backward pass
@@ -254,14 +205,9 @@ class MIAgent(OfflineAgent):
             actor_q = -q_new.mean()
             actor_bc = cfg.bc_weight * (alpha * log_pi_new.mean() - log_pi_data.mean())
             if policy_side:
-                actor_mi, extra = self._policy_term(
-                    dist,
-                    obs,
-                    q_data.detach().min(0).values,
-                    q_neg.detach().min(0).values,
-                    neg_act,
-                    chain,
-                )
+                samples = chain.result() if chain is not None else None
+                actor_mi = self._policy_term(dist, obs, q_data, q_neg, neg_act, samples)
+                extra = {} if samples is None else _chain_logs(samples)
             else:
                 actor_mi, extra = torch.zeros((), device=obs.device), {}
         finally:
@@ -292,8 +238,7 @@ class MIAgent(OfflineAgent):
         them out makes the logged value the official regulariser `mean_s [logmeanexp_j Q(s, a_j) - Q(s, a_D)]`."""
         zeros = torch.zeros_like(positive)
         s = mie.Scores(positive, negative, log_proposal=zeros, marginal_entropy=0.0, validate=False)
-        bound = _MC_BOUNDS.get(type(self.estimator))
-        return -bound(s, log_z="mc") if bound is not None else self.estimator.loss(s)
+        return self.estimator.critic_loss(s)
 
     def _policy_term(
         self,
@@ -302,134 +247,42 @@ class MIAgent(OfflineAgent):
         q_data: Tensor,
         q_neg: Tensor,
         neg_act: Tensor,
-        chain: _Jobs | None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The estimator's loss on policy-side scores: Q is frozen and `log pi(a_D|s)` left out (it is the BC term,
-        weighted separately), so its gradient wrt the policy is that of the partition term alone; its value is
-        `partition - mean min Q(s, a_D)`. `chain` holds the MCMC samples when the partition is `MCMCLogZ`.
-        Returns `(loss, logs)`."""
-        part, extra = self.partition, {}
-        tilted = None
-        if chain is not None:
-            u, accept, step = (torch.cat(parts) for parts in zip(*chain.result()))  # u: [B, S, da], detached
-            extra = {"mcmc_accept": accept.mean(), "mcmc_step_size": step.mean()}
-            # log pi on the tilted samples, from u (no atanh near +-1); T = Q is constant in theta and left out:
-            # the surrogate enters with zero value, so only its gradient E_tilted[grad log pi] matters.
-            tilted = dist.log_prob_of_squashed(u)
-            negative = q_neg
-        elif isinstance(part, MonteCarloLogZ) and part.grad == "reparam":
-            with frozen(self.critic):  # pathwise gradient through the actions into the policy only
-                negative = self.critic.q_min(obs, dist.rsample(self.cfg.n_negatives, self.generator))
-        else:  # SNIS: zero in value, sum_j w_j grad log pi(a_j|s) in gradient, on the critic's policy actions
-            log_q = dist.log_prob(neg_act)
-            negative = q_neg + (log_q - log_q.detach())
-        s = mie.Scores(
-            q_data,
-            negative,
-            log_proposal=torch.zeros_like(q_data),
-            marginal_entropy=0.0,
-            tilted=tilted,
-            validate=False,
+        samples: SampleResult | None,
+    ) -> Tensor:
+        """The estimator's loss on policy-side scores (`policy_scores`): Q frozen, `log pi(a_D|s)` left out (it is
+        the BC term, weighted separately), so its gradient wrt the policy is that of the partition term alone; its
+        value is `partition - mean min Q(s, a_D)`. `samples`: the chain's, when the partition function runs one."""
+        critic = self.critic
+
+        def q_min(a: Tensor) -> Tensor:
+            return critic.q_min(obs, a)
+
+        with frozen(
+            critic
+        ):  # a pathwise gradient (misa-biased) goes through the actions into the policy only
+            s = self.estimator.policy_scores(
+                dist,
+                q_min,
+                q_data.detach().min(0).values,
+                neg_act,
+                q_neg.detach().min(0).values,
+                generator=self.generator,
+                samples=samples,
+            )
+            return self.estimator.loss(s)
+
+    def _chain(self, dist: Any, obs: Tensor, act: Tensor) -> SampleResult:
+        """Samples of `pi(a|s) e^{min Q(s,a)} / Z(s)`, one (or `chains`) chain per state started at the dataset
+        action, through the critic's input gradient: `samples [B, C*S, da]`, detached."""
+        critic = self.critic
+
+        def q_min(a: Tensor) -> Tensor:
+            return critic.q_min(obs, a)
+
+        return self.partition.sample(
+            dist, q_min, self.chain_generator, init=act, critic_value_and_grad=critic.input_gradient(obs)
         )
-        return self.estimator.loss(s), extra
-
-    def _chain(
-        self,
-        dist: Any,
-        obs: Tensor,
-        act: Tensor,
-        rows: slice,
-        generator: torch.Generator,
-        helper: MemberHelper | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Samples of `pi(a|s) e^{min Q(s,a)}` for the states `rows`, one (or `chains`) chain per state started at
-        the dataset action. Returns the unconstrained samples `[b, C*S, da]` (detached) and the per-chain
-        acceptance rate and final step size `[b(, C)]`."""
-        part = self.partition
-        assert isinstance(part, MCMCLogZ)
-        dist, obs, act = type(dist)(dist.mean[rows], dist.log_std[rows]), obs[rows], act[rows]
-        sampler = part.sampler
-        init = act if part.chains == 1 else act.unsqueeze(1).expand(-1, part.chains, -1)
-        density = TiltedDensity(dist, self.critic, obs, compile=self.cfg.compile, helper=helper)
-        ours = isinstance(sampler, Sampler)
-        # Our samplers get explicit gradients (no graph needed); pyro's differentiate the density themselves.
-        with torch.no_grad() if ours else torch.enable_grad():
-            if self.cfg.mcmc_space == "action" and ours:
-                res = sampler.sample(
-                    None,
-                    init,
-                    part.n_samples,
-                    generator,
-                    burn_in=part.burn_in,
-                    thin=part.thin,
-                    value_and_grad=density.value_and_grad,
-                )
-                u = dist.to_unconstrained(res.samples)  # accepted states are strictly inside the box
-            else:  # unconstrained space (also the only one pyro's samplers run in)
-                critic = self.critic
-
-                def q_fn(y: Tensor) -> Tensor:
-                    return critic.q_min(obs, y)
-
-                res = part.sample(
-                    dist,
-                    q_fn,
-                    generator,
-                    init=act,
-                    critic_value_and_grad=density.q_value_and_grad if ours else None,
-                )
-                u = res.unconstrained
-        return u.detach(), res.accept_rate.reshape(-1), res.step_size.reshape(-1)
 
 
-class _Jobs:
-    """`fns` run now, in order, or each in a worker thread of `executor` while the caller goes on (`concurrent`).
-    Meanwhile torch runs one intra-op thread per Python thread (its thread count is process-wide); the count is
-    restored when the jobs are collected. When the caller collects the results it first serves `helper` (the
-    workers' offers of independent pieces of their work) until every job has finished."""
-
-    def __init__(
-        self,
-        fns: list[Callable[[], Any]],
-        executor: ThreadPoolExecutor | None,
-        helper: MemberHelper | None = None,
-    ) -> None:
-        self.concurrent = executor is not None
-        self._futures: list[Future] = []
-        self._helper = helper if self.concurrent else None
-        if executor is None:
-            self._values = [fn() for fn in fns]
-            return
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        self._futures = [executor.submit(fn) for fn in fns]
-        if self._helper is not None:
-            pending = [len(self._futures)]
-            lock = threading.Lock()
-
-            def finished(_: Future) -> None:
-                with lock:
-                    pending[0] -= 1
-                    last = pending[0] == 0
-                if last:
-                    self._helper.close()
-
-            for f in self._futures:
-                f.add_done_callback(finished)
-
-    def result(self) -> list[Any]:
-        if self._futures:
-            try:
-                if self._helper is not None:
-                    self._helper.serve()  # returns when the last job has finished
-                self._values = [f.result() for f in self._futures]
-            finally:
-                self.close()
-        return self._values
-
-    def close(self) -> None:
-        """Wait for the workers (also when the caller failed) and give torch its threads back; idempotent."""
-        if self._futures:
-            futures, self._futures = self._futures, []
-            wait(futures)  # a failure surfaces through result()
-            torch.set_num_threads(self._threads)
+def _chain_logs(samples: SampleResult) -> dict[str, Tensor]:
+    return {"mcmc_accept": samples.accept_rate.mean(), "mcmc_step_size": samples.step_size.mean()}

@@ -14,9 +14,10 @@ h5py, minari and gymnasium are imported only by the functions that need them.
 """
 
 from rl.data.dataset import REQUIRED_D4RL_KEYS, OfflineDataset, from_d4rl_dict
-from rl.data.hdf5 import read_hdf5, to_hdf5
+from rl.data.export import minari_root, to_hdf5, to_minari
+from rl.data.hdf5 import read_hdf5
 from rl.data.load import ACCEPTED_SOURCES, load, read_d4rl
-from rl.data.minari_io import from_minari, minari_root, read_minari, to_minari
+from rl.data.minari_io import from_minari, read_minari
 
 __all__ = [
     "ACCEPTED_SOURCES",

@@ -3,7 +3,7 @@
 They read only the dataset's arrays and attributes, never construct one, so this module does not import
 `rl.data.dataset`: `OfflineDataset.to_hdf5` / `.to_minari` call in here, and the readers (`rl.data.hdf5`,
 `rl.data.minari_io`, which build datasets) import from here, with no import cycle. Both public names are
-re-exported by `rl.data`, `rl.data.hdf5` and `rl.data.minari_io`. h5py, gymnasium and minari are imported only
+re-exported by `rl.data`. h5py, gymnasium and minari are imported only
 by the functions that need them.
 """
 
@@ -171,7 +171,7 @@ def to_minari(
     ``recover_environment`` works; an id that gymnasium does not know is an error when passed explicitly and
     skipped when it came from the metadata. The spaces are Box spaces of the data's shapes (float32) with
     the dataset's action bounds. The reference scores (for ``minari.get_normalized_score``) default to
-    `rl.references` when the env has references there; minari records them only when an env is known.
+    `rl.data.references` when the env has references there; minari records them only when an env is known.
     Raises ``ValueError`` before writing anything if the rows cannot be expressed as episodes.
     """
     import gymnasium as gym
@@ -199,7 +199,7 @@ def to_minari(
     if (ref_min_score is None) != (ref_max_score is None):
         raise ValueError("give both ref_min_score and ref_max_score, or neither")
     if ref_min_score is None and env_spec is not None:
-        from rl.references import reference_returns
+        from rl.data.references import reference_returns
 
         with contextlib.suppress(ValueError):
             ref_min_score, ref_max_score = reference_returns(env_spec.id)

@@ -1,4 +1,4 @@
-"""D4RL-format HDF5 files: read (`read_hdf5`) and write atomically (`to_hdf5`).
+"""D4RL-format HDF5 files: read (`read_hdf5`); written atomically by `rl.data.export.to_hdf5`.
 
 The format is D4RL's: top-level datasets ``observations [N, do]``, ``actions [N, da]``, ``rewards [N]``,
 ``terminals [N]``, ``timeouts [N]``, optionally ``next_observations [N, do]``, plus optional ``infos/*`` and
@@ -22,10 +22,10 @@ import numpy as np
 
 from rl.data.dataset import REQUIRED_D4RL_KEYS, OfflineDataset, from_d4rl_dict
 
-# The writer lives with the other exporters (rl.data.export), which build no dataset and so import none of this.
-from rl.data.export import _ARRAY_KEYS, _JSON_KEY, to_hdf5
+# The writer (`to_hdf5`) lives with the other exporters (rl.data.export), which build no dataset.
+from rl.data.export import _ARRAY_KEYS, _JSON_KEY
 
-__all__ = ["read_hdf5", "to_hdf5"]
+__all__ = ["read_hdf5"]
 
 
 def _scalar_metadata(group) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def load(source: str | os.PathLike, **kwargs: Any) -> OfflineDataset:
     * ``"d4rl:<name>"``: `read_d4rl` (import-guarded)
     * ``"minari:<dataset_id>"``: `read_minari(dataset_id, root=)`
     * ``"<env>-<level>-v<N>"`` with N >= 3 (the project's own, e.g. ``"hopper-medium-v5"``):
-      ``rl.data.generate.load_or_make(name, **kwargs)`` (also ``rl.collect.load_or_make``), imported only
+      ``rl.collect.load_or_make(name, **kwargs)`` (the dataset factory, `rl.collect.generate`), imported only
       here; it generates and caches the dataset on first use, saying on stderr what it makes (``progress=False``:
       silent). D4RL's own names (v0-v2) are not ours: they raise, suggesting ``d4rl:`` or a file.
 
@@ -91,9 +91,9 @@ def load(source: str | os.PathLike, **kwargs: Any) -> OfflineDataset:
                 f"(needs the d4rl package) or the path to its downloaded HDF5 file. The project's own datasets "
                 f"are v5, e.g. '{match['env']}-{match['level']}-v5'"
             )
-        # Imported here, not at the top: the generator brings gymnasium, MuJoCo and the policies, which the
-        # file and Minari readers do not need. It imports the readers, never this module.
-        from rl.data.generate import load_or_make
+        # Imported here, not at the top: the reader does not need the factory (gymnasium, MuJoCo, the
+        # policies) to read files. The factory imports the readers, never this module.
+        from rl.collect.generate import load_or_make
 
         return load_or_make(text, **kwargs)
     raise ValueError(

@@ -1,4 +1,4 @@
-"""Minari datasets: read through minari's own API (`read_minari`, `from_minari`) and write (`to_minari`).
+"""Minari datasets: read through minari's API (`read_minari`, `from_minari`); `rl.data.export` writes them.
 
 A Minari episode of `n` steps stores `n + 1` observations and `n` actions, rewards, terminations and
 truncations. Flattened to transitions: ``observations = O[:-1]``, ``next_observations = O[1:]``,
@@ -20,11 +20,10 @@ import numpy as np
 
 from rl.data.dataset import OfflineDataset
 
-# The writer lives with the other exporters (rl.data.export), which build no dataset and so import none of this.
-from rl.data.export import _METADATA_KEY, minari_root, to_minari
-from rl.data.export import _episode_buffers as _episode_buffers  # re-exported: tests check its message
+# The writer (`to_minari`) lives with the other exporters (rl.data.export), which build no dataset.
+from rl.data.export import _METADATA_KEY, minari_root
 
-__all__ = ["read_minari", "from_minari", "to_minari", "minari_root"]
+__all__ = ["read_minari", "from_minari"]
 
 
 def _flatten_obs(obs: Any, space: Any, where: str) -> np.ndarray:

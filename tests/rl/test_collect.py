@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from rl import collect
+from rl.collect import generate
+from rl.collect.snapshots import load_policy_snapshot, save_policy_snapshot
 from rl.networks import TanhGaussianPolicy
-from rl.sac import load_policy_snapshot, save_policy_snapshot
 
 FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 EVALS = [10.0, 20.0, 100.0, 200.0, 300.0, 600.0, 900.0, 800.0, 1000.0, 1200.0, 900.0]  # steps 0, 10, ..., 100
@@ -48,13 +49,13 @@ def ckpt_dir(tmp_path_factory) -> Path:
 
 
 def test_ship_selects_expert_medium_and_replay(ckpt_dir: Path) -> None:
-    man = collect.manifest("Hopper-v5", ckpt_dir)
+    man = generate.manifest("Hopper-v5", ckpt_dir)
     assert man["expert"]["step"] == 90 and man["expert"]["eval_return"] == 1200.0
     assert man["medium"]["step"] == 40  # earlier snapshot closest to 1200 / 3 = 400
     assert [s["step"] for s in man["medium_replay"]["snapshots"]] == [20, 30, 40]
     assert man["medium_replay"]["snapshots"][0]["dtype"] == "float16"
-    assert "python -m rl.sac --env Hopper-v5" in man["command"]
-    segs = collect.replay_segments("Hopper-v5", ckpt_dir)
+    assert "python -m rl.collect.sac --env Hopper-v5" in man["command"]
+    segs = generate.replay_segments("Hopper-v5", ckpt_dir)
     assert [(s["from_step"], s["to_step"]) for s in segs] == [(0, 10), (10, 20), (20, 30), (30, 40)]
     assert segs[0]["file"] is None
 
@@ -70,7 +71,7 @@ def test_float16_snapshot_keeps_actions(tmp_path: Path) -> None:
 
 
 def _make(name: str, ckpt_dir: Path, size: int, seed: int):
-    return collect.make_dataset(name, size, seed, n_envs=4, progress=False, checkpoint_dir=ckpt_dir)
+    return generate.make_dataset(name, size, seed, n_envs=4, progress=False, checkpoint_dir=ckpt_dir)
 
 
 def test_same_seed_same_arrays_other_seed_differs(ckpt_dir: Path) -> None:
@@ -107,7 +108,7 @@ def test_medium_replay_composition(ckpt_dir: Path) -> None:
     for hi in bounds[1:]:  # each segment ends an episode (cut with a timeout)
         assert ds.terminals[hi - 1] or ds.timeouts[hi - 1]
     # the random segment is the uniform policy: same arrays as a random rollout of that stream
-    rand = collect.rollout("Hopper-v5", None, 101, 0, (4, 0), n_envs=4)
+    rand = generate.rollout("Hopper-v5", None, 101, 0, (4, 0), n_envs=4)
     np.testing.assert_array_equal(ds.actions[:101], rand["actions"])
 
 
@@ -115,37 +116,37 @@ def test_load_or_make_caches_in_minari_and_loads_through_rl_data(ckpt_dir: Path,
     from rl import data
 
     kw = {"checkpoint_dir": ckpt_dir, "n_envs": 4, "progress": False}
-    assert not collect.is_cached("hopper-medium-v5", 300, 0, tmp_path, ckpt_dir)
-    first = collect.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
-    did = collect.dataset_id("hopper-medium-v5", 300, 0, ckpt_dir)
+    assert not generate.is_cached("hopper-medium-v5", 300, 0, tmp_path, ckpt_dir)
+    first = generate.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
+    did = generate.dataset_id("hopper-medium-v5", 300, 0, ckpt_dir)
     assert did == "misa/hopper-medium-n300-v5"
     assert (tmp_path / did / "data").is_dir()
-    assert collect.is_cached("hopper-medium-v5", 300, 0, tmp_path, ckpt_dir)
+    assert generate.is_cached("hopper-medium-v5", 300, 0, tmp_path, ckpt_dir)
     again = data.load("hopper-medium-v5", size=300, root=tmp_path, **kw)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(first, f), getattr(again, f), err_msg=f)
-    assert again.metadata["checkpoints_sha256"] == collect.manifest("Hopper-v5", ckpt_dir)["_sha256"]
-    me = collect.load_or_make("hopper-medium-expert-v5", 600, 0, tmp_path, **kw)
-    exp = collect.load_or_make("hopper-expert-v5", 300, 0, tmp_path, **kw)
+    assert again.metadata["checkpoints_sha256"] == generate.manifest("Hopper-v5", ckpt_dir)["_sha256"]
+    me = generate.load_or_make("hopper-medium-expert-v5", 600, 0, tmp_path, **kw)
+    exp = generate.load_or_make("hopper-expert-v5", 300, 0, tmp_path, **kw)
     np.testing.assert_array_equal(me.observations, np.concatenate([first.observations, exp.observations]))
 
 
 def test_names_and_errors() -> None:
-    assert collect.parse_name("walker2d-medium-replay-v5").env_id == "Walker2d-v5"
-    assert len(collect.all_names()) == 15
+    assert generate.parse_name("walker2d-medium-replay-v5").env_id == "Walker2d-v5"
+    assert len(generate.all_names()) == 15
     with pytest.raises(ValueError, match="unknown level"):
-        collect.parse_name("hopper-mediocre-v5")
+        generate.parse_name("hopper-mediocre-v5")
     with pytest.raises(ValueError, match="unknown env"):
-        collect.parse_name("ant-medium-v5")
+        generate.parse_name("ant-medium-v5")
     with pytest.raises(ValueError, match="form"):
-        collect.parse_name("hopper-medium-v2")
+        generate.parse_name("hopper-medium-v2")
     with pytest.raises(FileNotFoundError, match="no shipped checkpoints"):
-        collect.manifest("Hopper-v5", "/nonexistent")
+        generate.manifest("Hopper-v5", "/nonexistent")
 
 
 def test_cli_make_list_info(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MISA_DATA_DIR", str(tmp_path))
-    assert collect.data_root() == tmp_path
+    assert generate.data_root() == tmp_path
     assert collect.main(["make", "hopper-random-v5", "--size", "300", "--n-envs", "4"]) == 0
     assert collect.main(["info", "hopper-random-v5", "--size", "300"]) == 0
     out = capsys.readouterr().out
@@ -156,7 +157,7 @@ def test_cli_make_list_info(tmp_path: Path, monkeypatch, capsys) -> None:
 
 
 def test_write_references_merges_atomically(tmp_path: Path) -> None:
-    from rl.references import normalized_score
+    from rl.data.references import normalized_score
 
     path = tmp_path / "v5.json"
     collect.write_references(
@@ -171,7 +172,7 @@ def test_write_references_merges_atomically(tmp_path: Path) -> None:
     assert normalized_score("Hopper-v5", -10.0, path=path) == 0.0
 
 
-SHIPPED = [e for e in collect.ENVS.values() if (collect.CHECKPOINT_DIR / f"{e}.json").is_file()]
+SHIPPED = [e for e in generate.ENVS.values() if (generate.CHECKPOINT_DIR / f"{e}.json").is_file()]
 
 
 @pytest.mark.parametrize(
@@ -180,12 +181,12 @@ SHIPPED = [e for e in collect.ENVS.values() if (collect.CHECKPOINT_DIR / f"{e}.j
 def test_shipped_medium_dataset_return_in_documented_range(env_id: str) -> None:
     """A small dataset from the shipped medium checkpoint has the mean episode return documented in its manifest."""
     torch.set_num_threads(1)
-    man = collect.manifest(env_id)
+    man = generate.manifest(env_id)
     for entry in [man["expert"], man["medium"], *man["medium_replay"]["snapshots"]]:
-        assert (collect.CHECKPOINT_DIR / entry["file"]).stat().st_size < 400_000
+        assert (generate.CHECKPOINT_DIR / entry["file"]).stat().st_size < 400_000
     lo, hi = man["medium"]["dataset_return_range"]
-    policy, _ = collect.load_role_policy(env_id, "medium")
-    arrays = collect.rollout(env_id, policy, 5000, seed=0, stream=(2,), n_envs=5)
+    policy, _ = generate.load_role_policy(env_id, "medium")
+    arrays = generate.rollout(env_id, policy, 5000, seed=0, stream=(2,), n_envs=5)
     ends = np.flatnonzero(arrays["terminals"] | arrays["timeouts"])
     starts = np.concatenate([[0], ends[:-1] + 1])
     rets = np.add.reduceat(arrays["rewards"].astype(np.float64), starts)
@@ -200,8 +201,6 @@ def test_shipped_medium_dataset_return_in_documented_range(env_id: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def _record_bars(monkeypatch) -> list:
     """Keep every tqdm bar that the generator opens, to read its count after the run."""
-    from rl.data import generate
-
     bars: list = []
     original = generate._progress
 
@@ -216,8 +215,6 @@ def _record_bars(monkeypatch) -> list:
 def test_generation_says_what_it_makes_before_it_starts(
     ckpt_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    from rl.data import generate
-
     original = generate.make_dataset
 
     def marked(*args, **kwargs):
@@ -226,7 +223,7 @@ def test_generation_says_what_it_makes_before_it_starts(
 
     monkeypatch.setattr(generate, "make_dataset", marked)
     kw = {"checkpoint_dir": ckpt_dir, "n_envs": 4}
-    collect.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
+    generate.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if x.startswith("generating"))
     assert line.startswith(
@@ -235,11 +232,11 @@ def test_generation_says_what_it_makes_before_it_starts(
     assert str(tmp_path / "misa" / "hopper-medium-n300-v5") in line and "minute" in line
     assert err.index(line) < err.index("<<generation starts>>")
     # cached: nothing to announce; progress=False: silent
-    collect.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
-    collect.load_or_make("hopper-expert-v5", 300, 1, tmp_path, progress=False, **kw)
+    generate.load_or_make("hopper-medium-v5", 300, 0, tmp_path, **kw)
+    generate.load_or_make("hopper-expert-v5", 300, 1, tmp_path, progress=False, **kw)
     assert "generating" not in capsys.readouterr().err
     # the composite names its parts and which are cached; each part made announces itself
-    collect.load_or_make("hopper-medium-expert-v5", 600, 0, tmp_path, **kw)
+    generate.load_or_make("hopper-medium-expert-v5", 600, 0, tmp_path, **kw)
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("generating")]
     assert len(lines) == 2, lines
     assert "hopper-medium-v5 (300, cached) and hopper-expert-v5 (300)" in lines[0]
@@ -269,7 +266,7 @@ def test_progress_bar_ends_exactly_at_the_size(
     ckpt_dir: Path, tmp_path: Path, monkeypatch, name: str, size: int, totals: list[int]
 ) -> None:
     bars = _record_bars(monkeypatch)
-    ds = collect.load_or_make(name, size, 0, tmp_path, checkpoint_dir=ckpt_dir, n_envs=4, progress=True)
+    ds = generate.load_or_make(name, size, 0, tmp_path, checkpoint_dir=ckpt_dir, n_envs=4, progress=True)
     assert len(ds) == size
     assert [b.total for b in bars] == totals
     assert [b.n for b in bars] == totals
@@ -285,7 +282,7 @@ def test_rollout_advances_progress_by_exactly_size() -> None:
 
     for size, n_envs in [(1, 1), (37, 5), (250, 32)]:
         bar = Count()
-        arrays = collect.rollout("Hopper-v5", None, size, 0, (1,), n_envs=n_envs, progress=bar)
+        arrays = generate.rollout("Hopper-v5", None, size, 0, (1,), n_envs=n_envs, progress=bar)
         assert len(arrays["rewards"]) == size and bar.n == size
 
 
@@ -321,10 +318,10 @@ def test_list_and_info_show_every_cached_size(ckpt_dir: Path, tmp_path: Path, ca
     assert "40 (default); 300" in row
     assert collect.main(["info", "hopper-medium-replay-v5", *base]) == 0
     assert "transitions: 40" in capsys.readouterr().out
-    variants = collect.cached_variants("hopper-medium-replay-v5", tmp_path, ckpt_dir)
+    variants = generate.cached_variants("hopper-medium-replay-v5", tmp_path, ckpt_dir)
     assert [(v.size, v.seed, v.is_default_size) for v in variants] == [(40, 0, True), (300, 0, False)]
     assert [v.dataset_id for v in variants] == [
-        collect.dataset_id("hopper-medium-replay-v5", n, 0, ckpt_dir) for n in (None, 300)
+        generate.dataset_id("hopper-medium-replay-v5", n, 0, ckpt_dir) for n in (None, 300)
     ]
 
 

@@ -1,4 +1,4 @@
-"""Tests for rl.data (OfflineDataset, loaders, exporters) and rl.references.
+"""Tests for rl.data (OfflineDataset, loaders, exporters) and rl.data.references.
 
 Every test writes its own small files in the real formats (D4RL HDF5 via h5py, Minari via minari) under
 tmp_path; nothing is downloaded, and MINARI_DATASETS_PATH points at a temporary directory throughout.
@@ -21,8 +21,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl import data, references
-from rl.data import OfflineDataset
+from rl import data
+from rl.data import OfflineDataset, references
+from rl.data.export import _episode_buffers
 
 ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -289,7 +290,7 @@ def test_rebuild_matches_d4rl_loop(flags):
     inside = np.ones(len(ds), bool)
     inside[ds.episode_ends] = False
     assert np.all(ds.next_observations[:-1][inside[:-1]] == ds.observations[1:][inside[:-1]])
-    data.minari_io._episode_buffers(ds)
+    _episode_buffers(ds)
 
 
 # ------------------------------------------------------------------------------------------------ bad files
@@ -555,14 +556,14 @@ def test_load_d4rl_with_a_stand_in_package(monkeypatch):
 
 def test_load_own_name_delegates_to_the_generator(monkeypatch):
     calls = []
-    fake = types.ModuleType("rl.data.generate")
+    fake = types.ModuleType("rl.collect.generate")
 
     def load_or_make(name, **kwargs):
         calls.append((name, kwargs))
         return chain_dataset()
 
     fake.load_or_make = load_or_make
-    monkeypatch.setitem(sys.modules, "rl.data.generate", fake)
+    monkeypatch.setitem(sys.modules, "rl.collect.generate", fake)
     ds = data.load("hopper-medium-replay-v5", size=1000)
     assert calls == [("hopper-medium-replay-v5", {"size": 1000})]
     assert_same(ds, chain_dataset())

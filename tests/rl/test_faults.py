@@ -25,9 +25,10 @@ from test_train import tiny_dataset
 
 from rl._atomic import LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
+from rl.collect.snapshots import load_policy_snapshot, save_policy_snapshot
 from rl.config import ConfigError, load_yaml
 from rl.data.hdf5 import read_hdf5
-from rl.sac import TanhGaussianPolicy, load_policy_snapshot, save_policy_snapshot
+from rl.networks import TanhGaussianPolicy
 from rl.train import Trainer, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -298,12 +299,12 @@ def test_unwritable_dataset_cache_fails_before_generating(tmp_path, monkeypatch)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("MISA_DATA_DIR", str(blocker / "cache"))
-    import rl.data.generate
+    import rl.collect.generate
 
     def no_generation(*a, **k):  # pragma: no cover - reaching it is the failure
         raise AssertionError("generated a dataset that could not be saved")
 
-    monkeypatch.setattr(rl.data.generate, "make_dataset", no_generation)
+    monkeypatch.setattr(rl.collect.generate, "make_dataset", no_generation)
     rc, _, err = run_cli(["--algo", "bc", "--dataset", "hopper-medium-v5", "--run-dir", str(tmp_path / "r")])
     assert_one_line_error(rc, err, "dataset cache", "not writable", "MISA_DATA_DIR")
     assert not (tmp_path / "r").exists()
@@ -659,7 +660,7 @@ def test_fuzzed_cli_exits_0_or_2_with_one_line_and_writes_nothing(tmp_path, data
 
 # --- the other file types: SAC checkpoints and buffers, Minari datasets, the dataset cache -----------------------
 def test_damaged_sac_checkpoints_and_buffers_fail_by_name(tmp_path):
-    from rl.sac import Trainer as SACTrainer
+    from rl.collect.sac import Trainer as SACTrainer
 
     cfg = _tiny_cfg(40)
     SACTrainer(cfg, tmp_path, quiet=True).train()
@@ -698,7 +699,7 @@ def test_damaged_minari_files_fail_by_name(tmp_path):
 
 
 def test_damaged_cached_datasets_are_caught_by_their_checksums(tmp_path):
-    from rl.collect import load_or_make
+    from rl.collect.generate import load_or_make
 
     ds = load_or_make("hopper-medium-v5", size=1500, root=tmp_path, progress=False)
     (f,) = tmp_path.rglob("main_data.hdf5")
@@ -718,7 +719,7 @@ def test_damaged_cached_datasets_are_caught_by_their_checksums(tmp_path):
 
 
 def test_sac_cli_misuse_is_one_line(tmp_path, capsys):
-    from rl.sac import main as sac_main
+    from rl.collect.sac import main as sac_main
 
     assert sac_main(["--env", "Bogus-v0", "--run-dir", str(tmp_path / "s"), "--steps", "10"]) == 2
     err = capsys.readouterr().err

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import rl.networks as networks
 from mi_estimators.proposals import TanhDiagGaussian
-from rl.networks import EnsembleLinear, QEnsemble, TanhGaussianPolicy, elu
+from rl import _fast
+from rl._activations import elu
+from rl.networks import EnsembleLinear, QEnsemble, TanhGaussianPolicy
 
 
 def _reference_mlp(q: QEnsemble, e: int) -> nn.Sequential:
@@ -95,7 +96,7 @@ def _q_and_grads(q: QEnsemble, obs: torch.Tensor, act: torch.Tensor) -> list[tor
         t.grad = None
     v = q(obs, act)
     (v.logsumexp(-1).sum() + 0.1 * (v**2).mean()).backward()
-    grads = [p.grad for p in q._params()] + [obs.grad, act.grad]
+    grads = [p.grad for p in _fast._params(q)] + [obs.grad, act.grad]
     return [v.detach()] + [g if g is None else g.clone() for g in grads]
 
 
@@ -110,13 +111,14 @@ def test_wide_pass_matches_autograd(monkeypatch, activation, hidden, k, chunk) -
     q = QEnsemble(5, 3, hidden=hidden, ensemble_size=3, activation=activation, output_init_scale=0.5)
     obs = torch.randn(9, 5, requires_grad=True)
     act = (torch.rand(9, k, 3) * 2 - 1).requires_grad_()
-    monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 10**9)
-    ref = _q_and_grads(q, obs, act)
-    monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 1)
-    monkeypatch.setattr(networks, "WIDE_CHUNK_ROWS", chunk)
     calls = []
-    real = networks._WideQ.apply
-    monkeypatch.setattr(networks._WideQ, "apply", lambda *a: calls.append(1) or real(*a))
+    real = _fast._WideQ.apply
+    monkeypatch.setattr(_fast._WideQ, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_fast, "WIDE_MIN_ROWS", 1)
+    monkeypatch.setattr(_fast, "WIDE_CHUNK_ROWS", chunk)
+    ref = _q_and_grads(q, obs, act)  # fast=False (the default): plain autograd
+    assert not calls
+    q.fast = True
     got = _q_and_grads(q, obs, act)
     assert calls, "the wide pass did not run"
     names = ["q"] + [f"grad of parameter {i}" for i in range(len(got) - 3)] + ["grad of obs", "grad of act"]
@@ -131,8 +133,9 @@ def test_wide_pass_frozen_critic_gives_action_gradients_only(monkeypatch) -> Non
     q = QEnsemble(4, 2, hidden=(8, 8), ensemble_size=2, activation="elu").requires_grad_(False)
     obs, act = torch.randn(6, 4), (torch.rand(6, 7, 2) * 2 - 1).requires_grad_()
     grads = []
-    for min_rows in (10**9, 1):
-        monkeypatch.setattr(networks, "WIDE_MIN_ROWS", min_rows)
+    monkeypatch.setattr(_fast, "WIDE_MIN_ROWS", 1)
+    for fast in (False, True):
+        q.fast = fast
         act.grad = None
         q.q_min(obs, act).sum().backward()
         grads.append(act.grad.clone())
@@ -147,20 +150,21 @@ def test_wide_pass_reuses_buffers_only_after_backward(monkeypatch) -> None:
     q = QEnsemble(4, 2, hidden=(8, 8), ensemble_size=2, activation="relu")
     obs = torch.randn(5, 4)
     acts = [torch.rand(5, 6, 2) * 2 - 1 for _ in range(3)]
+    monkeypatch.setattr(_fast, "WIDE_MIN_ROWS", 1)
 
-    def grads(min_rows: int) -> list[torch.Tensor]:
-        monkeypatch.setattr(networks, "WIDE_MIN_ROWS", min_rows)
+    def grads(fast: bool) -> list[torch.Tensor]:
+        q.fast = fast
         q.zero_grad()
         pending = [q(obs, a).square().sum() for a in acts[:2]]  # both forward passes before any backward
         sum(pending).backward()
         q(obs, acts[2]).sum().backward()  # reuses the spent buffers
         return [p.grad.clone() for p in q.parameters()]
 
-    for r, g in zip(grads(10**9), grads(1)):
+    for r, g in zip(grads(False), grads(True)):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
     # the two pending passes held 2 x 4 buffers (2 members x 2 hidden layers); the third took 4 of them back
-    assert sum(len(v) for v in q._pool.values()) == 8
-    assert copy.deepcopy(q)._pool == {}  # scratch memory is not copied (nor pickled)
+    assert sum(len(v) for v in q._scratch.values()) == 8
+    assert copy.deepcopy(q)._scratch == {}  # scratch memory is not copied (nor pickled)
     out = q(obs, acts[0]).sum()
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward pass"):
@@ -168,8 +172,8 @@ def test_wide_pass_reuses_buffers_only_after_backward(monkeypatch) -> None:
 
 
 def test_wide_pass_is_first_order_only(monkeypatch) -> None:
-    monkeypatch.setattr(networks, "WIDE_MIN_ROWS", 1)
-    q = QEnsemble(4, 2, hidden=(8,), ensemble_size=2)
+    monkeypatch.setattr(_fast, "WIDE_MIN_ROWS", 1)
+    q = QEnsemble(4, 2, hidden=(8,), ensemble_size=2, fast=True)
     act = (torch.rand(3, 4, 2) * 2 - 1).requires_grad_()
     (g,) = torch.autograd.grad(q(torch.randn(3, 4), act).sum(), act, create_graph=True)
     with pytest.raises(RuntimeError):

@@ -6,19 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rl.sac import (
-    SAC,
-    ReplayBuffer,
-    SACConfig,
-    Trainer,
-    actor_loss,
-    alpha_loss,
-    critic_loss,
-    load_policy_snapshot,
-    soft_update_,
-    td_target,
-)
-from rl.sac import main as sac_main
+from rl.collect.sac import SAC, ReplayBuffer, SACConfig, Trainer
+from rl.collect.sac import main as sac_main
+from rl.collect.snapshots import load_policy_snapshot
+from rl.common import actor_loss, alpha_loss, critic_loss, soft_update_, td_target
 
 
 def test_td_target_honours_terminals_and_entropy() -> None:

@@ -255,7 +255,7 @@ def test_cli_trains_from_an_hdf5_file(tmp_path, capsys):
 # --- learning ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_bc_on_expert_data_beats_random(tmp_path):
-    from rl.collect import load_or_make
+    from rl.collect.generate import load_or_make
 
     ds = load_or_make("hopper-expert-v5", size=20_000, root=tmp_path / "data", progress=False)
     cfg = config_class("bc")(
@@ -268,7 +268,7 @@ def test_bc_on_expert_data_beats_random(tmp_path):
     )
     trainer = Trainer(cfg, dataset=ds, quiet=True)
     rec = trainer.train()
-    from rl.sac import evaluate
+    from rl.evaluation import evaluate
 
     class Random:
         def act(self, obs, deterministic=True, generator=None):
@@ -280,7 +280,7 @@ def test_bc_on_expert_data_beats_random(tmp_path):
 
 def test_behaviour_score_is_the_datasets_normalised_mean_return(tmp_path, capsys):
     """The main job's verdict compares the agent with the behaviour data, normalised the same way."""
-    from rl.references import normalized_score
+    from rl.data.references import normalized_score
 
     ds = tiny_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
     returns = ds.episode_returns()

@@ -1,18 +1,19 @@
 #!/bin/bash
 # How the shipped SAC behaviour policies were trained (seed 0, one CPU thread each). Resume is exact (networks,
 # optimisers, replay buffer, RNG and MuJoCo state), so training in stages or in one go gives the same weights:
-# each line is equivalent to the manifest's `command` (rl/checkpoints/<Env>.json) run without interruption.
+# each line is equivalent to the manifest's `command` (rl/collect/checkpoints/<Env>.json,
+# written when the trainer was `rl.sac`, now `rl.collect.sac`) run without interruption.
 # Rerunning the script continues from runs/sac/<Env>/checkpoint.pt; a stage already reached is a no-op.
 set -e
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 common="--seed 0 --eval-every 5000 --checkpoint-every 10000 --resume"
 for steps in 50000 120000; do  # session 1: 50k each; session 2: 120k each
   for env in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do
-    python -m rl.sac --env $env --steps $steps $common --run-dir runs/sac/$env
+    python -m rl.collect.sac --env $env --steps $steps $common --run-dir runs/sac/$env
   done
 done
 for steps in 200000 300000; do  # Walker2d learns slower (eval ~500 at 120k, 3188 at 290k)
-  python -m rl.sac --env Walker2d-v5 --steps $steps $common --run-dir runs/sac/Walker2d-v5
+  python -m rl.collect.sac --env Walker2d-v5 --steps $steps $common --run-dir runs/sac/Walker2d-v5
 done
 for env in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do
   python -m rl.collect ship --run-dir runs/sac/$env          # picks expert/medium/replay snapshots + manifest

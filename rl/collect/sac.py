@@ -6,8 +6,8 @@ twin Q, Polyak tau 5e-3, automatic entropy with target `-|A|`, Adam lr 3e-4, bat
 terminal in the TD target; only `terminated` is.
 
 The loss pieces (`td_target`, `critic_loss`, `actor_loss`, `alpha_loss`, `soft_update_`, `make_adam`) live in
-`rl.common`, shared with the offline agents; `evaluate` in `rl.evaluation`, the policy snapshots in `rl.snapshots`.
-All are re-exported here under their old names.
+`rl.common`, shared with the offline agents; `evaluate` in `rl.evaluation`, the policy snapshots in
+`rl.collect.snapshots`.
 
 Everything is seeded: network init by `torch.manual_seed(seed)`, every later draw (random start actions,
 exploration noise, minibatch indices) by one `torch.Generator`, environment resets by `reset(seed=...)`.
@@ -18,7 +18,7 @@ a policy-only float32 snapshot (`snapshots/step_XXXXXXX.pt`, a few hundred KB) i
 
 CLI::
 
-    python -m rl.sac --env Hopper-v5 --steps 300000 --seed 0 --run-dir runs/sac/Hopper-v5 [--resume]
+    python -m rl.collect.sac --env Hopper-v5 --steps 300000 --seed 0 --run-dir runs/sac/Hopper-v5 [--resume]
 """
 
 from __future__ import annotations
@@ -45,28 +45,12 @@ from torch import Tensor
 
 from rl._atomic import atomic_write, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
+from rl.collect.snapshots import save_policy_snapshot
 from rl.common import actor_loss, alpha_loss, critic_loss, make_adam, soft_update_, td_target
-from rl.evaluation import evaluate
-from rl.evaluation import make_env as _make_env
-from rl.evaluation import scale_action as _scale_action
+from rl.evaluation import evaluate, make_env, scale_action
 from rl.networks import QEnsemble, TanhGaussianPolicy
-from rl.snapshots import load_policy_snapshot, save_policy_snapshot
 
-__all__ = [
-    "SACConfig",
-    "SAC",
-    "ReplayBuffer",
-    "td_target",
-    "critic_loss",
-    "actor_loss",
-    "alpha_loss",
-    "soft_update_",
-    "evaluate",
-    "load_policy_snapshot",
-    "save_policy_snapshot",
-    "make_adam",
-    "main",
-]
+__all__ = ["SACConfig", "SAC", "ReplayBuffer", "Trainer", "main"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,7 +281,7 @@ class Trainer:
 
     def __init__(self, cfg: SACConfig, run_dir: str | os.PathLike, quiet: bool = False) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
-        self.env = _make_env(cfg.env)
+        self.env = make_env(cfg.env)
         obs_dim = int(np.prod(self.env.observation_space.shape))
         act_dim = int(np.prod(self.env.action_space.shape))
         self.low, self.high = self.env.action_space.low, self.env.action_space.high
@@ -422,7 +406,7 @@ class Trainer:
                     a = (torch.rand(agent.act_dim, generator=g) * 2.0 - 1.0).numpy()
                 else:
                     a = agent.policy.act(self.obs, deterministic=False, generator=g)
-                nobs, r, term, trunc, _ = self.env.step(_scale_action(a, self.low, self.high))
+                nobs, r, term, trunc, _ = self.env.step(scale_action(a, self.low, self.high))
                 nobs = nobs.astype(np.float32)
                 self.buffer.add(self.obs, a, float(r), nobs, bool(term))
                 self.ep_return += float(r)
@@ -450,7 +434,7 @@ class Trainer:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rl.sac", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rl.collect.sac", description=__doc__.split("\n")[0])
     p.add_argument("--env", default="Hopper-v5")
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--seed", type=int, default=0)

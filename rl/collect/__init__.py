@@ -1,11 +1,16 @@
-"""``python -m rl.collect``: the command line of the D4RL-style v5 datasets, their reference returns and checkpoints.
+"""The D4RL-style dataset factory: behaviour policies, dataset generation and caching, reference returns.
 
-The datasets themselves (names, rollouts, the cache) are made by `rl.data.generate`, which `rl.data.load` also uses
-for the project's own names; every public name of it is re-exported here (``rl.collect.load_or_make``,
-``rl.collect.parse_name``, ...), so ``from rl.collect import ...`` keeps working. What lives here is what only the
-command line and the maintainers need: measuring the reference returns (`measure_references`,
-`write_references`), shipping the behaviour policies of a SAC run (`ship_checkpoints`), the docs tables
-(`markdown_tables`) and `main`.
+``rl.data`` reads datasets; this package makes the project's own (``hopper-medium-v5``, ...), on gymnasium MuJoCo v5
+from behaviour policies trained by the project's own SAC. It holds:
+
+* `rl.collect.generate`: names, rollouts, generation on first use and the checksummed cache (`load_or_make`, which
+  ``rl.data.load("hopper-medium-v5")`` calls);
+* `rl.collect.sac`: the online SAC that trains the behaviour policies (``python -m rl.collect.sac``);
+* `rl.collect.snapshots`: the policy-only snapshots SAC writes and the generator reads;
+* ``rl/collect/checkpoints/``: the shipped behaviour policies (package data, with their manifests);
+* here: measuring the reference returns (`measure_references`, `write_references`; the table itself is read by
+  `rl.data.references`), shipping the behaviour policies of a SAC run (`ship_checkpoints`), the docs tables
+  (`markdown_tables`) and the command line (`main`).
 
 CLI::
 
@@ -34,16 +39,10 @@ import numpy as np
 import torch
 
 from rl._atomic import atomic_write
-
-# The generation lives in rl.data.generate (rl.data.load uses it too); its names are re-exported from here.
-from rl.data.generate import (
+from rl.collect.generate import (
     CHECKPOINT_DIR,
     DEFAULT_N_ENVS,
-    DEFAULT_SIZE,
     ENVS,
-    LEVELS,
-    CachedVariant,
-    DatasetName,
     _progress,
     _read_cached,
     _stream_seed,
@@ -52,55 +51,18 @@ from rl.data.generate import (
     data_root,
     dataset_id,
     default_size,
-    describe_generation,
     is_cached,
     load_or_make,
     load_role_policy,
-    make_dataset,
     manifest,
     parse_name,
-    replay_segments,
-    rollout,
 )
-from rl.data.generate import CHECKSUMS as CHECKSUMS
-from rl.data.generate import _check_writable as _check_writable
-from rl.data.generate import _default_size as _default_size
-from rl.data.generate import _seal as _seal
+from rl.collect.snapshots import load_policy_snapshot, save_policy_snapshot
+from rl.data.references import V5_REFERENCES_PATH, load_v5_references, normalized_score
 from rl.evaluation import evaluate
 from rl.networks import TanhGaussianPolicy
-from rl.snapshots import load_policy_snapshot, save_policy_snapshot
 
-__all__ = [
-    "ENVS",
-    "LEVELS",
-    "DEFAULT_SIZE",
-    "DEFAULT_N_ENVS",
-    "CHECKPOINT_DIR",
-    "REFERENCES_PATH",
-    "CachedVariant",
-    "DatasetName",
-    "parse_name",
-    "all_names",
-    "data_root",
-    "dataset_id",
-    "default_size",
-    "manifest",
-    "load_role_policy",
-    "rollout",
-    "replay_segments",
-    "make_dataset",
-    "load_or_make",
-    "is_cached",
-    "cached_variants",
-    "describe_generation",
-    "measure_references",
-    "write_references",
-    "ship_checkpoints",
-    "markdown_tables",
-    "main",
-]
-
-REFERENCES_PATH = Path(__file__).with_name("references") / "v5.json"
+__all__ = ["measure_references", "write_references", "ship_checkpoints", "markdown_tables", "main"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,7 +123,7 @@ def measure_references(
         "how": (
             f"mean undiscounted return over {episodes} full episodes (gymnasium {gym.__version__}, time limit "
             f"{gym.spec(env_id).max_episode_steps}); random: uniform actions in the action box; expert: the "
-            f"stochastic policy of rl/checkpoints/{entry['file']} (SAC step {entry['step']}), the policy "
+            f"stochastic policy of rl/collect/checkpoints/{entry['file']} (SAC step {entry['step']}), the policy "
             f"that generates the expert dataset; episode i reset with seed {seed}+i (random) / "
             f"{seed + 100_000}+i (expert); `python -m rl.collect references --env {env_id} --episodes {episodes}`"
         ),
@@ -171,7 +133,7 @@ def measure_references(
 
 def write_references(env_id: str, entry: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
     """Merge `entry` into the v5 reference table at `path` (atomic rewrite); returns the path."""
-    path = Path(path or REFERENCES_PATH)
+    path = Path(path or V5_REFERENCES_PATH)
     table = json.loads(path.read_text()) if path.is_file() else {}
     table[env_id] = entry
     text = json.dumps(dict(sorted(table.items())), indent=2) + "\n"
@@ -191,7 +153,7 @@ def ship_checkpoints(
     check_float16: bool = True,
     replay_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Copy the chosen snapshots of a `python -m rl.sac` run into `checkpoint_dir` with a manifest ``<env>.json``.
+    """Copy the chosen snapshots of a `python -m rl.collect.sac` run into `checkpoint_dir` with a manifest ``<env>.json``.
 
     expert: the snapshot with the best eval return; medium: among earlier snapshots, the one whose eval return is
     closest to `medium_fraction` of the expert's (D4RL's early-stopped agent); medium-replay: up to
@@ -237,12 +199,12 @@ def ship_checkpoints(
         }
 
     command = (
-        f"python -m rl.sac --env {env_id} --steps {cfg['steps']} --seed {cfg['seed']} "
+        f"python -m rl.collect.sac --env {env_id} --steps {cfg['steps']} --seed {cfg['seed']} "
         f"--eval-every {cfg['eval_every']} --checkpoint-every {cfg['checkpoint_every']} --run-dir runs/sac/{env_id}"
     )
     man: dict[str, Any] = {
         "env": env_id,
-        "algorithm": "SAC (Haarnoja et al. 2018 v2), rl.sac",
+        "algorithm": "SAC (Haarnoja et al. 2018 v2), rl.collect.sac",
         "command": command,
         "seed": cfg["seed"],
         "sac_config": cfg,
@@ -328,8 +290,6 @@ def _info(name: str, size: int | None, seed: int, root: str | None, checkpoint_d
 
     Raises `NotCachedError` (naming the cached variants, if any) when it is not cached, ``ValueError`` on a bad name.
     """
-    from rl.references import normalized_score
-
     parse_name(name)  # a bad name is a ValueError (status 2), not "not cached"
     if not is_cached(name, size, seed, root, checkpoint_dir):
         raise NotCachedError(_not_cached_message(name, size, seed, root, checkpoint_dir))
@@ -344,7 +304,9 @@ def _info(name: str, size: int | None, seed: int, root: str | None, checkpoint_d
     ]
     try:
         ns = normalized_score(name, rets)
-        lines.append(f"  normalised:  mean {float(np.mean(ns)):.1f} (v5 references, rl/references/v5.json)")
+        lines.append(
+            f"  normalised:  mean {float(np.mean(ns)):.1f} (v5 references, rl/data/references/v5.json)"
+        )
     except ValueError as err:
         lines.append(f"  normalised:  unavailable ({err})")
     return "\n".join(lines)
@@ -369,8 +331,6 @@ def markdown_tables(
     root: str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None
 ) -> str:
     """Markdown tables (for docs/datasets.md): checkpoints, v5 references, and every cached default-seed dataset."""
-    from rl.references import load_v5_references, normalized_score
-
     lines = [
         "| env | snapshot | SAC step | eval return (10 det. episodes) | file |",
         "| --- | --- | ---: | ---: | --- |",
@@ -445,14 +405,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("list", help="dataset names and every cached (size, seed) of each")
     s.add_argument("--root", default=None)
     s.add_argument("--checkpoint-dir", default=None, help=f"default {CHECKPOINT_DIR}")
-    s = sub.add_parser("references", help="measure random/expert returns and write rl/references/v5.json")
+    s = sub.add_parser(
+        "references", help="measure random/expert returns and write rl/data/references/v5.json"
+    )
     s.add_argument("--env", required=True, choices=sorted(ENVS.values()))
     s.add_argument("--episodes", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default=None, help=f"default {REFERENCES_PATH}")
+    s.add_argument("--out", default=None, help=f"default {V5_REFERENCES_PATH}")
     s = sub.add_parser("table", help="markdown tables of checkpoints, references and cached datasets")
     s.add_argument("--root", default=None)
-    s = sub.add_parser("ship", help="copy the chosen snapshots of a SAC run into rl/checkpoints/")
+    s = sub.add_parser("ship", help="copy the chosen snapshots of a SAC run into rl/collect/checkpoints/")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--checkpoint-dir", default=None, help=f"default {CHECKPOINT_DIR}")
     s.add_argument("--max-replay-snapshots", type=int, default=8)
@@ -507,7 +469,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

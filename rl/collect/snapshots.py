@@ -1,8 +1,8 @@
 """Policy-only snapshots: a few hundred KB `.pt` files holding one `TanhGaussianPolicy` and its metadata.
 
-Written by online SAC (`rl.sac`) during training, shipped in `rl/checkpoints/` by `rl.collect ship`, and read by
-the dataset generator (`rl.data.generate`) to roll out the behaviour policies. Read back with `rl._safe_load`
-(no code runs on load). `rl.sac` re-exports both functions.
+Written by online SAC (`rl.collect.sac`) during training, shipped in `rl/collect/checkpoints/` by
+``python -m rl.collect ship``, and read by the dataset generator (`rl.collect.generate`) to roll out the behaviour
+policies. Read back with `rl._safe_load` (no code runs on load).
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ Datasets are stored in Minari format (via ``rl.data.to_minari``) under a cache r
 ``$MISA_DATA_DIR``, else ``~/.cache/misa-toolkit/datasets``) with id ``misa/<name>`` (size/seed other than the defaults
 are part of the id) and read back with ``rl.data.load("minari:<id>", root=...)``.
 
-The policies live in ``rl/checkpoints/`` as ``<Env-v5>-expert.pt``, ``<Env-v5>-medium.pt``, ``<Env-v5>-replay_*.pt``
-with a manifest ``<Env-v5>.json`` (command, seed, step and eval return of each snapshot); the project's reference returns in ``rl/references/v5.json`` (``python -m rl.collect references``).
+The policies live in ``rl/collect/checkpoints/`` as ``<Env-v5>-expert.pt``, ``<Env-v5>-medium.pt``,
+``<Env-v5>-replay_*.pt`` with a manifest ``<Env-v5>.json`` (command, seed, step and eval return of each snapshot); the
+project's reference returns in ``rl/data/references/v5.json`` (``python -m rl.collect references``).
 
 This module generates and caches; it imports no CLI. ``python -m rl.collect`` (the CLI: make/list/info, reference
 returns, shipping checkpoints) and ``rl.data.load("hopper-medium-v5")`` both call `load_or_make` here, and
@@ -54,11 +55,11 @@ import numpy as np
 import torch
 
 from rl._atomic import atomic_write
+from rl.collect.snapshots import load_policy_snapshot
 from rl.data.dataset import OfflineDataset
 from rl.data.export import to_minari
 from rl.data.minari_io import read_minari
 from rl.networks import TanhGaussianPolicy
-from rl.snapshots import load_policy_snapshot
 
 __all__ = [
     "ENVS",
@@ -88,8 +89,8 @@ __all__ = [
 ENVS: dict[str, str] = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
 LEVELS: tuple[str, ...] = ("random", "medium", "medium-replay", "expert", "medium-expert")
 DEFAULT_SIZE = 1_000_000
-# rl/checkpoints/, next to this package (the same path rl.collect has always used)
-CHECKPOINT_DIR = Path(__file__).parent.parent / "checkpoints"
+# rl/collect/checkpoints/, shipped as package data next to this module
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 DEFAULT_N_ENVS = 32
 _NAME_RE = re.compile(r"(?P<env>[a-z0-9]+)-(?P<level>[a-z]+(?:-[a-z]+)*)-v5")
 
@@ -141,12 +142,12 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def manifest(env_id: str, checkpoint_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The manifest of the shipped checkpoints of `env_id` (``rl/checkpoints/<env_id>.json``)."""
+    """The manifest of the shipped checkpoints of `env_id` (``rl/collect/checkpoints/<env_id>.json``)."""
     path = Path(checkpoint_dir or CHECKPOINT_DIR) / f"{env_id}.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"no shipped checkpoints for {env_id}: {path} does not exist (train with `python -m rl.sac --env "
-            f"{env_id}` and ship snapshots as docs/datasets.md describes)"
+            f"no shipped checkpoints for {env_id}: {path} does not exist (train with `python -m rl.collect.sac "
+            f"--env {env_id}` and ship snapshots as docs/datasets.md describes)"
         )
     out = json.loads(path.read_text())
     out["_dir"] = str(path.parent)

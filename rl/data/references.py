@@ -5,9 +5,12 @@ Two tables:
 * **D4RL** (`D4RL_REFERENCES`): the published random/expert returns of d4rl's ``infos.py`` (REF_MIN_SCORE /
   REF_MAX_SCORE) for hopper, halfcheetah, walker2d and ant. d4rl uses one pair per env family for all its
   gym-MuJoCo datasets (v0, v1, v2, every level), so they apply to names like ``hopper-medium-v2``.
-* **v5** (the project's own, for gymnasium MuJoCo v5 envs): read from ``rl/references/v5.json``, written by
-  the collector (``rl.collect``) as ``{"Hopper-v5": {"random": R, "expert": R, "episodes": n, "how": "..."}}``.
-  The file is read on every lookup (it is tiny), so references measured during a session are seen at once.
+* **v5** (the project's own, for gymnasium MuJoCo v5 envs): read from ``rl/data/references/v5.json``, written by
+  the dataset factory (``python -m rl.collect references``, which runs the policies) as
+  ``{"Hopper-v5": {"random": R, "expert": R, "episodes": n, "how": "..."}}``. The file is read on every lookup (it
+  is tiny), so references measured during a session are seen at once.
+
+This module is the reader's half: it only reads the table and scores returns, and imports nothing of `rl`.
 
 Name mapping (case-insensitive; a ``d4rl:`` prefix is ignored; the env family is the first ``-`` field):
 
