@@ -249,7 +249,7 @@ def run_protocol(
     critic: str,
     steps_per_level: int,
     batch_size: int,
-    seed: int,
+    seed: int | list[int],
     *,
     heldout_samples: int = 4096,
     estimator_options: Mapping[str, Any] | None = None,
@@ -258,7 +258,7 @@ def run_protocol(
     negatives: str | None = None,
     average: float | None = None,
     max_grad_norm: float | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | list[dict[str, Any]]:
     """One trial of the suite: train `critic` with `estimator` over the staircase of `task` (one `mie.estimate`
     run, Adam at `lr`, fresh batch of `batch_size` each step, the estimator's default negatives unless `negatives`
     names them) and, at the end of each level, evaluate the critic as it is then with the same estimator on
@@ -266,11 +266,12 @@ def run_protocol(
     negatives), drawn from a generator seeded with `heldout_seed(seed, level)`: never the training one, and the
     same numbers for the same seed and threads.
 
-    The evaluation happens inside the schedule `estimate` calls at the start of each step: at the first step of
-    level i+1 the critic has had exactly the (i+1) * steps_per_level updates of levels <= i. It runs without
-    gradients, puts the critic in eval mode and restores it, and draws from its own generators, so the training
-    estimates are those of `run` (tests check both). A run that stops on a non-finite step
-    (`History.stopped_at`) has no held-out estimate for the level it stopped in, nor after.
+    The evaluation is `estimate`'s callback after every `steps_per_level` updates: the critic of level i has had
+    exactly the (i+1) * steps_per_level updates of levels <= i. It runs without gradients, puts the critic in eval
+    mode and restores it, and draws from its own generators, so the training estimates are those of `run` (tests
+    check both). A run that stops on a non-finite step (`History.stopped_at`) has no held-out estimate for the
+    level it stopped in, nor after. `seed` a list: the seeds of one grid cell in one call (`estimate(seeds=...)`,
+    stacked where the estimator allows), one result per seed, each that of its seed alone up to float32 rounding.
 
     A recipe (a sweep's estimator entry) changes the rest: `estimator_options` go to `mie.make(estimator, ...)`,
     `critic_overrides` replace keys of `CRITIC_OPTIONS[critic]` (e.g. `{"hidden": (256, 256)}`), `lr` is Adam's
@@ -279,81 +280,84 @@ def run_protocol(
     gradient's norm.
 
     Returns `{"estimates", "stopped_at", "error", "heldout": [{"mi", "mean", "std", "error"}] per level,
-    "levels": summarise(...) with `heldout` and `heldout_std` merged in}`.
+    "levels": summarise(...) with `heldout` and `heldout_std` merged in}` (a list of them for a list of seeds).
     """
     spec = task if isinstance(task, TaskSpec) else parse_task(task)
-    first = spec.task(0, steps_per_level)
-    est, net = _networks(
-        estimator, critic, first.dim_x, first.dim_y, seed, estimator_options, critic_overrides
-    )
-    if est.needs_proposal:
-        negatives = None
-    elif negatives is None:
-        negatives = est.negatives
-    averaged = mie.AveragedCritic(net, average) if average is not None else None
-    read = averaged if averaged is not None else net  # what the estimates are read through
-    heldout: list[dict[str, Any]] = [
-        {"mi": mi, "mean": math.nan, "std": math.nan, "error": "level not completed"} for mi in LEVELS
-    ]
+    seeds = seed if isinstance(seed, list) else [seed]
+    heldout = {
+        s: [{"mi": mi, "mean": math.nan, "std": math.nan, "error": "level not completed"} for mi in LEVELS]
+        for s in seeds
+    }
 
-    def evaluate_level(i: int) -> None:
+    def evaluate_level(hist: mie.History, i: int) -> None:
+        row = heldout[hist.seed][i]  # type: ignore[index]
         if heldout_samples <= 0:
-            heldout[i]["error"] = "held-out estimate off (heldout_samples: 0)"
+            row["error"] = "held-out estimate off (heldout_samples: 0)"
             return
         level = spec.level_task(i)
-        g = torch.Generator().manual_seed(heldout_seed(seed, i))
+        g = torch.Generator().manual_seed(heldout_seed(hist.seed, i))  # type: ignore[arg-type]
         x, y = level.sample(heldout_samples, generator=g)
+        est = hist.module
         try:
             ev = mie.evaluate(
                 est,
-                read,
+                hist.critic,  # the averaged critic, with `average`
                 x,
                 y,
                 batch_size=batch_size,
-                negatives=negatives,
+                negatives=None if est.needs_proposal else hist.negatives,
                 generator=g,
                 marginal_entropy=getattr(level, "entropy_y", None) if est.needs_proposal else None,
             )
         except mie.NonFiniteScoresError as e:
-            heldout[i].update(error=f"non-finite critic scores on the held-out samples: {e}")
+            row.update(error=f"non-finite critic scores on the held-out samples: {e}")
             return
         ok = math.isfinite(ev.mean)
-        heldout[i].update(mean=ev.mean, std=ev.std, error=None if ok else f"non-finite estimate {ev.mean}")
+        row.update(mean=ev.mean, std=ev.std, error=None if ok else f"non-finite estimate {ev.mean}")
 
-    def schedule(step: int) -> Any:
-        if step > 0 and step % steps_per_level == 0:
-            i = step // steps_per_level - 1  # level i just ended: the critic has its last update
-            if heldout[i]["error"] == "level not completed":
-                evaluate_level(i)
-        return spec.task(step, steps_per_level)
+    def level_done(updates: int, hist: mie.History) -> None:
+        evaluate_level(hist, updates // steps_per_level - 1)
 
-    total = steps_per_level * len(LEVELS)
-    hist = mie.estimate(
-        est,
-        schedule,
-        critic=net,
-        steps=total,
+    with torch.random.fork_rng(devices=[]):  # a look at the estimator's kind, leaving every RNG alone
+        if mie.make(estimator, **(estimator_options or {})).needs_proposal:
+            negatives = None  # it draws its own (a recipe names the default of score-based ones)
+    runs = mie.estimate(
+        estimator,
+        functools.partial(_task_at, spec, steps_per_level),
+        critic=critic,
+        critic_options=critic_options(critic, critic_overrides),
+        estimator_options=dict(estimator_options or {}),
+        steps=steps_per_level * len(LEVELS),
         batch_size=batch_size,
         lr=lr,
-        seed=seed,
         progress=False,
         negatives=negatives,
-        average=averaged,
+        average=average,
         max_grad_norm=max_grad_norm,
+        callback=level_done,
+        callback_every=steps_per_level,
+        **({"seeds": seeds} if isinstance(seed, list) else {"seed": seed}),
     )
-    if hist.stopped_at is None:
-        evaluate_level(len(LEVELS) - 1)
-    levels = summarise(hist.estimates, steps_per_level)
-    for row, h in zip(levels, heldout):
-        row["heldout"], row["heldout_std"] = h["mean"], h["std"]
-    return {
-        "estimates": hist.estimates,
-        "stopped_at": hist.stopped_at,
-        "error": hist.error,
-        "negatives": hist.negatives,
-        "heldout": heldout,
-        "levels": levels,
-    }
+    results = []
+    for hist in runs if isinstance(runs, list) else [runs]:
+        levels = summarise(hist.estimates, steps_per_level)
+        for row, h in zip(levels, heldout[hist.seed]):  # type: ignore[index]
+            row["heldout"], row["heldout_std"] = h["mean"], h["std"]
+        results.append(
+            {
+                "estimates": hist.estimates,
+                "stopped_at": hist.stopped_at,
+                "error": hist.error,
+                "negatives": hist.negatives,
+                "heldout": heldout[hist.seed],  # type: ignore[index]
+                "levels": levels,
+            }
+        )
+    return results if isinstance(seed, list) else results[0]
+
+
+def _task_at(spec: TaskSpec, steps_per_level: int, step: int) -> Any:
+    return spec.task(step, steps_per_level)
 
 
 def recipe_arguments(recipe: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 KINDS = ("rl", "staircase")
-TOP_KEYS = ("name", "kind", "description", "base", "grid", "resources", "max_concurrent")
+TOP_KEYS = ("name", "kind", "description", "base", "grid", "resources", "max_concurrent", "pack_seeds")
 RL_AXES = ("variant", "dataset", "seed")
 STAIRCASE_AXES = ("estimator", "task", "critic", "seed", "dim")
 STAIRCASE_BASE = {
@@ -137,6 +137,8 @@ class Spec:
     max_concurrent: int | None
     trials: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
+    #: staircase: a grid cell's unfinished seeds run as one trial, one stacked `estimate(seeds=...)` (`pack`)
+    pack_seeds: bool = True
 
     def trial(self, trial_id: str) -> dict[str, Any]:
         for t in self.trials:
@@ -231,7 +233,19 @@ def load_spec(path: str | os.PathLike) -> Spec:
     if mc is not None:
         _int(mc, "max_concurrent", 1)
     desc = data.get("description") or ""
-    spec = Spec(name, kind, path, _mapping(data.get("base"), "base"), resources, mc, description=str(desc))
+    pack_seeds = data.get("pack_seeds", True)
+    if not isinstance(pack_seeds, bool):
+        raise SpecError(f"pack_seeds must be true or false; got {pack_seeds!r}")
+    spec = Spec(
+        name,
+        kind,
+        path,
+        _mapping(data.get("base"), "base"),
+        resources,
+        mc,
+        description=str(desc),
+        pack_seeds=pack_seeds,
+    )
     grid = _mapping(data["grid"], "grid")
     spec.trials = _rl_trials(spec, grid) if kind == "rl" else _staircase_trials(spec, grid)
     ids = [t["id"] for t in spec.trials]
@@ -555,8 +569,12 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 
 def _drift(saved: dict[str, Any], cfg: Any) -> str | None:
     """None when the saved config equals `cfg` (up to `IGNORED_DRIFT`); else which keys differ."""
-    from rl.config import to_dict
+    from rl.config import ConfigError, drop_retired, to_dict
 
+    try:  # a key an earlier version wrote at the default of a setting since moved is no difference
+        saved = drop_retired(type(cfg), saved, "the run's config")
+    except ConfigError as e:
+        return str(e)
     # a field the run predates counts at its default, as `rl.train --resume` reads it
     a, b = _comparable({**to_dict(type(cfg)()), **saved}), _comparable(to_dict(cfg))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -655,6 +673,8 @@ def run_trial(
     try:
         if trial["kind"] == "rl":
             return _run_rl(trial, out, report)
+        if trial["kind"] == PACK:
+            return _run_staircase_pack(trial, out, report)
         return _run_staircase(trial, out, report)
     except Exception:  # not KeyboardInterrupt/SystemExit: an interrupted trial is unfinished, not failed
         text = f"trial {trial['id']} failed:\n{traceback.format_exc()}"
@@ -744,60 +764,118 @@ def _staircase_module():
 
 
 def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
-    import torch
-
     status, why = trial_status(trial, out)
     if status == "changed":
         raise RuntimeError(why)
-    d = run_dir(out, trial)
     if status == "finished":
-        return json.loads((d / RESULT).read_text())
+        return json.loads((run_dir(out, trial) / RESULT).read_text())
+    return _protocol(trial["id"], [trial], out, report)[0]
+
+
+#: the kind of a packed trial: a grid cell's seeds in one stacked run (`pack`)
+PACK = "staircase-pack"
+
+
+def pack(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The staircase trials of `todo` with their grid cell's other seeds (same estimator, task, critic, settings)
+    as one trial of kind `PACK`, whose `run_protocol` call trains them as one stacked `estimate(seeds=...)`; each
+    seed still writes its own run folder and `result.json`, as its own trial does, with its numbers to float32
+    rounding. A cell with one seed to run, and RL trials, stay as they are."""
+    cells: dict[str, list[dict[str, Any]]] = {}
+    out: list[Any] = []
+    for t in todo:
+        if t["kind"] != "staircase":
+            out.append(t)
+            continue
+        p = t["params"]
+        key = json.dumps([{k: v for k, v in p.items() if k != "seed"}, t["settings"]], sort_keys=True)
+        if key not in cells:
+            cells[key] = []
+            out.append(cells[key])  # the cell keeps the place of its first seed
+        cells[key].append(t)
+    packed = []
+    for item in out:
+        if isinstance(item, dict) or len(item) == 1:
+            packed.append(item if isinstance(item, dict) else item[0])
+            continue
+        prefix = item[0]["id"].rsplit("__s", 1)[0]
+        seeds = "+".join(str(t["params"]["seed"]) for t in item)
+        packed.append({"id": f"{prefix}__s{seeds}", "kind": PACK, "members": item})
+    return packed
+
+
+def _run_staircase_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    todo = []
+    for member in trial["members"]:
+        status, why = trial_status(member, out)
+        if status == "changed":
+            raise RuntimeError(why)
+        if status != "finished":  # a rerun after a kill: the members that finished are not run again
+            todo.append(member)
+    results = _protocol(trial["id"], todo, out, report) if todo else []
+    return {"id": trial["id"], "kind": PACK, "members": [r["id"] for r in results]}
+
+
+def _protocol(tid: str, trials: list[dict[str, Any]], out: Path, report: Callable) -> list[dict[str, Any]]:
+    """`run_protocol` for the seeds of `trials` (one grid cell: the same estimator, task, critic and settings),
+    stacked when there are several; writes each trial's `result.json` and returns them as a rerun reads them."""
+    import torch
+
     sc = _staircase_module()
-    p, s = trial["params"], trial["settings"]
+    first = trials[0]
+    p, s = first["params"], first["settings"]
     torch.set_num_threads(s["threads"])
-    tlog = _trial_logger(out, trial["id"])
-    tlog.info("started %s on %d thread(s)", trial["id"], torch.get_num_threads())
+    tlog = _trial_logger(out, tid)
+    tlog.info("started %s on %d thread(s)", tid, torch.get_num_threads())
     t0 = time.perf_counter()
     recipe = s.get("recipe")
-    run = sc.run_protocol(
+    seeds = [t["params"]["seed"] for t in trials]
+    runs = sc.run_protocol(
         recipe["estimator"] if recipe else p["estimator"],
         sc.TaskSpec(**s["task"]),
         p["critic"],
         s["steps_per_level"],
         s["batch_size"],
-        p["seed"],
+        seeds if len(trials) > 1 else seeds[0],
         heldout_samples=s["heldout_samples"],
         **sc.recipe_arguments(recipe),
     )
-    seconds = time.perf_counter() - t0
-    est = run["estimates"]
-    if run["stopped_at"] is not None:
-        tlog.info("%s stopped at step %d: %s", trial["id"], run["stopped_at"], run["error"])
-    result = {
-        "id": trial["id"],
-        "kind": "staircase",
-        "params": p,
-        "settings": s,
-        "step": len(est),
-        "steps": s["steps_per_level"] * len(sc.LEVELS),
-        "stopped_at": run["stopped_at"],
-        "error": run["error"],
-        "negatives": run["negatives"],
-        "levels": run["levels"],
-        "heldout": run["heldout"],
-        "estimates_every": s["record_every"],
-        "estimates": est[:: s["record_every"]],
-        "seconds": round(seconds, 2),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "code": sc.code_fingerprint(),
-    }
-    d.mkdir(parents=True, exist_ok=True)
-    _write_json(d / RESULT, result)
-    tlog.info("finished %s in %.1f s", trial["id"], seconds)
-    mse = [r["mse"] for r in run["levels"] if math.isfinite(r["mse"])]
-    report({"step": len(est), "mean_mse": statistics.fmean(mse) if mse else None})
-    return json.loads((d / RESULT).read_text())  # as a rerun reads it (non-finite floats are strings in JSON)
+    seconds = (time.perf_counter() - t0) / len(trials)  # each seed's share of the run
+    results = []
+    for trial, run in zip(trials, runs if len(trials) > 1 else [runs], strict=True):
+        est = run["estimates"]
+        if run["stopped_at"] is not None:
+            tlog.info("%s stopped at step %d: %s", trial["id"], run["stopped_at"], run["error"])
+        result = {
+            "id": trial["id"],
+            "kind": "staircase",
+            "params": trial["params"],
+            "settings": trial["settings"],
+            "step": len(est),
+            "steps": s["steps_per_level"] * len(sc.LEVELS),
+            "stopped_at": run["stopped_at"],
+            "error": run["error"],
+            "negatives": run["negatives"],
+            "levels": run["levels"],
+            "heldout": run["heldout"],
+            "estimates_every": s["record_every"],
+            "estimates": est[:: s["record_every"]],
+            "seconds": round(seconds, 2),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "code": sc.code_fingerprint(),
+            **({"packed_seeds": seeds} if len(trials) > 1 else {}),
+        }
+        d = run_dir(out, trial)
+        d.mkdir(parents=True, exist_ok=True)
+        _write_json(d / RESULT, result)
+        mse = [r["mse"] for r in run["levels"] if math.isfinite(r["mse"])]
+        report({"step": len(est), "mean_mse": statistics.fmean(mse) if mse else None})
+        results.append(
+            json.loads((d / RESULT).read_text())
+        )  # as a rerun reads it (non-finite floats: strings)
+    tlog.info("finished %s in %.1f s", tid, seconds * len(trials))
+    return results
 
 
 def _trial_logger(out: Path, trial_id: str) -> logging.Logger:
@@ -1031,6 +1109,8 @@ def _run_sweep(spec, out, address, num_cpus, max_concurrent, handler) -> dict[st
         _console(f"  refused {tid}: {msg}")
     if todo:
         ensure_behaviour(spec, out, make=True)
+        if spec.pack_seeds:
+            todo = pack(todo)
         summary["errors"].update(_tune(spec, out, todo, address, num_cpus, max_concurrent, handler))
     else:
         ensure_behaviour(spec, out, make=False)

@@ -178,9 +178,8 @@ class _Stacked:
                 bar.set_postfix(mi=f"{sum(values[s] for s in self.live) / len(self.live):.3f}")
             done = []
             for s in self.live:
-                sel = runs[s].selection
-                if sel is not None and (step + 1) % sel.every == 0:
-                    self._put_back(s)  # the validation read uses the seed's own modules
+                if runs[s].reads_modules(step):
+                    self._put_back(s)  # a validation read or a callback uses the seed's own modules
                 if runs[s].record(step, values[s], drawn[s][2]):
                     done.append(s)  # patience exhausted
             self.live = [s for s in self.live if s not in done]

@@ -133,6 +133,7 @@ class History:
             every `eval_every` updates (and before the first); the critic with the lowest loss is selected.
         best_step: the number of updates the selected critic had (the critic and estimator hold that state);
             None without a validation part.
+        seed: the seed the run was made with (None for `seed=None`).
     """
 
     estimator: str
@@ -148,6 +149,7 @@ class History:
     result: Evaluation | None = None
     validation: list[tuple[int, float, float]] = field(default_factory=list)
     best_step: int | None = None
+    seed: int | None = None
 
     def final(self, window: int = 100) -> float:
         """The number to quote (nats): for a run on fixed samples with a test part, the test estimate of the
@@ -556,6 +558,8 @@ def estimate(
     patience: int | None = None,
     eval_every: int | None = None,
     seeds: int | list[int] | None = None,
+    callback: Callable[[int, History], None] | None = None,
+    callback_every: int | None = None,
 ) -> History | list[History]:
     """Train a critic with `estimator` and return the history of its estimates (nats).
 
@@ -618,6 +622,11 @@ def estimate(
             Proposal-based estimators, fixed critics and losses that branch on tensor values (MINE) run their
             seeds one after another, with the same numbers. Give the estimator by name and leave `seed` and
             `generator` at their defaults.
+        callback: `callback(updates, history)` after every `callback_every` updates (before the next step's
+            draws), with `history.critic` and `history.module` in their state of that moment, e.g. to read a
+            held-out estimate during training; with `seeds`, once per seed (`history.seed` says which). It must
+            not change the critic or draw from the run's generator.
+        callback_every: the updates between callbacks (needed with `callback`).
 
     Returns:
         The `History` of the run, or with `seeds` a list of them in the order of the seeds.
@@ -680,7 +689,17 @@ def estimate(
         holdout=holdout,
         patience=patience,
         eval_every=eval_every,
+        callback=callback,
+        callback_every=callback_every,
     )
+    if (callback is None) != (callback_every is None):
+        raise ValueError("callback and callback_every go together: give both or neither")
+    if callback is not None:
+        if not callable(callback):
+            raise TypeError(
+                f"callback must be callable (updates, history) -> None; got {type(callback).__name__}"
+            )
+        _check_int("callback_every", callback_every, 1)
     show = sys.stderr.isatty() if progress is None else progress
     if seeds is not None:
         if generator is not None or seed != 0:
@@ -785,6 +804,8 @@ class _Run:
     batches: EpochBatches | None = None
     parts: _Parts | None = None
     selection: _Selection | None = None
+    callback: Callable[[int, History], None] | None = None
+    callback_every: int | None = None
 
     @classmethod
     def build(
@@ -808,6 +829,8 @@ class _Run:
         holdout: tuple[float, float],
         patience: int | None,
         eval_every: int | None,
+        callback: Callable[[int, History], None] | None = None,
+        callback_every: int | None = None,
     ) -> _Run:
         if generator is None:
             generator = torch.Generator()
@@ -866,6 +889,7 @@ class _Run:
             negatives=kind,
             batch_size=int(batch_size),
             task=task if schedule is None else None,
+            seed=seed,
         )
         run = cls(
             est=est,
@@ -888,6 +912,8 @@ class _Run:
             samples=(x, y) if task is None else None,  # type: ignore[arg-type]
             batches=batches,
             parts=parts,
+            callback=callback,
+            callback_every=callback_every,
         )
         if parts is not None and parts.valid is not None:
             every = eval_every or max(1, x.shape[0] // batch_size)  # type: ignore[union-attr]
@@ -916,13 +942,23 @@ class _Run:
             getattr(current, "entropy_y", None) if self.est.needs_proposal and current is not None else None
         )
 
+    def reads_modules(self, step: int) -> bool:
+        """Whether `record(step, ...)` reads the critic and estimator (a validation read or a callback is due)."""
+        updates = step + 1
+        sel, every = self.selection, self.callback_every
+        return (sel is not None and updates % sel.every == 0) or (every is not None and updates % every == 0)
+
     def record(self, step: int, value: float, current: Any) -> bool:
-        """Keep step `step`'s estimate; read the validation part when due. True when patience is exhausted."""
+        """Keep step `step`'s estimate; call back and read the validation part when due. True when patience is
+        exhausted."""
         self.history.estimates.append(value)
         if self.history.true_mi is not None:
             self.history.true_mi.append(float(current.mi))
+        updates = step + 1
+        if self.callback is not None and updates % self.callback_every == 0:  # type: ignore[operator]
+            self.callback(updates, self.history)
         sel = self.selection
-        return sel is not None and (step + 1) % sel.every == 0 and sel.observe(step + 1)
+        return sel is not None and updates % sel.every == 0 and sel.observe(updates)
 
     def stop(self, step: int, steps: int, reason: str) -> None:
         """Stop at `step` (its update not applied) for `reason`, with a `RuntimeWarning`."""

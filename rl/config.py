@@ -233,7 +233,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values; got {type(data).__name__}")
     names = {f.name for f in fields(cls) if f.init}
-    data = _drop_retired(cls, data, names, where)
+    data = drop_retired(cls, data, where)
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
@@ -246,9 +246,11 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _drop_retired(cls: type, data: dict[str, Any], names: set[str], where: str) -> dict[str, Any]:
-    """`data` without the keys `cls.RETIRED` lists at their old default; any other value is a `ConfigError`."""
+def drop_retired(cls: type, data: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """`data` without the keys `cls.RETIRED` lists, where they hold their old default (what an earlier version
+    wrote); any other value of such a key is a `ConfigError` that names where the setting lives now."""
     retired = getattr(cls, "RETIRED", {})
+    names = {f.name for f in fields(cls) if f.init}
     kept = {}
     for key, value in data.items():
         if key in retired and key not in names:

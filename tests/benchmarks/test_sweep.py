@@ -1136,3 +1136,64 @@ def test_publish_copies_the_report_files_only(tmp_path):
     assert [p.name for p in copied] == ["results.md", "curves_x.png"]
     assert (tmp_path / "pub" / "sweep" / "results.md").read_text() == "# table\n"
     assert sorted(p.name for p in (tmp_path / "pub" / "sweep").iterdir()) == ["curves_x.png", "results.md"]
+
+
+def test_a_cells_seeds_in_one_protocol_call_are_its_seeds_alone():
+    """`run_protocol` with a list of seeds (one stacked `estimate`): each seed's training estimates and held-out
+    reads are those of its own call, to float32 rounding."""
+    sc = sweep._staircase_module()
+    for est, critic in (("nwj", "separable"), ("kl-dime", "concat")):
+        packed = sc.run_protocol(est, "gauss-d4", critic, 10, 16, [3, 5], heldout_samples=32)
+        for seed, r in zip([3, 5], packed, strict=True):
+            alone = sc.run_protocol(est, "gauss-d4", critic, 10, 16, seed, heldout_samples=32)
+            assert r["estimates"] == pytest.approx(alone["estimates"], rel=1e-4, abs=1e-4)
+            assert [h["mean"] for h in r["heldout"]] == pytest.approx(
+                [h["mean"] for h in alone["heldout"]], rel=1e-4, abs=1e-4
+            )
+
+
+def test_a_cells_seeds_pack_into_one_trial_that_writes_each_seeds_result(tmp_path):
+    """`pack`: the unfinished seeds of a staircase cell become one trial (one stacked `run_protocol`); each seed's
+    `result.json` is its own trial's to float32 rounding; a rerun after one seed finished runs the others only;
+    the report holds every trial once. `pack_seeds: false` keeps one trial per seed."""
+    text = TASK_SPEC.replace(
+        "task: [gauss-d5, {name: cubic-d3, transform: cubic, dim: 3}, student-t3-d5]", "task: [gauss-d5]"
+    )
+    text = text.replace("estimator: [nwj, kl-dime]", "estimator: [nwj]").replace(
+        "seed: [0, 1]", "seed: [0, 1, 2]"
+    )
+    spec = sweep.load_spec(write_spec(tmp_path, text))
+    assert spec.pack_seeds and len(spec.trials) == 6
+    packed = sweep.pack(spec.trials)
+    assert [t["id"] for t in packed] == ["nwj__gauss-d5__separable__s0+1+2", "nwj__gauss-d5__concat__s0+1+2"]
+    assert sweep.pack(spec.trials[:1]) == spec.trials[:1]  # one seed: the trial itself
+    out = tmp_path / "packed"
+    first = spec.trial("nwj__gauss-d5__separable__s1")
+    sweep.run_trial(first, out)  # as if a killed run had finished seed 1 alone
+    done = (sweep.run_dir(out, first) / sweep.RESULT).read_text()
+    assert sweep.run_trial(packed[0], out)["members"] == [
+        "nwj__gauss-d5__separable__s0",
+        "nwj__gauss-d5__separable__s2",
+    ]
+    assert (sweep.run_dir(out, first) / sweep.RESULT).read_text() == done  # not run again
+    sweep.run_trial(packed[1], out)
+    alone = tmp_path / "alone"
+    for t in spec.trials:
+        a = sweep.run_trial(t, alone)
+        b = json.loads((sweep.run_dir(out, t) / sweep.RESULT).read_text())
+        assert b["params"] == a["params"] and b["settings"] == a["settings"]
+        assert b["estimates"] == pytest.approx(a["estimates"], rel=1e-4, abs=1e-4)
+        assert [r["heldout"] for r in b["levels"]] == pytest.approx(
+            [r["heldout"] for r in a["levels"]], rel=1e-4, abs=1e-4
+        )
+        assert b.get("packed_seeds") == (
+            None if t is first else [0, 2] if "separable" in t["id"] else [0, 1, 2]
+        )
+        assert sweep.trial_status(t, out)[0] == "finished"
+    sweep.write_report(spec, out)
+    rows = read_table(out / "results.csv")
+    assert sorted({r["trial_id"] for r in rows}) == sorted(t["id"] for t in spec.trials)
+    off = sweep.load_spec(write_spec(tmp_path, "pack_seeds: false\n" + text, name="off.yaml"))
+    assert not off.pack_seeds
+    with pytest.raises(sweep.SpecError, match="pack_seeds must be true or false"):
+        sweep.load_spec(write_spec(tmp_path, "pack_seeds: 2\n" + text, name="bad.yaml"))

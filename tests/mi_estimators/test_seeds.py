@@ -134,3 +134,35 @@ def test_bad_seeds_are_named(kwargs, match):
 def test_an_estimator_instance_is_refused_with_seeds():
     with pytest.raises(ValueError, match="give the estimator by name"):
         mie.estimate(mie.make("infonce"), TASK, steps=2, seeds=2)
+
+
+def test_callback_sees_the_critic_of_that_moment_seed_by_seed():
+    """`callback(updates, history)` every k updates reads each seed's critic as it is then: a held-out read there
+    equals that of a run stopped at those updates."""
+    kw = {"batch_size": 16, **SMALL}
+    x, y = TASK.sample(64, generator=torch.Generator().manual_seed(11))
+    seen: dict[tuple[int | None, int], float] = {}
+
+    def read(updates: int, h: mie.History) -> None:
+        seen[(h.seed, updates)] = h.evaluate(x, y, batch_size=16).mean
+
+    mie.estimate("nwj", TASK, steps=12, seeds=[0, 4], callback=read, callback_every=6, **kw)
+    assert sorted(seen) == [(0, 6), (0, 12), (4, 6), (4, 12)]
+    for s in (0, 4):
+        short = mie.estimate("nwj", TASK, steps=6, seed=s, **kw)
+        assert seen[(s, 6)] == pytest.approx(short.evaluate(x, y, batch_size=16).mean, abs=2e-4)
+    single: dict[tuple[int | None, int], float] = {}
+    mie.estimate(
+        "nwj",
+        TASK,
+        steps=12,
+        seed=4,
+        callback=lambda u, h: single.update({(h.seed, u): 0.0}),
+        callback_every=6,
+        **kw,
+    )
+    assert sorted(single) == [(4, 6), (4, 12)]
+    with pytest.raises(ValueError, match="callback and callback_every go together"):
+        mie.estimate("nwj", TASK, steps=2, callback=read)
+    with pytest.raises(ValueError, match="callback_every must be an int >= 1"):
+        mie.estimate("nwj", TASK, steps=2, callback=read, callback_every=0)
