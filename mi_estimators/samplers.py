@@ -148,6 +148,17 @@ def _check_int(name: str, v: Any, low: int) -> int:
     return v
 
 
+def _all_or_vmapped(mask: Tensor) -> bool:
+    """`bool(mask.all())`; True under `torch.func.vmap`, where a tensor cannot steer Python (a vmapped caller, such as
+    the stacked seeds of `rl.seeds`, checks the finiteness of what it gets back)."""
+    try:
+        return bool(mask.all())
+    except RuntimeError as err:
+        if "data-dependent control flow" in str(err):
+            return True
+        raise
+
+
 def _first_index(mask: Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in mask.nonzero()[0])
 
@@ -304,7 +315,7 @@ class Sampler:
                 f"the gradient must have the state's shape {tuple(u.shape)}; got {tuple(g.shape)}"
             )
         ok0 = torch.isfinite(lp) & torch.isfinite(g).all(-1) & torch.isfinite(u).all(-1)
-        if not bool(ok0.all()):  # one sync, before the loop
+        if not _all_or_vmapped(ok0):  # one sync, before the loop
             idx = _first_index(~ok0)
             raise NonFiniteChainError(
                 f"{type(self).__name__}: chain {idx} has a non-finite log density or gradient at its initial state "
@@ -322,13 +333,12 @@ class Sampler:
             h_bar = torch.zeros_like(h)
             log_h_avg = torch.zeros_like(h)
 
-        out = u.new_empty((n_samples, *u.shape))
         n_accept = torch.zeros(batch, dtype=u.dtype, device=u.device)
         sum_accept_prob = torch.zeros_like(n_accept)
         n_nonfinite = torch.zeros(batch, dtype=torch.int64, device=u.device)
         first_bad = torch.full(batch, -1, dtype=torch.int64, device=u.device)
         neg_inf = torch.tensor(-math.inf, dtype=u.dtype, device=u.device)
-        kept = 0
+        kept: list[Tensor] = []
         for i in range(n_steps):
             j = i % _NOISE_BLOCK
             if j == 0:
@@ -356,7 +366,7 @@ class Sampler:
             g = torch.where(acc, g_new, g)
             lp = torch.where(accept, lp_new, lp)
             bad = ~ok
-            n_nonfinite += bad
+            n_nonfinite = n_nonfinite + bad  # out of place, here and below: the state may be vmapped
             if self.on_nonfinite == "raise":
                 first_bad = torch.where(bad & (first_bad < 0), i + 1, first_bad)
 
@@ -378,15 +388,14 @@ class Sampler:
                     h = torch.exp(log_h_avg) if i == n_adapt - 1 else torch.exp(log_h)
 
             if i >= burn_in:
-                n_accept += accept
-                sum_accept_prob += torch.exp(log_accept)
+                n_accept = n_accept + accept
+                sum_accept_prob = sum_accept_prob + torch.exp(log_accept)
                 if (i - burn_in + 1) % thin == 0:
-                    out[kept] = u
-                    kept += 1
+                    kept.append(u)
 
         if self.on_nonfinite == "raise":
             flagged = first_bad >= 0
-            if bool(flagged.any()):  # one sync, after the loop
+            if not _all_or_vmapped(~flagged):  # one sync, after the loop
                 idx = _first_index(flagged)
                 raise NonFiniteChainError(
                     f"{type(self).__name__}: chain {idx} proposed a non-finite log density, gradient or position at "
@@ -396,7 +405,7 @@ class Sampler:
                 )
 
         n_ret = float(n_steps - burn_in)
-        states = out.movedim(0, -2)  # [*B, S, d]
+        states = torch.stack(kept).movedim(0, -2)  # [*B, S, d]
         if states.dim() == 4:
             states = states.reshape(states.shape[0], -1, states.shape[-1])  # pool C chains: [N, C*S, d]
         samples = states if to_constrained is None else to_constrained(states)

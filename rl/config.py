@@ -73,6 +73,11 @@ class RunConfig:
             `.py` files (`--import` adds one).
         progress: a progress bar on stderr (None: only when stderr is a terminal, as `mi_estimators.estimate`;
             `--quiet` turns it off).
+        seeds: train these seeds in one process, one stacked update for all (`rl.seeds.StackedAgents`; `--seeds
+            0 1 2`): seed k's run folder is `run_dir/seed<k>` (without `run_dir`: the default folder of seed k),
+            laid out as a one-seed run's and resumable as one; `seed` is then unused. Each seed follows its
+            one-seed run to float rounding (plain autograd: a stacked run sets `fast: false`). Empty: one run of
+            `seed`.
         fast: take the hand-written CPU paths of `rl._fast` (the Q ensemble's wide pass on many actions per
             state, the MCMC chain's input gradient, the chain run beside the critic's update): the same functions
             up to float rounding; the committed results were made with them. False: plain autograd throughout.
@@ -101,6 +106,7 @@ class RunConfig:
     final_eval: bool = True
     imports: tuple[str, ...] = ()
     progress: bool | None = None
+    seeds: tuple[int, ...] = ()
     fast: bool = True
 
     def __post_init__(self) -> None:
@@ -109,6 +115,11 @@ class RunConfig:
                 f"{type(self).__name__}.imports must be a list of module names; got {self.imports!r}"
             )
         self.imports = tuple(self.imports)
+        if isinstance(self.seeds, int | str):
+            raise ConfigError(f"{type(self).__name__}.seeds must be a list of seeds; got {self.seeds!r}")
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{type(self).__name__}.seeds holds a seed twice: {list(self.seeds)}")
         for name in ("steps", "batch_size", "eval_episodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")

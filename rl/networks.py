@@ -283,11 +283,16 @@ class QEnsemble(nn.Module):
             return _fast.InputGradient(self, obs)
         obs = obs.detach()
 
+        def q_sum(a: Tensor) -> tuple[Tensor, Tensor]:
+            q = self.q_min(obs, a)
+            return q.sum(), q
+
+        # torch.func's gradient rather than autograd.grad: the same numbers, and it also runs under vmap (the
+        # stacked seeds of rl.seeds), where a tensor cannot be made to require grad.
+        grad_and_value = torch.func.grad(q_sum, has_aux=True)
+
         def value_and_grad(a: Tensor) -> tuple[Tensor, Tensor]:
-            with torch.enable_grad():
-                a = a.detach().requires_grad_(True)
-                q = self.q_min(obs, a)
-                (g,) = torch.autograd.grad(q.sum(), a)
+            g, q = grad_and_value(a.detach())
             return q.detach(), g
 
         return value_and_grad

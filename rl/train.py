@@ -26,6 +26,7 @@ A NaN/inf or diverging logged term stops the run with `TrainingError("step 1234:
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import json
@@ -243,6 +244,17 @@ def _env_id(cfg: AgentConfig, dataset: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Loop:
+    """One stretch of `Trainer.train`: where it stops, its progress bar and clock, and the last evaluation."""
+
+    until: int
+    bar: Any
+    t0: float
+    s0: int
+    last: dict[str, Any] | None = None
+
+
 class Trainer:
     """Runs `cfg.steps` updates of `cfg.algo` on `dataset` with logs and checkpoints in `run_dir`.
 
@@ -502,50 +514,70 @@ class Trainer:
     # -- main loop -------------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> dict[str, Any] | None:
         """Update until `until` (default `cfg.steps`) steps; returns the last evaluation record (or None)."""
+        loop = self.start_loop(until)
+        try:
+            while self.step < loop.until:
+                batch = self.next_batch()
+                self.record(loop, self.agent.update(batch), batch)
+            self.finish_loop(loop)
+        finally:
+            self.stop_loop(loop)
+        return loop.last
+
+    # The loop's pieces, which `SeedGroup` drives for many trainers at once with one stacked update.
+    def start_loop(self, until: int | None = None, show: bool | None = None) -> _Loop:
+        """Begin a stretch of training up to `until` (default `cfg.steps`): the progress bar and the clock."""
         from tqdm.auto import tqdm
 
         if self._closed:
             raise RuntimeError(
                 f"this Trainer of {self.run_dir} is closed (its lock released); make a new one"
             )
-        cfg, agent, ds = self.cfg, self.agent, self.dataset
+        cfg = self.cfg
         until = cfg.steps if until is None else min(until, cfg.steps)
-        show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and not self.quiet
+        if show is None:
+            show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and not self.quiet
         bar = tqdm(total=until, initial=self.step, disable=not show, dynamic_ncols=True, desc=cfg.algo)
-        t0, s0 = time.perf_counter(), self.step
-        last = None
-        try:
-            while self.step < until:
-                batch = ds.sample(cfg.batch_size, agent.generator, agent.device)
-                logs = agent.update(batch)
-                bad = check_finite_logs(logs, cfg.max_abs_loss)
-                if bad is not None:
-                    raise self._fail(bad, logs, batch)
-                for k, v in logs.items():
-                    self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
-                    self._counts[k] = self._counts.get(k, 0) + 1
-                self.step += 1
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    rate = (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
-                    means = self._log_row(rate)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]}, refresh=False)
-                final = self.step == cfg.steps
-                if final:  # the trained agent is on disk before the final evaluation, which may fail
-                    self.save_checkpoint()
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or (final and cfg.final_eval):
-                    last = self._evaluate_and_print(bar)
-                if self.step % cfg.checkpoint_every == 0 or self.step == until:
-                    self.save_checkpoint()
-            if self.step == cfg.steps and self._final_eval_missing():
-                # resumed after the last checkpoint but before (or during) the final evaluation
-                last = self._evaluate_and_print(bar)
-                self.save_checkpoint()
-        finally:
-            bar.close()
-            if getattr(self, "_writer", None) is not None:
-                self._writer.flush()
-        return last
+        return _Loop(until=until, bar=bar, t0=time.perf_counter(), s0=self.step)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next minibatch, drawn with the agent's generator (as every run draws it)."""
+        return self.dataset.sample(self.cfg.batch_size, self.agent.generator, self.agent.device)
+
+    def record(self, loop: _Loop, logs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        """After one update: the divergence check, logs, checkpoints and evaluations that fall on this step."""
+        cfg = self.cfg
+        bad = check_finite_logs(logs, cfg.max_abs_loss)
+        if bad is not None:
+            raise self._fail(bad, logs, batch)
+        for k, v in logs.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+            self._counts[k] = self._counts.get(k, 0) + 1
+        self.step += 1
+        loop.bar.update(1)
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            rate = (self.step - loop.s0) / max(time.perf_counter() - loop.t0, 1e-9)
+            means = self._log_row(rate)
+            loop.bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]}, refresh=False)
+        final = self.step == cfg.steps
+        if final:  # the trained agent is on disk before the final evaluation, which may fail
+            self.save_checkpoint()
+        if (cfg.eval_every and self.step % cfg.eval_every == 0) or (final and cfg.final_eval):
+            loop.last = self._evaluate_and_print(loop.bar)
+        if self.step % cfg.checkpoint_every == 0 or self.step == loop.until:
+            self.save_checkpoint()
+
+    def finish_loop(self, loop: _Loop) -> None:
+        """At the end of the stretch: the final evaluation a resume found missing."""
+        if self.step == self.cfg.steps and self._final_eval_missing():
+            # resumed after the last checkpoint but before (or during) the final evaluation
+            loop.last = self._evaluate_and_print(loop.bar)
+            self.save_checkpoint()
+
+    def stop_loop(self, loop: _Loop) -> None:
+        loop.bar.close()
+        if getattr(self, "_writer", None) is not None:
+            self._writer.flush()
 
     def _evaluate_and_print(self, bar: Any) -> dict[str, Any] | None:
         rec = self.evaluate()
@@ -575,18 +607,142 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------------------
+def seed_configs(cfg: AgentConfig) -> list[AgentConfig]:
+    """One config per seed of `cfg.seeds`: that seed, its own run folder (`run_dir/seed<k>`, or seed k's default
+    folder) and plain autograd (`fast: false`, the stacked update's); each is a one-seed run's config."""
+    if not cfg.seeds:
+        raise ConfigError("seed_configs: the config has no seeds (set seeds: [0, 1, 2] or --seeds 0 1 2)")
+    out = []
+    for k in cfg.seeds:
+        one = dataclasses.replace(cfg, seed=k, seeds=(), fast=False, run_dir=None)
+        run_dir = Path(cfg.run_dir) / f"seed{k}" if cfg.run_dir else default_run_dir(one)
+        out.append(dataclasses.replace(one, run_dir=str(run_dir)))
+    return out
+
+
+class SeedGroup:
+    """The seeds of `cfg.seeds` trained in one process: one `Trainer` per seed (its run folder, lock, logs,
+    checkpoints and evaluations, each exactly a one-seed run's), one stacked update for all of them
+    (`rl.seeds.StackedAgents`: seed k follows its one-seed run to float rounding).
+
+    A resume after a kill finds the seeds' checkpoints at the steps they reached (the group writes them one after
+    another); the seeds behind are first brought up to the others in a group of their own (a seed's numbers do not
+    depend on its companions, a lone seed is stacked beside a throwaway copy of itself), so the resumed run is the
+    uninterrupted one. A seed whose loss diverges stops alone (its `TrainingError` in `failures`; its last good
+    checkpoint stays); the others go on.
+    """
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        dataset: Any = None,
+        resume: bool = False,
+        quiet: bool = False,
+        claim: bool = True,
+    ) -> None:
+        self.cfg, self.quiet = cfg, quiet
+        self.trainers: list[Trainer] = []
+        self.failures: dict[int, TrainingError] = {}
+        try:
+            for one in seed_configs(cfg):
+                self.trainers.append(Trainer(one, dataset, resume=resume, quiet=quiet, claim=claim))
+                dataset = self.trainers[0].dataset  # loaded once, shared
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def step(self) -> int:
+        return min(t.step for t in self.trainers)
+
+    def close(self) -> None:
+        for t in self.trainers:
+            t.close()
+
+    def __enter__(self) -> SeedGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def train(self, until: int | None = None) -> list[dict[str, Any] | None]:
+        """Update every seed until `until` (default `cfg.steps`); each seed's last evaluation record (or None)."""
+        until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        last: dict[int, dict[str, Any] | None] = {}
+        while True:
+            group = [t for t in self.trainers if t.cfg.seed not in self.failures and t.step < until]
+            if not group:
+                break
+            behind = min(t.step for t in group)
+            # Seeds ahead (a kill fell between two seeds' checkpoint writes) ride along, unrecorded and put back
+            # afterwards, so that the seeds behind keep their places in the stacked tensors (float rounding of
+            # a vectorised kernel depends on where an element sits) and redo their updates bit for bit.
+            riders = [t for t in group if t.step > behind]
+            stop = min((t.step for t in riders), default=until)
+            last.update(self._train_together(group, stop, riders))
+        for t in self.trainers:  # a final evaluation that a resume found missing
+            if t.cfg.seed not in self.failures and t.step == until:
+                loop = t.start_loop(until, show=False)
+                t.finish_loop(loop)
+                t.stop_loop(loop)
+                if loop.last is not None:
+                    last[t.cfg.seed] = loop.last
+        return [last.get(t.cfg.seed) for t in self.trainers]
+
+    def _train_together(
+        self, group: list[Trainer], until: int, riders: Sequence[Trainer] = ()
+    ) -> dict[int, dict[str, Any] | None]:
+        """Train `group` to `until` with one stacked update; `riders` (in `group`) update unrecorded and get their
+        states back at the end. Returns each recorded seed's last evaluation."""
+        from rl.seeds import StackedAgents
+
+        recorded = [t for t in group if t not in riders]
+        saved = {t.cfg.seed: copy.deepcopy(t.agent.state_dict()) for t in riders}
+        for t in riders:  # at the recorded seeds' step (schedules, delayed phases); its numbers are not kept
+            t.agent.load_state_dict(copy.deepcopy(recorded[0].agent.state_dict()))
+        loops = {
+            t.cfg.seed: t.start_loop(until, show=None if i == 0 else False) for i, t in enumerate(recorded)
+        }
+        try:
+            while group and recorded and recorded[0].step < until:
+                stacked = StackedAgents([t.agent for t in group])
+                while recorded[0].step < until:
+                    batches = [t.next_batch() for t in group]
+                    failed = []
+                    for t, logs, batch in zip(group, stacked.update(batches), batches):
+                        if t in riders:
+                            continue
+                        try:
+                            t.record(loops[t.cfg.seed], logs, batch)
+                        except TrainingError as err:
+                            self.failures[t.cfg.seed] = err
+                            failed.append(t)
+                    if failed:  # the others go on, stacked anew without the diverged seeds
+                        group = [t for t in group if t not in failed]
+                        recorded = [t for t in recorded if t not in failed]
+                        break
+        finally:
+            for t in riders:
+                t.agent.load_state_dict(saved[t.cfg.seed])
+            for t in self.trainers:
+                if t.cfg.seed in loops:
+                    t.stop_loop(loops[t.cfg.seed])
+        return {seed: loop.last for seed, loop in loops.items()}
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     ours = (ConfigError, RunDirError, CheckpointError, FileNotFoundError, IsADirectoryError, TrainingError)
     return text if isinstance(err, ours) else f"{type(err).__name__}: {text}"
 
 
-def _resume_base(rest: dict[str, str]) -> dict[str, Any]:
-    """The config saved in `--run-dir`'s checkpoint (empty when there is none: the run-dir check says why)."""
+def _resume_base(rest: dict[str, str], seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """The config saved in `--run-dir`'s checkpoint (empty when there is none: the run-dir check says why); with
+    `--seeds`, the first seed's (`RUN_DIR/seed<k>`), whose seed and run folder the group sets per seed anyway."""
     run_dir = rest.get("run-dir", rest.get("run_dir"))
     if run_dir is None:
         raise ConfigError("--resume needs --run-dir DIR (or the --config that made the run)")
-    ckpt = Path(run_dir) / "checkpoint.pt"
+    ckpt = Path(run_dir) / (f"seed{seeds[0]}" if seeds else "") / "checkpoint.pt"
     if not ckpt.is_file():
         return {}
     saved = load_torch_file(ckpt, required=CHECKPOINT_KEYS)["config"]
@@ -618,6 +774,48 @@ def _fields_epilog(argv: Sequence[str] | None) -> str:
     )
 
 
+def _main_seeds(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    """`main` for `seeds:`: one `SeedGroup`; the same exit statuses, 1 when any seed stopped."""
+    group = SeedGroup(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
+    try:
+        dirs = ", ".join(str(t.run_dir) for t in group.trainers)
+        if args.dry_run:
+            print(
+                f"ok: {cfg.algo} on {cfg.dataset}, seeds {list(cfg.seeds)} stacked, into {dirs}; nothing written"
+            )
+            return 0
+        if args.resume and not args.quiet:
+            print("resumed " + ", ".join(f"{t.run_dir} at step {t.step}" for t in group.trainers), flush=True)
+        try:
+            records = group.train()
+        except KeyboardInterrupt:
+            print(
+                f"interrupted at step {group.step}; continue with the same command and --resume",
+                file=sys.stderr,
+            )
+            return 130
+        except Exception as e:  # noqa: BLE001
+            if args.debug:
+                raise
+            print(
+                f"error at step {group.step}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr
+            )
+            return 1
+        for t, rec in zip(group.trainers, records):
+            if t.cfg.seed in group.failures:
+                print(f"error: seed {t.cfg.seed}: {group.failures[t.cfg.seed]}", file=sys.stderr)
+            elif not args.quiet:
+                score = (
+                    ""
+                    if rec is None
+                    else f"; normalised score {rec['normalized_score']} (return {rec['return_mean']:.1f})"
+                )
+                print(f"done: seed {t.cfg.seed}, {t.step} steps{score}; logs: {t.run_dir}")
+        return 1 if group.failures else 0
+    finally:
+        group.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Exit status: 0 done, 1 training stopped (a NaN/diverging term, a crash), 2 bad input (caught
     before anything is written; one line on stderr, the traceback with --debug), 130 interrupted."""
@@ -626,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train an offline RL agent (MI actor-critic/MISA, CQL, IQL, TD3+BC, BC) from a YAML config.",
         epilog=_fields_epilog(argv),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --seed is a config field, not short for --seeds
     )
     p.add_argument("--config", default=None, help="YAML config (e.g. configs/misa/hopper-medium-v5.yaml)")
     p.add_argument(
@@ -647,15 +846,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config is checked so that the estimators it registers (mi_estimators.register) can be named by "
         "--estimator; repeatable; added to the config's imports",
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="train these seeds in one process with one stacked update (the config's seeds); seed k's run folder "
+        "is RUN_DIR/seed<k>",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no prints but errors")
     args, rest = p.parse_known_args(argv)
     try:
         overrides = _parse_overrides(rest)
-        base = _resume_base(overrides) if args.resume and args.config is None and args.algo is None else None
+        base = (
+            _resume_base(overrides, args.seeds)
+            if args.resume and args.config is None and args.algo is None
+            else None
+        )
         cfg = build_config(args.config, overrides, args.algo, base=base)
         if args.imports:  # after the config's own, each once (a resume that repeats them asks for the same)
             cfg = dataclasses.replace(cfg, imports=tuple(dict.fromkeys([*cfg.imports, *args.imports])))
+        if args.seeds is not None:
+            cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
+        if cfg.seeds:
+            return _main_seeds(cfg, args)
         trainer = Trainer(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
     except Exception as e:  # noqa: BLE001 - every misuse ends in one line; --debug shows where
         if args.debug:

@@ -25,6 +25,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,10 +108,29 @@ class AgentConfig(RunConfig):
             raise ValueError(f"tau must be in (0, 1]; got {self.tau}")
 
 
+#: Set while a caller routes each optimiser's gradient itself (`rl.seeds.StackedAgents`: `autograd.grad` of each
+#: loss over its own optimiser's parameters), where `frozen` has nothing to do (and a vmapped parameter slice
+#: cannot change its `requires_grad`).
+_ROUTED_GRADIENTS: ContextVar[bool] = ContextVar("routed_gradients", default=False)
+
+
+@contextmanager
+def routed_gradients() -> Iterator[None]:
+    """Inside: each optimiser's gradient is taken from its own loss alone, so `frozen(...)` is a no-op."""
+    token = _ROUTED_GRADIENTS.set(True)
+    try:
+        yield
+    finally:
+        _ROUTED_GRADIENTS.reset(token)
+
+
 @contextmanager
 def frozen(*modules: nn.Module) -> Iterator[None]:
     """Temporarily `requires_grad_(False)` on the modules' parameters: a loss computed inside reaches the inputs
     (actions) but accumulates nothing into these weights (the actor's view of the critic)."""
+    if _ROUTED_GRADIENTS.get():
+        yield
+        return
     params = [p for m in modules for p in m.parameters()]
     flags = [p.requires_grad for p in params]
     for p in params:
