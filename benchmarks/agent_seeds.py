@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--algos", nargs="+", default=list(UPDATES), choices=list(UPDATES))
     p.add_argument("--seeds", type=int, nargs="+", default=[3, 10])
     p.add_argument("--out", default=str(RESULTS / "agent_seeds"))
-    p.add_argument("--one-seed", default=None, help=argparse.SUPPRESS)  # the child of `_processes_side_by_side`
+    # the child process of `_processes_side_by_side`
+    p.add_argument("--one-seed", default=None, help=argparse.SUPPRESS)
     p.add_argument("--updates", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one_seed:
@@ -128,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         alone = one_seed_rate(algo, 1, n)
         pair = _processes_side_by_side(algo, 2, n)
         for seeds in args.seeds:
-            for threads, baseline, how in ((1, alone, "one process at a time"), (2, pair, "two side by side")):
+            for threads, baseline, how in (
+                (1, alone, "one process at a time"),
+                (2, pair, "two side by side"),
+            ):
                 rate = stacked_rate(algo, seeds, threads, n)
                 row = {
                     "algo": algo,
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`{cmd}`, {time.strftime('%Y-%m-%d')}. CPU: {platform.machine()}, {os.cpu_count()} cores; torch "
         f"{torch.__version__}. Seed-updates per second of wall-clock time at equal total work; the committed "
         "hopper-medium-v5 configs; targets at S = 3 (issue 28): TD3+BC and IQL 2x, MISA 1.5x. Interpretation: "
-        'docs/benchmarks.md, "Many seeds of an agent".',
+        'docs/rl.md, "Many seeds of an agent in one process".',
         "",
         "<!-- table:agent-seeds -->",
         "| algorithm | S | cores | stacked (seed-updates/s) | one seed per process (seed-updates/s) | "
