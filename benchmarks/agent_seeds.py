@@ -51,7 +51,12 @@ def _dataset(n: int = 20_000, obs_dim: int = 11, act_dim: int = 3):
     )
 
 
-def _agents(algo: str, seeds: int, fast: bool):
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _agents(algo: str, seeds: int, fast: bool, device: str = "cpu"):
     from rl.agents import make_agent
     from rl.train import build_config
 
@@ -59,41 +64,45 @@ def _agents(algo: str, seeds: int, fast: bool):
     data = _dataset()
     agents = []
     for s in range(seeds):
-        one = type(cfg)(**{**vars(cfg), "seed": s, "fast": fast})
+        one = type(cfg)(**{**vars(cfg), "seed": s, "fast": fast, "device": device})
         agent = make_agent(one, data.obs_dim, data.act_dim)
         agent.fit_dataset_stats(data)
         agents.append(agent)
     return agents, data, cfg.batch_size
 
 
-def one_seed_rate(algo: str, threads: int, updates: int) -> float:
+def one_seed_rate(algo: str, threads: int, updates: int, device: str = "cpu") -> float:
     """Updates/s of one seed in this process (the committed path, `fast: true`), after two warm-up updates."""
     torch.set_num_threads(threads)
-    (agent,), data, batch = _agents(algo, 1, fast=True)
+    (agent,), data, batch = _agents(algo, 1, fast=True, device=device)
     for _ in range(2):
-        agent.update(data.sample(batch, agent.generator))
+        agent.update(data.sample(batch, agent.generator, agent.device))
+    _sync(device)
     start = time.perf_counter()
     for _ in range(updates):
-        agent.update(data.sample(batch, agent.generator))
+        agent.update(data.sample(batch, agent.generator, agent.device))
+    _sync(device)
     return updates / (time.perf_counter() - start)
 
 
-def stacked_rate(algo: str, seeds: int, threads: int, updates: int) -> float:
+def stacked_rate(algo: str, seeds: int, threads: int, updates: int, device: str = "cpu") -> float:
     """Seed-updates/s of `seeds` agents in one stacked update, after two warm-up updates."""
     from rl.seeds import StackedAgents
 
     torch.set_num_threads(threads)
-    agents, data, batch = _agents(algo, seeds, fast=False)
+    agents, data, batch = _agents(algo, seeds, fast=False, device=device)
     stacked = StackedAgents(agents)
 
     def step() -> None:
-        stacked.update([data.sample(batch, a.generator) for a in agents])
+        stacked.update([data.sample(batch, a.generator, a.device) for a in agents])
 
     for _ in range(2):
         step()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(updates):
         step()
+    _sync(device)
     return seeds * updates / (time.perf_counter() - start)
 
 
@@ -116,6 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--algos", nargs="+", default=list(UPDATES), choices=list(UPDATES))
     p.add_argument("--seeds", type=int, nargs="+", default=[3, 10])
     p.add_argument("--out", default=str(RESULTS / "agent_seeds"))
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda: one seed at a time on the GPU against the stacked update on the GPU (benchmarks/gpu_check.sh)",
+    )
     # the child process of `_processes_side_by_side`
     p.add_argument("--one-seed", default=None, help=argparse.SUPPRESS)
     p.add_argument("--updates", type=int, default=None, help=argparse.SUPPRESS)
@@ -124,20 +138,23 @@ def main(argv: list[str] | None = None) -> None:
         print(one_seed_rate(args.one_seed, 1, args.updates))
         return
     rows = []
+    gpu = torch.device(args.device).type == "cuda"
     for algo in args.algos:
         n = UPDATES[algo]
-        alone = one_seed_rate(algo, 1, n)
-        pair = _processes_side_by_side(algo, 2, n)
+        if gpu:  # one GPU: the seeds one after another on it, against all of them stacked on it
+            cases = [(1, one_seed_rate(algo, 1, n, args.device), "one seed at a time on the GPU")]
+        else:
+            cases = [
+                (1, one_seed_rate(algo, 1, n), "one process at a time"),
+                (2, _processes_side_by_side(algo, 2, n), "two side by side"),
+            ]
         for seeds in args.seeds:
-            for threads, baseline, how in (
-                (1, alone, "one process at a time"),
-                (2, pair, "two side by side"),
-            ):
-                rate = stacked_rate(algo, seeds, threads, n)
+            for threads, baseline, how in cases:
+                rate = stacked_rate(algo, seeds, threads, n, args.device)
                 row = {
                     "algo": algo,
                     "seeds": seeds,
-                    "cores": threads,
+                    "cores": "GPU" if gpu else threads,
                     "updates": n,
                     "stacked_seed_updates_per_s": round(rate, 2),
                     "one_seed_per_process_seed_updates_per_s": round(baseline, 2),
@@ -156,15 +173,20 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     tmp.replace(out.with_suffix(".csv"))
     cmd = f"python benchmarks/agent_seeds.py --algos {' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))}"
+    if gpu:
+        cmd += f" --device {args.device}"
+        table = "agent-seeds-gpu"
+    else:
+        table = "agent-seeds"
     lines = [
         "# Many seeds in one run (agents)",
         "",
         f"`{cmd}`, {time.strftime('%Y-%m-%d')}. CPU: {platform.machine()}, {os.cpu_count()} cores; torch "
-        f"{torch.__version__}. Seed-updates per second of wall-clock time at equal total work; the committed "
+        f"{torch.__version__}{'; ' + torch.cuda.get_device_name() if gpu else ''}. Seed-updates per second of wall-clock time at equal total work; the committed "
         "hopper-medium-v5 configs; targets at S = 3 (issue 28): TD3+BC and IQL 2x, MISA 1.5x. Interpretation: "
         'docs/rl.md, "Many seeds of an agent in one process".',
         "",
-        "<!-- table:agent-seeds -->",
+        f"<!-- table:{table} -->",
         "| algorithm | S | cores | stacked (seed-updates/s) | one seed per process (seed-updates/s) | "
         "speed-up |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -174,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['algo']} | {r['seeds']} | {r['cores']} | {r['stacked_seed_updates_per_s']} | "
             f"{r['one_seed_per_process_seed_updates_per_s']} ({r['baseline']}) | {r['speedup']}x |"
         )
-    lines.append("<!-- /table:agent-seeds -->")
+    lines.append(f"<!-- /table:{table} -->")
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out.with_suffix(".md"))

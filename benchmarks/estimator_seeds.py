@@ -37,18 +37,20 @@ CASES = {
 TARGET = 4.0  # issue 28: estimator throughput >= 4x at S = 8
 
 
-def _time(fn) -> float:
+def _time(fn, device: str = "cpu") -> float:
     start = time.perf_counter()
     fn()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def measure(case: str, seeds: int, threads: int, steps: int) -> dict:
+def measure(case: str, seeds: int, threads: int, steps: int, device: str = "cpu") -> dict:
     name, options = CASES[case]
     torch.set_num_threads(threads)
-    kw = {"steps": steps, "batch_size": 64, **options}
-    stacked = _time(lambda: mie.estimate(name, TASK, seeds=seeds, **kw))
-    one_by_one = _time(lambda: [mie.estimate(name, TASK, seed=s, **kw) for s in range(seeds)])
+    kw = {"steps": steps, "batch_size": 64, "device": device, **options}
+    stacked = _time(lambda: mie.estimate(name, TASK, seeds=seeds, **kw), device)
+    one_by_one = _time(lambda: [mie.estimate(name, TASK, seed=s, **kw) for s in range(seeds)], device)
     work = seeds * steps
     return {
         "case": case,
@@ -68,13 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", default=str(RESULTS / "estimator_seeds"))
+    p.add_argument("--device", default="cpu", help="cuda: both ways on the GPU (benchmarks/gpu_check.sh)")
     args = p.parse_args(argv)
-    mie.estimate("nwj", TASK, steps=3, batch_size=8, seeds=2)  # vmap's one-time set-up, outside the timings
+    gpu = torch.device(args.device).type == "cuda"
+    # vmap's one-time set-up, outside the timings
+    mie.estimate("nwj", TASK, steps=3, batch_size=8, seeds=2, device=args.device)
     rows = []
     for threads in args.threads:
         for case in CASES:
             for seeds in args.seeds:
-                row = measure(case, seeds, threads, args.steps)
+                row = measure(case, seeds, threads, args.steps, args.device)
                 print(row, file=sys.stderr)
                 rows.append(row)
     out = Path(args.out)
@@ -88,17 +93,19 @@ def main(argv: list[str] | None = None) -> None:
             f"--seeds {' '.join(map(str, args.seeds))}",
             f"--threads {' '.join(map(str, args.threads))}",
             f"--steps {args.steps}",
+            *([f"--device {args.device}"] if gpu else []),
         ]
     )
+    table = "estimator-seeds-gpu" if gpu else "estimator-seeds"
     lines = [
         "# Many seeds in one run (estimators)",
         "",
         f"`{cmd}`, {time.strftime('%Y-%m-%d')}. CPU: {platform.machine()}, {os.cpu_count()} cores; torch "
-        f"{torch.__version__}. Seed-steps per second of wall-clock time at equal total work (S seeds x {args.steps} "
+        f"{torch.__version__}{'; ' + torch.cuda.get_device_name() if gpu else ''}. Seed-steps per second of wall-clock time at equal total work (S seeds x {args.steps} "
         f"steps, batch 64, correlated Gaussian d = 5, 2 nats); target >= {TARGET}x at S = 8 (issue 28). "
         'Interpretation: docs/benchmarks.md, "Many seeds in one run".',
         "",
-        "<!-- table:estimator-seeds -->",
+        f"<!-- table:{table} -->",
         "| case | S | threads | stacked (seed-steps/s) | one seed per call (seed-steps/s) | speed-up | load avg |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['case']} | {r['seeds']} | {r['threads']} | {r['stacked_seed_steps_per_s']} | "
             f"{r['one_by_one_seed_steps_per_s']} | {r['speedup']}x | {r['load_avg']} |"
         )
-    lines.append("<!-- /table:estimator-seeds -->")
+    lines.append(f"<!-- /table:{table} -->")
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out.with_suffix(".md"))
