@@ -16,7 +16,6 @@ Writes `benchmarks/results/agent_seeds.{csv,md}`.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -164,14 +164,6 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 print(row, file=sys.stderr)
                 rows.append(row)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out.with_suffix(".csv"))
     cmd = f"python benchmarks/agent_seeds.py --algos {' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))}"
     if gpu:
         cmd += f" --device {args.device}"
@@ -197,10 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['one_seed_per_process_seed_updates_per_s']} ({r['baseline']}) | {r['speedup']}x |"
         )
     lines.append(f"<!-- /table:{table} -->")
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out.with_suffix(".md"))
-    print("\n".join(lines))
+    write_results(Path(args.out), rows, lines)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes `benchmarks/results/estimator_seeds.{csv,md}`.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_results
 
 import mi_estimators as mie
 
@@ -82,12 +82,6 @@ def main(argv: list[str] | None = None) -> None:
                 row = measure(case, seeds, threads, args.steps, args.device)
                 print(row, file=sys.stderr)
                 rows.append(row)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     cmd = "python benchmarks/estimator_seeds.py " + " ".join(
         [
             f"--seeds {' '.join(map(str, args.seeds))}",
@@ -115,10 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['one_by_one_seed_steps_per_s']} | {r['speedup']}x | {r['load_avg']} |"
         )
     lines.append(f"<!-- /table:{table} -->")
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out.with_suffix(".md"))
-    print("\n".join(lines))
+    write_results(Path(args.out), rows, lines)
 
 
 if __name__ == "__main__":

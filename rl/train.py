@@ -626,10 +626,9 @@ class SeedGroup:
     (`rl.seeds.StackedAgents`: seed k follows its one-seed run to float rounding).
 
     A resume after a kill finds the seeds' checkpoints at the steps they reached (the group writes them one after
-    another); the seeds behind are first brought up to the others in a group of their own (a seed's numbers do not
-    depend on its companions, a lone seed is stacked beside a throwaway copy of itself), so the resumed run is the
-    uninterrupted one. A seed whose loss diverges stops alone (its `TrainingError` in `failures`; its last good
-    checkpoint stays); the others go on.
+    another); the seeds behind catch up first, the seeds ahead riding along unrecorded so that every seed keeps its
+    place in the stacked tensors, so the resumed run is the uninterrupted one. A seed whose loss diverges stops
+    alone (its `TrainingError` in `failures`; its last good checkpoint stays); the others go on.
     """
 
     def __init__(

@@ -4,10 +4,7 @@ run's, and a kill -9 of the whole process resumes bit for bit."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_same_state
+from test_faults import _cli
 from test_train import tiny_dataset
 from torch.func import vmap
 
@@ -244,17 +242,6 @@ def test_a_diverging_seed_stops_alone(tmp_path, monkeypatch):
         group.train()
     assert [t.step for t in group.trainers] == [20, 7, 20]
     assert list(group.failures) == [1] and "nan" in str(group.failures[1])
-
-
-def _cli(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rl.train", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
 
 
 def test_kill_9_of_a_seed_group_then_resume_is_bit_identical(tmp_path, data_file):
