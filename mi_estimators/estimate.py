@@ -46,6 +46,7 @@ from .critics import (
     derangement_scores,
     score_matrix,
 )
+from .options import require_int
 from .registry import Estimator, make
 from .samplers import NonFiniteChainError
 from .scores import NonFiniteScoresError, Scores
@@ -223,7 +224,7 @@ class History:
                 "heldout needs a task with .sample(n, generator=): pass one (the run was trained on a schedule or "
                 f"on fixed samples, or the task has no sample); got {task!r}"
             )
-        _check_int("n", n, 2)
+        require_int("n", n, 2)
         if generator is None:
             generator = torch.Generator()
             generator.seed()
@@ -259,11 +260,6 @@ def _make_critic(critic: nn.Module | Callable | str, x_dim: int, y_dim: int, opt
     return critic
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-
-
 def _check_arguments(
     estimator: Any,
     steps: Any,
@@ -281,7 +277,7 @@ def _check_arguments(
         raise TypeError(
             f"estimator must be a registered name or an Estimator; got {type(estimator).__name__}"
         )
-    _check_int("steps", steps, 1)
+    require_int("steps", steps, 1)
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 2:
         raise ValueError(
             f"batch_size must be an int >= 2 (negatives come from the batch); got {batch_size!r}"
@@ -699,7 +695,7 @@ def estimate(
             raise TypeError(
                 f"callback must be callable (updates, history) -> None; got {type(callback).__name__}"
             )
-        _check_int("callback_every", callback_every, 1)
+        require_int("callback_every", callback_every, 1)
     show = sys.stderr.isatty() if progress is None else progress
     if seeds is not None:
         if generator is not None or seed != 0:
@@ -768,7 +764,7 @@ def _train(run: _Run, steps: int, show: bool) -> None:
 def _check_seeds(seeds: Any) -> list[int]:
     """`seeds=S` (an int >= 1: seeds 0..S-1) or a list of distinct int seeds."""
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-        _check_int("seeds", seeds, 1)
+        require_int("seeds", seeds, 1)
         return list(range(int(seeds)))
     if not isinstance(seeds, (list, tuple)) or not seeds:
         raise ValueError(f"seeds must be an int >= 1 or a non-empty list of int seeds; got {seeds!r}")
@@ -1010,7 +1006,7 @@ def _check_holdout(
         )
     for name in ("patience", "eval_every"):
         if given[name] is not None:
-            _check_int(name, given[name], 1)
+            require_int(name, given[name], 1)
             if valid == 0:
                 raise ValueError(f"{name} needs a validation part to watch; valid_fraction is 0")
     return valid, test

@@ -27,7 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Option", "check_options", "choice", "flag", "from_signature", "integer", "number", "sizes"]
+__all__ = [
+    "Option",
+    "check_options",
+    "choice",
+    "flag",
+    "from_signature",
+    "integer",
+    "number",
+    "require_int",
+    "sizes",
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,14 @@ def number(
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def require_int(name: str, value: Any, low: int, error: type[Exception] = ValueError) -> int:
+    """`value` as an int when it is an integer (a Python or numpy int, not a bool) >= `low`; else `error` naming
+    `name`: the one count check of the package's functions (steps, batch sizes, chain lengths, sample counts)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low:
+        raise error(f"{name} must be an int >= {low}; got {value!r}")
+    return int(value)
 
 
 def integer(low: int, *, optional: bool = False) -> Option:

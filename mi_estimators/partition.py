@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ._math import logmeanexp
+from .options import require_int
 from .samplers import SPACES, Sampler, SampleResult, make_sampler, sample_tilted
 
 __all__ = ["LogZEstimate", "MCMCLogZ", "MonteCarloLogZ", "PartitionError", "mcmc_log_z_surrogate"]
@@ -79,12 +80,6 @@ def _score(critic: Critic, y: Tensor, what: str) -> Tensor:
     return t
 
 
-def _check_count(name: str, k: Any) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise PartitionError(f"{name} must be a positive int; got {k!r}")
-    return k
-
-
 def mcmc_log_z_surrogate(negative: Tensor, tilted: Tensor) -> Tensor:
     """`[N]` log Z whose value is the Monte Carlo `logmeanexp(negative)` and whose gradient is that of the MCMC
     surrogate `mean_s tilted[:, s]` (the unbiased `E_tilted[grad(log q + T)]`); no gradient flows through
@@ -112,7 +107,7 @@ class MonteCarloLogZ:
     runs_chain = False
 
     def __init__(self, k: int = 50, grad: str = "snis") -> None:
-        self.k = _check_count("k", k)
+        self.k = require_int("k", k, 1, PartitionError)
         if grad not in ("snis", "reparam"):
             raise PartitionError(f"grad must be 'snis' or 'reparam'; got {grad!r}")
         self.grad = grad
@@ -205,12 +200,12 @@ class MCMCLogZ:
         space: str = "unconstrained",
         **sampler_options: Any,
     ) -> None:
-        self.n_samples = _check_count("n_samples", n_samples)
+        self.n_samples = require_int("n_samples", n_samples, 1, PartitionError)
         if not isinstance(burn_in, int) or isinstance(burn_in, bool) or burn_in < 0:
             raise PartitionError(f"burn_in must be an int >= 0; got {burn_in!r}")
-        self.burn_in, self.thin = burn_in, _check_count("thin", thin)
-        self.k = self.n_samples if k is None else _check_count("k", k)
-        self.chains, self.precondition = _check_count("chains", chains), precondition
+        self.burn_in, self.thin = burn_in, require_int("thin", thin, 1, PartitionError)
+        self.k = self.n_samples if k is None else require_int("k", k, 1, PartitionError)
+        self.chains, self.precondition = require_int("chains", chains, 1, PartitionError), precondition
         if space not in SPACES:
             raise PartitionError(f"space must be one of {SPACES}; got {space!r}")
         self.space = space

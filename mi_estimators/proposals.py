@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .options import Option, flag, integer, number, sizes
+from .options import Option, flag, integer, number, require_int, sizes
 from .registry import Estimator
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -38,8 +38,7 @@ def _check_params(mean: Tensor, log_std: Tensor) -> None:
 
 
 def _check_k(k: int) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k (number of samples per row) must be a positive int; got {k!r}")
+    require_int("k (samples per row)", k, 1)
 
 
 def _gaussian_log_prob(u: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

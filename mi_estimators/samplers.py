@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from ._math import logmeanexp
+from .options import require_int
 from .proposals import DiagGaussian, TanhDiagGaussian
 
 LogDensity = Callable[[Tensor], Tensor]
@@ -142,12 +143,6 @@ def autograd_value_and_grad(log_density: LogDensity) -> ValueAndGrad:
     return value_and_grad
 
 
-def _check_int(name: str, v: Any, low: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise ValueError(f"{name} must be an int >= {low}; got {v!r}")
-    return v
-
-
 def _all_or_vmapped(mask: Tensor) -> bool:
     """`bool(mask.all())`; True under `torch.func.vmap`, where a tensor cannot steer Python (a vmapped caller, such as
     the stacked seeds of `rl.seeds`, checks the finiteness of what it gets back)."""
@@ -227,10 +222,10 @@ class Sampler:
         if on_nonfinite not in ("reject", "raise"):
             raise ValueError(f"on_nonfinite must be 'reject' or 'raise'; got {on_nonfinite!r}")
         self.step_size = step_size
-        self.burn_in = _check_int("burn_in", burn_in, 0)
-        self.thin = _check_int("thin", thin, 1)
+        self.burn_in = require_int("burn_in", burn_in, 0)
+        self.thin = require_int("thin", thin, 1)
         self.adapt, self.target_accept, self.adapt_rate = adapt, float(target_accept), float(adapt_rate)
-        self.adapt_steps = None if adapt_steps is None else _check_int("adapt_steps", adapt_steps, 0)
+        self.adapt_steps = None if adapt_steps is None else require_int("adapt_steps", adapt_steps, 0)
         self.per_chain, self.on_nonfinite = per_chain, on_nonfinite
 
     def __repr__(self) -> str:
@@ -295,9 +290,9 @@ class Sampler:
             raise ValueError(
                 f"init must have shape [N, d] or [N, C, d] with N, C, d >= 1; got {tuple(init.shape)}"
             )
-        n_samples = _check_int("n_samples", n_samples, 1)
-        burn_in = self.burn_in if burn_in is None else _check_int("burn_in", burn_in, 0)
-        thin = self.thin if thin is None else _check_int("thin", thin, 1)
+        n_samples = require_int("n_samples", n_samples, 1)
+        burn_in = self.burn_in if burn_in is None else require_int("burn_in", burn_in, 0)
+        thin = self.thin if thin is None else require_int("thin", thin, 1)
         if value_and_grad is None:
             if log_density is None:
                 raise ValueError("sample needs log_density (or value_and_grad)")
@@ -534,7 +529,7 @@ class HMC(Sampler):
         super().__init__(
             step_size, burn_in, thin, adapt, target_accept, adapt_rate, adapt_steps, per_chain, on_nonfinite
         )
-        self.n_leapfrog = _check_int("n_leapfrog", n_leapfrog, 1)
+        self.n_leapfrog = require_int("n_leapfrog", n_leapfrog, 1)
         self.grads_per_step = self.n_leapfrog
         if not 0.0 <= jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1); got {jitter!r}")
@@ -594,8 +589,8 @@ class _PyroSampler(Sampler):
             raise ValueError(f"step_size must be a positive finite number; got {step_size!r}")
         if not 0.0 < target_accept < 1.0:
             raise ValueError(f"target_accept must be in (0, 1); got {target_accept!r}")
-        self.step_size, self.burn_in, self.thin = float(step_size), _check_int("burn_in", burn_in, 0), thin
-        _check_int("thin", thin, 1)
+        self.step_size, self.burn_in, self.thin = float(step_size), require_int("burn_in", burn_in, 0), thin
+        require_int("thin", thin, 1)
         self.on_nonfinite = "reject"
         self.adapt_step_size, self.adapt_mass_matrix = adapt_step_size, adapt_mass_matrix
         self.target_accept, self.jit_compile = target_accept, jit_compile
@@ -647,9 +642,9 @@ class _PyroSampler(Sampler):
             raise ValueError(
                 f"init must have shape [N, d] or [N, C, d] with N, C, d >= 1; got {tuple(init.shape)}"
             )
-        n_samples = _check_int("n_samples", n_samples, 1)
-        burn_in = self.burn_in if burn_in is None else _check_int("burn_in", burn_in, 0)
-        thin = self.thin if thin is None else _check_int("thin", thin, 1)
+        n_samples = require_int("n_samples", n_samples, 1)
+        burn_in = self.burn_in if burn_in is None else require_int("burn_in", burn_in, 0)
+        thin = self.thin if thin is None else require_int("thin", thin, 1)
         if isinstance(step_size, Tensor):
             raise ValueError(f"{type(self).__name__} has one joint step size; pass a float")
         batch = init.shape[:-1]
@@ -728,7 +723,7 @@ class PyroHMC(_PyroSampler):
         super().__init__(
             step_size, burn_in, thin, adapt_step_size, adapt_mass_matrix, target_accept, jit_compile
         )
-        self.n_leapfrog = _check_int("n_leapfrog", n_leapfrog, 1)
+        self.n_leapfrog = require_int("n_leapfrog", n_leapfrog, 1)
 
     def _kernel(self, potential_fn, step_size):  # type: ignore[override]
         from pyro.infer.mcmc import HMC as _HMC
@@ -767,7 +762,7 @@ class PyroNUTS(_PyroSampler):
         super().__init__(
             step_size, burn_in, thin, adapt_step_size, adapt_mass_matrix, target_accept, jit_compile
         )
-        self.max_tree_depth = _check_int("max_tree_depth", max_tree_depth, 1)
+        self.max_tree_depth = require_int("max_tree_depth", max_tree_depth, 1)
 
     def _kernel(self, potential_fn, step_size):  # type: ignore[override]
         from pyro.infer.mcmc import NUTS as _NUTS
@@ -875,7 +870,7 @@ def sample_tilted(
         `SampleResult` with `samples [N, C*S, d]` in the constrained space and `unconstrained` (the atanh of the
         samples for bounded laws; equal to `samples` otherwise).
     """
-    _check_int("chains", chains, 1)
+    require_int("chains", chains, 1)
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}; got {space!r}")
     q = _detached_law(law)

@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .options import require_int
+
 __all__ = [
     "Task",
     "CorrelatedGaussian",
@@ -70,18 +72,6 @@ _E_LOG_ABS_STD_NORMAL = -0.5 * (_EULER_GAMMA + math.log(2.0))
 
 # --------------------------------------------------------------------------------------------------------------
 # argument checks
-
-
-def _check_pos_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    return int(value)
-
-
-def _check_nonneg_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int; got {value!r}")
-    return int(value)
 
 
 def _check_real(name: str, value: Any, *, minimum: float | None = None, strict: bool = False) -> float:
@@ -226,7 +216,7 @@ class Task:
         Returns:
             `(x [n, dim_x], y [n, dim_y])`.
         """
-        n = _check_pos_int("n", n)
+        n = require_int("n", n, 1)
         device = _check_generator(generator)
         dtype = _check_dtype(dtype)
         x, y = self._sample(n, generator, device)
@@ -300,7 +290,7 @@ class CorrelatedGaussian(Task):
 
     def __init__(self, dim: int = 20, mi: float = 4.0) -> None:
         super().__init__()
-        self.dim = _check_pos_int("dim", dim)
+        self.dim = require_int("dim", dim, 1)
         self.mi = _check_real("mi", mi, minimum=0.0)
         self.dim_x = self.dim_y = self.dim
         # 1 - rho^2 computed directly: no cancellation when rho is close to 1
@@ -359,7 +349,7 @@ class CorrelatedGaussian(Task):
         x = _check_tensor("x", x, self.dim)
         if x.dim() != 2:
             raise ValueError(f"x must have shape [N, {self.dim}]; got shape {tuple(x.shape)}")
-        k = _check_pos_int("k", k)
+        k = require_int("k", k, 1)
         _check_generator(generator)
         wd = _work_dtype(x.device)
         eps = torch.randn(x.shape[0], k, self.dim, generator=generator, device=x.device, dtype=wd)
@@ -444,7 +434,7 @@ class MultivariateNormalTask(_JointGaussianLike):
             raise ValueError(
                 f"covariance must be at least 2x2 (x and y each need a coordinate); got {size}x{size}"
             )
-        dim_x = _check_pos_int("dim_x", dim_x)
+        dim_x = require_int("dim_x", dim_x, 1)
         if dim_x >= size:
             raise ValueError(
                 f"dim_x must be between 1 and {size - 1} for a {size}x{size} covariance; got {dim_x}"
@@ -508,7 +498,7 @@ class MultivariateNormalTask(_JointGaussianLike):
         x = self._check_x2(x)
         if x.dim() != 2:
             raise ValueError(f"x must have shape [N, {self.dim_x}]; got shape {tuple(x.shape)}")
-        k = _check_pos_int("k", k)
+        k = require_int("k", k, 1)
         _check_generator(generator)
         mean, _ = self.conditional(x.to(_work_dtype(x.device)))
         wd = mean.dtype
@@ -578,8 +568,8 @@ class StudentTTask(_JointGaussianLike):
 
     def __init__(self, dim_x: int, dim_y: int, df: float, dispersion: Any = None, mean: Any = None) -> None:
         super().__init__()
-        dim_x = _check_pos_int("dim_x", dim_x)
-        dim_y = _check_pos_int("dim_y", dim_y)
+        dim_x = require_int("dim_x", dim_x, 1)
+        dim_y = require_int("dim_y", dim_y, 1)
         self.df = _check_real("df", df, minimum=0.0, strict=True)
         size = dim_x + dim_y
         if dispersion is None:
@@ -735,7 +725,7 @@ class Spiral(Transform):
     volume_preserving = True
 
     def __init__(self, dim: int, speed: float = 1.0 / 3.0, plane: Sequence[int] = (0, 1)) -> None:
-        dim = _check_pos_int("dim", dim)
+        dim = require_int("dim", dim, 1)
         if dim < 2:
             raise ValueError(f"dim must be >= 2 for a spiral (a rotation needs a plane); got {dim}")
         self.dim = dim
@@ -936,8 +926,8 @@ def staircase(
     """The true MI (nats) at training `step` of Poole et al.'s staircase benchmark: `levels[0]` for steps
     `[0, steps_per_level)`, `levels[1]` for the next `steps_per_level`, and so on; after the last level it stays
     at `levels[-1]`."""
-    step = _check_nonneg_int("step", step)
-    steps_per_level = _check_pos_int("steps_per_level", steps_per_level)
+    step = require_int("step", step, 0)
+    steps_per_level = require_int("steps_per_level", steps_per_level, 1)
     lv = _check_levels(levels)
     return lv[min(step // steps_per_level, len(lv) - 1)]
 
@@ -956,7 +946,7 @@ def student_t_with_mi(dim: int, mi: float, df: float = 3.0) -> StudentTTask:
     `c` shrinks as df grows (dim 20: 1.45 nats at df=1, 0.79 at df=3, 0.31 at df=10).
     The returned task's `mi` is set to `mi` exactly (the formula reproduces it to ~1e-12).
     """
-    dim = _check_pos_int("dim", dim)
+    dim = require_int("dim", dim, 1)
     mi = _check_real("mi", mi, minimum=0.0)
     df = _check_real("df", df, minimum=0.0, strict=True)
     correction = _t_entropy_terms(df, dim) + _t_entropy_terms(df, dim) - _t_entropy_terms(df, 2 * dim)
@@ -1042,7 +1032,7 @@ def staircase_task(
     Tasks are cached by `(base, transform, dim, level, df)`, so calling this at every training step returns the same
     object within a level (cheap). The default call is the f-DIME/Poole staircase `CorrelatedGaussian(dim, level)`.
     """
-    dim = _check_pos_int("dim", dim)
+    dim = require_int("dim", dim, 1)
     level = staircase(step, steps_per_level, levels)
     if not callable(base) and base not in STAIRCASE_BASES:
         raise ValueError(

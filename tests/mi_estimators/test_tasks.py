@@ -509,8 +509,8 @@ def test_staircase_is_monotone_and_on_levels(s1, s2):
 # ---------------------------------------------------------------------------------------------- bad input
 
 BAD = [
-    (lambda: T.CorrelatedGaussian(dim=0, mi=1.0), ValueError, r"dim must be a positive int; got 0"),
-    (lambda: T.CorrelatedGaussian(dim=2.5, mi=1.0), ValueError, r"dim must be a positive int; got 2\.5"),
+    (lambda: T.CorrelatedGaussian(dim=0, mi=1.0), ValueError, r"dim must be an int >= 1; got 0"),
+    (lambda: T.CorrelatedGaussian(dim=2.5, mi=1.0), ValueError, r"dim must be an int >= 1; got 2\.5"),
     (lambda: T.CorrelatedGaussian(dim=3, mi=-1), ValueError, r"mi must be >= 0; got -1$"),
     (lambda: T.CorrelatedGaussian(dim=3, mi=float("nan")), ValueError, r"mi must be a finite real"),
     (
@@ -531,14 +531,14 @@ BAD = [
         r"mean must have shape \[3\]",
     ),
     (lambda: T.StudentTTask(1, 1, df=0.0), ValueError, r"df must be > 0; got 0"),
-    (lambda: T.StudentTTask(1, 0, df=3.0), ValueError, r"dim_y must be a positive int; got 0"),
+    (lambda: T.StudentTTask(1, 0, df=3.0), ValueError, r"dim_y must be an int >= 1; got 0"),
     (
         lambda: T.StudentTTask(1, 1, df=3.0, dispersion=torch.eye(3)),
         ValueError,
         r"dispersion must have shape \[2, 2\]",
     ),
-    (lambda: T.CorrelatedGaussian(2, 1.0).sample(0), ValueError, r"n must be a positive int; got 0"),
-    (lambda: T.CorrelatedGaussian(2, 1.0).sample(1.5), ValueError, r"n must be a positive int; got 1\.5"),
+    (lambda: T.CorrelatedGaussian(2, 1.0).sample(0), ValueError, r"n must be an int >= 1; got 0"),
+    (lambda: T.CorrelatedGaussian(2, 1.0).sample(1.5), ValueError, r"n must be an int >= 1; got 1\.5"),
     (
         lambda: T.CorrelatedGaussian(2, 1.0).sample(3, generator=0),
         TypeError,
@@ -567,7 +567,7 @@ BAD = [
     (
         lambda: T.CorrelatedGaussian(2, 1.0).sample_conditional(torch.zeros(3, 2), 0),
         ValueError,
-        r"k must be a positive int",
+        r"k must be an int >= 1",
     ),
     (
         lambda: T.TransformedTask(T.CorrelatedGaussian(2, 1.0), "square"),
@@ -593,8 +593,8 @@ BAD = [
     (lambda: T.Spiral(1), ValueError, r"dim must be >= 2 for a spiral"),
     (lambda: T.Spiral(3, plane=(1, 1)), ValueError, r"plane must be two distinct coordinate indices"),
     (lambda: T.make_transform("spiral"), ValueError, r"'spiral' transform needs dim"),
-    (lambda: T.staircase(-1), ValueError, r"step must be a non-negative int; got -1"),
-    (lambda: T.staircase(5, steps_per_level=0), ValueError, r"steps_per_level must be a positive int; got 0"),
+    (lambda: T.staircase(-1), ValueError, r"step must be an int >= 0; got -1"),
+    (lambda: T.staircase(5, steps_per_level=0), ValueError, r"steps_per_level must be an int >= 1; got 0"),
     (lambda: T.staircase(5, levels=()), ValueError, r"levels must hold at least one"),
     (lambda: T.staircase(5, levels=(1.0, -2.0)), ValueError, r"levels must be non-negative"),
     (lambda: T.make_task("banana"), ValueError, r"unknown task 'banana'; available: \['correlated_gaussian'"),
