@@ -1,6 +1,7 @@
-"""The sweep runner (benchmarks/sweep.py): spec validation, trial ids, gathering and the tables on hand-written run
-folders, a trial's exact resume after a simulated kill, and end-to-end local Ray sweeps (a tiny BC/TD3+BC grid on a
-hand-made 400-transition Hopper file; the rerun after a kill skips finished trials and resumes the interrupted one).
+"""The sweep runner (`rl.sweep`; `benchmarks/sweep.py` is its alias): spec validation, trial ids, gathering and the
+tables on hand-written run folders, a trial's exact resume after a simulated kill, and end-to-end local Ray sweeps
+(a tiny BC/TD3+BC grid on a hand-made 400-transition Hopper file; the rerun after a kill skips finished trials and
+resumes the interrupted one).
 The estimator suite (kind staircase): the task axis, held-out estimates per level, the report's tables, and
 bit-identical reruns.
 """
@@ -19,19 +20,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_state
 
+import rl.sweep.staircase as sc
 from rl._safe_load import load_torch_file
+from rl.config import to_dict
+from rl.data import OfflineDataset
+from rl.sweep import plots
+from rl.sweep.__main__ import main
+from rl.sweep.driver import SweepError, run_sweep
+from rl.sweep.folders import RESULT, read_evals, run_dir, trial_config, trial_status
+from rl.sweep.gather import gather
+from rl.sweep.report import carry_files, publish, write_report
+from rl.sweep.spec import SpecError, load_spec
+from rl.sweep.trials import pack, run_trial
+from rl.train import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import sweep  # noqa: E402
-from conftest import assert_same_state  # noqa: E402
-
-from rl.config import to_dict  # noqa: E402
-from rl.data import OfflineDataset  # noqa: E402
-from rl.train import Trainer  # noqa: E402
-
 SPECS = REPO / "benchmarks" / "sweeps"
 REDUCED_TRIALS = 11 * 5 * 2 * 3  # the full grid at 1000 steps per level
 TINY_NETS = "batch_size: 32, hidden_q: [16, 16], hidden_pi: [16, 16], log_every: 25"
@@ -248,25 +253,25 @@ grid:
     ],
 )
 def test_spec_errors_name_the_key(tmp_path, text, match):
-    with pytest.raises(sweep.SpecError, match=match):
-        sweep.load_spec(write_spec(tmp_path, text))
+    with pytest.raises(SpecError, match=match):
+        load_spec(write_spec(tmp_path, text))
 
 
 def test_cli_reports_a_bad_spec_with_exit_status_2(tmp_path, capsys):
     path = write_spec(tmp_path, RL_OK.replace("steps: 10", "stepz: 10"))
-    assert sweep.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 2
     assert "--stepz" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
-    spec = sweep.load_spec(SPECS / "hopper-medium-50k.yaml")
+    spec = load_spec(SPECS / "hopper-medium-50k.yaml")
     ids = [t["id"] for t in spec.trials]
     assert len(ids) == len(set(ids)) == 11 * 3
     assert ids[:3] == ["bc__hopper-medium-v5__s0", "bc__hopper-medium-v5__s1", "bc__hopper-medium-v5__s2"]
     assert "infonce-n10__hopper-medium-v5__s2" in ids
-    assert [t["id"] for t in sweep.load_spec(SPECS / "hopper-medium-50k.yaml").trials] == ids  # stable
-    cfg = sweep.trial_config(spec.trial("nwj-n10__hopper-medium-v5__s1"), tmp_path)
+    assert [t["id"] for t in load_spec(SPECS / "hopper-medium-50k.yaml").trials] == ids  # stable
+    cfg = trial_config(spec.trial("nwj-n10__hopper-medium-v5__s1"), tmp_path)
     assert (cfg.algo, cfg.estimator, cfg.seed, cfg.steps, cfg.eval_every, cfg.eval_episodes, cfg.threads) == (
         "mi",
         "nwj",
@@ -278,9 +283,9 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     )
     assert cfg.n_negatives == 10
     assert cfg.run_dir == str(tmp_path.resolve() / "runs" / "nwj-n10__hopper-medium-v5__s1")
-    misa = sweep.trial_config(spec.trial("misa-n10-s10__hopper-medium-v5__s0"), tmp_path)
+    misa = trial_config(spec.trial("misa-n10-s10__hopper-medium-v5__s0"), tmp_path)
     assert (misa.estimator, misa.n_negatives, misa.estimator_options) == ("misa", 10, {"n_samples": 10})
-    assert sweep.trial_config(spec.trial("iql__hopper-medium-v5__s2"), tmp_path).algo == "iql"
+    assert trial_config(spec.trial("iql__hopper-medium-v5__s2"), tmp_path).algo == "iql"
     for name, n in (
         ("smoke", 4),
         ("staircase-smoke", 4),
@@ -293,8 +298,8 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         ("locomotion-10k", 108),
         ("locomotion-1m", 297),
     ):
-        assert len(sweep.load_spec(SPECS / f"{name}.yaml").trials) == n
-    st = sweep.load_spec(SPECS / "staircase-smoke.yaml")
+        assert len(load_spec(SPECS / f"{name}.yaml").trials) == n
+    st = load_spec(SPECS / "staircase-smoke.yaml")
     assert [t["id"] for t in st.trials][:2] == ["nwj__separable__d20__s0", "nwj__separable__d20__s1"]
     assert st.trials[0]["settings"]["task"] == {
         "name": "gauss-d20",
@@ -303,7 +308,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         "transform": None,
         "df": None,
     }
-    full = sweep.load_spec(SPECS / "estimators.yaml")
+    full = load_spec(SPECS / "estimators.yaml")
     s = full.trials[0]["settings"]
     assert (s["steps_per_level"], s["batch_size"], s["heldout_samples"], s["threads"]) == (4000, 64, 4096, 1)
     assert {t["params"]["estimator"] for t in full.trials} >= {
@@ -322,7 +327,7 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     assert mie.RECOMMENDED["critic"] == "hybrid"
     # the heavy-tail probe: the grid's recommended Student-t trials (same recipe, protocol, task, seeds) with
     # each half of the hybrid critic alone
-    probe = sweep.load_spec(SPECS / "heavy-tails.yaml").trials
+    probe = load_spec(SPECS / "heavy-tails.yaml").trials
     assert {t["params"]["critic"] for t in probe} == {"concat", "separable"}
     for t in probe:
         grid_twin = full.trial(f"recommended__student-t3-d5__hybrid__s{t['params']['seed']}")
@@ -361,7 +366,7 @@ grid:
   seed: [3]
 """,
     )
-    spec = sweep.load_spec(path)
+    spec = load_spec(path)
     ids = [t["id"] for t in spec.trials]
     assert ids == [
         "misa-small__hopper-medium-v5__s3",
@@ -371,7 +376,7 @@ grid:
         "bc__walker2d-medium-replay-v5__s3",
         "bc__halfcheetah-medium-v2__s3",
     ]
-    cfg = sweep.trial_config(spec.trial("misa-small__walker2d-medium-replay-v5__s3"), tmp_path)
+    cfg = trial_config(spec.trial("misa-small__walker2d-medium-replay-v5__s3"), tmp_path)
     assert (cfg.dataset, cfg.n_negatives, cfg.estimator_options, cfg.lr_q, cfg.seed) == (
         "walker2d-medium-replay-v5",
         10,
@@ -379,7 +384,7 @@ grid:
         1e-4,
         3,
     )
-    bc = sweep.trial_config(spec.trial("bc__halfcheetah-medium-v2__s3"), tmp_path)
+    bc = trial_config(spec.trial("bc__halfcheetah-medium-v2__s3"), tmp_path)
     assert (bc.algo, bc.hidden_pi, bc.dataset) == ("bc", (64, 64), "/data/d4rl/halfcheetah-medium-v2.hdf5")
 
 
@@ -399,7 +404,7 @@ def fake_run(out: Path, trial: dict, scores: list[float], finished: bool, every:
         w.writeheader()
         w.writerows(evals)
     if finished:
-        cfg = sweep.trial_config(trial, out)
+        cfg = trial_config(trial, out)
         result = {
             "id": trial["id"],
             "step": cfg.steps,
@@ -422,7 +427,7 @@ grid:
   seed: [0, 1, 2]
 """,
     )
-    spec = sweep.load_spec(path)
+    spec = load_spec(path)
     out = tmp_path / "out"
     finals_a = [40.0, 50.0, 66.0]
     for seed, final in enumerate(finals_a):
@@ -455,18 +460,16 @@ grid:
         )
     )
 
-    g = sweep.gather(spec, out)
+    g = gather(spec, out)
     status = {t["id"]: t["status"] for t in g["trials"]}
     assert status["a__hopper-medium-v5__s2"] == "finished"
     assert status["b__hopper-medium-v5__s1"] == "unfinished"
     assert status["b__hopper-medium-v5__s2"] == "error"
     assert status["c__hopper-medium-v5__s0"] == "error"
     assert status["c__hopper-medium-v5__s1"] == "pending"
-    assert (
-        sweep.trial_status(spec.trial("b__hopper-medium-v5__s1"), out)[0] == "new"
-    )  # no checkpoint: restart
+    assert trial_status(spec.trial("b__hopper-medium-v5__s1"), out)[0] == "new"  # no checkpoint: restart
 
-    files = sweep.write_report(spec, out)
+    files = write_report(spec, out)
     assert {p.name for p in files} == {
         "results.csv",
         "summary.csv",
@@ -502,7 +505,7 @@ grid:
     assert "ValueError: boom" in md and "finished run whose settings differ (steps: 80" in md
     # --report-only: same tables, no Ray, exit status 1 (not everything finished)
     before = (out / "results.md").read_text()
-    assert sweep.main([str(path), "--out", str(out), "--report-only"]) == 1
+    assert main([str(path), "--out", str(out), "--report-only"]) == 1
     assert (out / "results.md").read_text() == before
 
 
@@ -512,17 +515,17 @@ def test_staircase_trials_and_report(tmp_path):
         "name: st\nkind: staircase\nbase: {steps_per_level: 8, batch_size: 16, dim: 4, heldout_samples: 32}\n"
         "grid: {estimator: [infonce], seed: [0, 1, 2]}\n",
     )
-    spec = sweep.load_spec(path)
+    spec = load_spec(path)
     out = tmp_path / "out"
-    results = [sweep.run_trial(t, out) for t in spec.trials[:2]]
+    results = [run_trial(t, out) for t in spec.trials[:2]]
     for res in results:
         assert len(res["estimates"]) == 4 and res["estimates_every"] == 10 and res["step"] == 40
         assert [r["mi"] for r in res["levels"]] == [2, 4, 6, 8, 10]
     assert results[0]["estimates"] != results[1]["estimates"]  # the seed matters
     before = snapshot(out / "runs")
-    assert sweep.run_trial(spec.trials[0], out) == results[0]  # cached, not rerun
+    assert run_trial(spec.trials[0], out) == results[0]  # cached, not rerun
     assert snapshot(out / "runs") == before
-    sweep.write_report(spec, out)
+    write_report(spec, out)
     levels = [
         json.loads((out / "runs" / t["id"] / "result.json").read_text())["levels"] for t in spec.trials[:2]
     ]
@@ -562,7 +565,7 @@ def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
     settings carry no recipe (the trials of older specs are unchanged); the report lists the recipes."""
     import mi_estimators as mie
 
-    spec = sweep.load_spec(write_spec(tmp_path, RECIPE_SPEC))
+    spec = load_spec(write_spec(tmp_path, RECIPE_SPEC))
     assert [t["id"] for t in spec.trials] == [
         "gan-dime__gauss-d4__concat__s3",
         "gan-small-fast__gauss-d4__concat__s3",
@@ -579,7 +582,7 @@ def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
     assert spec.trials[2]["settings"]["recipe"]["options"] == {"tau": 2.0}
     both = RECIPE_SPEC.replace("critic: [concat]", "critic: [concat, separable]")
     both = both.replace("negatives: derangement}", "negatives: derangement, critics: [separable]}")
-    ids = [t["id"] for t in sweep.load_spec(write_spec(tmp_path, both, "both.yaml")).trials]
+    ids = [t["id"] for t in load_spec(write_spec(tmp_path, both, "both.yaml")).trials]
     assert ids == [
         "gan-dime__gauss-d4__concat__s3",
         "gan-dime__gauss-d4__separable__s3",
@@ -588,7 +591,6 @@ def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
         "smile-der__gauss-d4__separable__s3",  # its critics only
     ]
     out = tmp_path / "out"
-    sc = sweep._staircase_module()
     task = sc.parse_task("gauss-d4")
     for t, (name, copts, lr, negatives, options) in zip(
         spec.trials,
@@ -598,7 +600,7 @@ def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
             ("smile", {"hidden": (128, 128)}, sc.LR, "derangement", {"tau": 2.0}),
         ),
     ):
-        res = sweep.run_trial(t, out)
+        res = run_trial(t, out)
         hist = mie.estimate(
             mie.make(name, **options),
             lambda step: task.task(step, 6),
@@ -612,8 +614,8 @@ def test_recipes_are_trials_that_train_as_estimate_would(tmp_path):
         )
         assert res["estimates"] == hist.estimates
         assert res["negatives"] == (negatives or "derangement")
-    assert spec.trials[1] is not None and sweep.trial_status(spec.trials[1], out)[0] == "finished"
-    sweep.write_report(spec, out)
+    assert spec.trials[1] is not None and trial_status(spec.trials[1], out)[0] == "finished"
+    write_report(spec, out)
     md = (out / "results.md").read_text()
     assert "| gan-small-fast | gan-dime |  | hidden=(8, 8) | 0.002 | derangement |" in md
     assert "| smile-der | smile | tau=2.0 |  | 0.0005 | derangement |" in md
@@ -633,7 +635,7 @@ grid:
 
 
 def test_task_axis_expands(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, TASK_SPEC))
+    spec = load_spec(write_spec(tmp_path, TASK_SPEC))
     assert len(spec.trials) == 2 * 3 * 2 * 2
     ids = [t["id"] for t in spec.trials]
     assert ids[:4] == [
@@ -660,7 +662,6 @@ def test_task_axis_expands(tmp_path):
     cubic = spec.trial("nwj__cubic-d3__separable__s0")["settings"]
     assert cubic["task"]["transform"] == "cubic" and cubic["task"]["dim"] == 3
     assert (cubic["steps_per_level"], cubic["batch_size"], cubic["heldout_samples"]) == (20, 16, 64)
-    sc = sweep._staircase_module()
     tasks = [sc.TaskSpec(**spec.trial(i)["settings"]["task"]).level_task(4) for i in ids[::4]]
     assert [type(x).__name__ for x in tasks[:3]] == ["CorrelatedGaussian", "TransformedTask", "StudentTTask"]
     assert [x.mi for x in tasks] == [10.0] * 6
@@ -671,11 +672,11 @@ def suite_run(tmp_path_factory):
     """A tiny estimator suite, one seed (nwj and kl-dime x gauss-d5 and student-t3-d5 x both critics), run in process."""
     tmp = tmp_path_factory.mktemp("suite")
     path = write_spec(tmp, TASK_SPEC.replace("seed: [0, 1]", "seed: [0]"))
-    spec = sweep.load_spec(path)
+    spec = load_spec(path)
     out = tmp / "out"
     for t in spec.trials:
         if "cubic" not in t["id"]:
-            sweep.run_trial(t, out)
+            run_trial(t, out)
     return path, spec, out
 
 
@@ -691,7 +692,7 @@ def test_heldout_per_level_is_present_and_finite(suite_run):
         for h, lv in zip(res["heldout"], res["levels"]):
             assert h["error"] is None and math.isfinite(h["mean"]) and math.isfinite(h["std"])
             assert lv["heldout"] == h["mean"] and lv["heldout_std"] == h["std"]
-    sweep.write_report(spec, out)
+    write_report(spec, out)
     rows = read_table(out / "results.csv")
     assert len(rows) == 8 * 5
     assert all(math.isfinite(float(r["heldout"])) for r in rows)
@@ -699,7 +700,7 @@ def test_heldout_per_level_is_present_and_finite(suite_run):
 
 def test_report_tables_per_task_and_critic(suite_run):
     path, spec, out = suite_run
-    files = sweep.write_report(spec, out)
+    files = write_report(spec, out)
     names = sorted(f.name for f in files)
     assert names == sorted(
         ["results.csv", "summary.csv", "results.md"]
@@ -742,7 +743,7 @@ def test_report_tables_per_task_and_critic(suite_run):
         assert row["heldout_mean"] == res[(tid, row["true_mi"])]["heldout"]
     # --report-only rebuilds the same tables from the folders alone
     before = {f: (out / f).read_text() for f in ("results.csv", "results.md")}
-    assert sweep.main([str(path), "--out", str(out), "--report-only"]) == 1  # the cubic trials are not run
+    assert main([str(path), "--out", str(out), "--report-only"]) == 1  # the cubic trials are not run
     assert {f: (out / f).read_text() for f in before} == before
 
 
@@ -755,8 +756,8 @@ def test_the_heldout_legend_names_every_panels_estimators(suite_run, tmp_path, m
     for d in (out / "runs").glob("kl-dime__*__concat__s0"):
         shutil.rmtree(d)
     drawn = {}
-    monkeypatch.setattr(sweep, "_save", lambda fig, path: drawn.setdefault(path.name, fig))
-    sweep.write_report(spec, out)
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault(path.name, fig))
+    write_report(spec, out)
     fig = drawn["heldout_gauss-d5.png"]
     panels = [ax.get_title() for ax in fig.axes]
     assert panels == ["separable critic", "concat critic"]
@@ -779,11 +780,11 @@ def test_a_stopped_run_is_reported_with_the_seeds_it_has(suite_run, tmp_path):
         lv.update(bias="nan", variance="nan", mse="nan", heldout="nan", heldout_std="nan", nonfinite=10)
         h.update(mean="nan", std="nan", error="level not completed")
     two = write_spec(tmp_path, TASK_SPEC.replace("estimator: [nwj, kl-dime]", "estimator: [nwj]"), "two.yaml")
-    spec2 = sweep.load_spec(two)
+    spec2 = load_spec(two)
     assert spec2.trial(res["id"])["params"] == res["params"] and twin["settings"] == res["settings"]
     (out / "runs" / res["id"]).mkdir()
     (out / "runs" / res["id"] / "result.json").write_text(json.dumps(res))
-    sweep.write_report(spec2, out)
+    write_report(spec2, out)
     md = (out / "results.md").read_text()
     mse = md.split("## `gauss-d5`, separable critic")[1].split("**bias**")[0]
     row = next(ln for ln in mse.splitlines() if ln.startswith("| nwj |"))
@@ -801,7 +802,6 @@ def test_a_stopped_run_is_reported_with_the_seeds_it_has(suite_run, tmp_path):
 
 
 def test_training_is_the_plain_runs_and_heldout_reads_the_levels_end():
-    sc = sweep._staircase_module()
     for est, critic in (("nwj", "separable"), ("kl-dime", "concat"), ("interpolated", "separable")):
         r = sc.run_protocol(est, "gauss-d4", critic, 10, 16, 3, heldout_samples=32)
         assert r["estimates"] == sc.run(
@@ -826,13 +826,13 @@ def test_training_is_the_plain_runs_and_heldout_reads_the_levels_end():
 
 
 def test_a_rerun_gives_bit_identical_rows(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, TASK_SPEC))
+    spec = load_spec(write_spec(tmp_path, TASK_SPEC))
     trials = [spec.trial("kl-dime__student-t3-d5__concat__s1"), spec.trial("nwj__cubic-d3__separable__s0")]
     tables = []
     for run in ("a", "b"):
         out = tmp_path / run
-        results = [sweep.run_trial(t, out) for t in trials]
-        sweep.write_report(spec, out)
+        results = [run_trial(t, out) for t in trials]
+        write_report(spec, out)
         tables.append(((out / "results.csv").read_text().splitlines()[1:], results))
     (rows_a, res_a), (rows_b, res_b) = tables
     assert len(rows_a) == 1 + 2 * 5 and rows_a == rows_b
@@ -846,48 +846,48 @@ def test_a_rerun_gives_bit_identical_rows(tmp_path):
 # one trial: chunks, skip when finished, exact resume after a kill (in-process, no Ray)
 # ------------------------------------------------------------------------------------------------------------
 def test_trial_resumes_exactly_after_a_kill(tmp_path, hopper_file):
-    spec = sweep.load_spec(tiny_rl_spec(tmp_path, hopper_file))
+    spec = load_spec(tiny_rl_spec(tmp_path, hopper_file))
     trial = spec.trial("td3bc__tiny-hopper__s1")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reports: list[dict] = []
-    res = sweep.run_trial(trial, straight, report=reports.append)
+    res = run_trial(trial, straight, report=reports.append)
     assert [r["step"] for r in reports] == [25, 50] and reports[-1]["normalized_score"] is not None
-    assert res["final"]["step"] == 50 and sweep.trial_status(trial, straight)[0] == "finished"
+    assert res["final"]["step"] == 50 and trial_status(trial, straight)[0] == "finished"
     before = snapshot(straight / "runs")
-    assert sweep.run_trial(trial, straight) == json.loads(
+    assert run_trial(trial, straight) == json.loads(
         (straight / "runs" / trial["id"] / "result.json").read_text()
     )
     assert snapshot(straight / "runs") == before  # a finished trial is not rerun
 
     # the kill: the trial's own Trainer stops at step 25 (after its checkpoint), with a half-written eval row
-    cfg = sweep.trial_config(trial, killed)
+    cfg = trial_config(trial, killed)
     Trainer(cfg, quiet=True).train(until=25)
     run = Path(cfg.run_dir)
     first = (run / "eval.csv").read_text()
     with open(run / "eval.csv", "a") as f:
         f.write("37,12.5")
-    assert sweep.trial_status(trial, killed) == ("resume", "step 25")
+    assert trial_status(trial, killed) == ("resume", "step 25")
     reports.clear()
     torch.manual_seed(999)  # a resumed trial must not depend on the process's RNG state
-    sweep.run_trial(trial, killed, report=reports.append)
+    run_trial(trial, killed, report=reports.append)
     assert [r["step"] for r in reports] == [50]
     text = (run / "eval.csv").read_text()
-    assert text.startswith(first) and [r["step"] for r in sweep._read_evals(run / "eval.csv")] == [25, 50]
+    assert text.startswith(first) and [r["step"] for r in read_evals(run / "eval.csv")] == [25, 50]
     assert_same_state(agent_state(straight / "runs" / trial["id"]), agent_state(run))
     assert text == (straight / "runs" / trial["id"] / "eval.csv").read_text()
 
 
 def test_changed_settings_are_refused(tmp_path, hopper_file):
     spec_path = tiny_rl_spec(tmp_path, hopper_file)
-    spec = sweep.load_spec(spec_path)
+    spec = load_spec(spec_path)
     trial = spec.trial("bc__tiny-hopper__s0")
-    sweep.run_trial(trial, tmp_path / "out")
+    run_trial(trial, tmp_path / "out")
     spec_path.write_text(spec_path.read_text().replace("steps: 50,", "steps: 75,"))
-    changed = sweep.load_spec(spec_path).trial("bc__tiny-hopper__s0")
-    status, why = sweep.trial_status(changed, tmp_path / "out")
+    changed = load_spec(spec_path).trial("bc__tiny-hopper__s0")
+    status, why = trial_status(changed, tmp_path / "out")
     assert status == "changed" and "steps: 50 in the run, 75 in the spec" in why
     with pytest.raises(RuntimeError, match="settings differ"):
-        sweep.run_trial(changed, tmp_path / "out")
+        run_trial(changed, tmp_path / "out")
     assert "settings differ" in (tmp_path / "out" / "errors" / "bc__tiny-hopper__s0.txt").read_text()
 
 
@@ -899,26 +899,26 @@ def test_a_diverged_trial_is_an_outcome_recorded_once(tmp_path, hopper_file):
         "config: configs/td3bc/hopper-medium-v5.yaml, max_abs_loss: 1e-9}",
     )
     spec_path.write_text(text.replace("seed: [0, 1]", "seed: [0]"))
-    spec = sweep.load_spec(spec_path)
+    spec = load_spec(spec_path)
     out = tmp_path / "out"
     trial = spec.trial("td3bc__tiny-hopper__s0")
     reports: list[dict] = []
-    res = sweep.run_trial(trial, out, report=reports.append)
+    res = run_trial(trial, out, report=reports.append)
     assert res["step"] == 0 and res["final"] == {} and res["evals"] == []
     assert res["diverged"].startswith("step 1: term 'critic_td' diverged to ")
     assert reports[-1]["diverged"] == res["diverged"] and reports[-1]["normalized_score"] is None
     assert not (out / "errors" / f"{trial['id']}.txt").exists()  # an outcome, not a failure
-    assert sweep.trial_status(trial, out)[0] == "finished"
+    assert trial_status(trial, out)[0] == "finished"
     before = snapshot(out / "runs")
-    assert sweep.run_trial(trial, out) == res and snapshot(out / "runs") == before  # not rerun
+    assert run_trial(trial, out) == res and snapshot(out / "runs") == before  # not rerun
 
-    sweep.run_trial(spec.trial("bc__tiny-hopper__s0"), out)
-    g = sweep.gather(spec, out)
+    run_trial(spec.trial("bc__tiny-hopper__s0"), out)
+    g = gather(spec, out)
     assert {t["id"]: (t["status"], t["diverged_at"]) for t in g["trials"]} == {
         "bc__tiny-hopper__s0": ("finished", None),
         "td3bc__tiny-hopper__s0": ("diverged", 1),
     }
-    sweep.write_report(spec, out)
+    write_report(spec, out)
     summary = {r["variant"]: r for r in read_table(out / "summary.csv")}
     assert (summary["td3bc"]["n_finished"], summary["td3bc"]["diverged"], summary["td3bc"]["failed"]) == (
         "0",
@@ -930,19 +930,17 @@ def test_a_diverged_trial_is_an_outcome_recorded_once(tmp_path, hopper_file):
     assert "| td3bc | diverged: s0 at step 1 |" in md
     assert "Diverged trials (a rerun skips them):" in md and "term 'critic_td' diverged to" in md
     assert "Failed trials" not in md
-    assert (
-        sweep.main([str(spec_path), "--out", str(out), "--report-only"]) == 0
-    )  # every trial has its outcome
+    assert main([str(spec_path), "--out", str(out), "--report-only"]) == 0  # every trial has its outcome
 
 
 def test_damaged_trial_files_are_named_not_fatal(tmp_path, hopper_file):
-    spec = sweep.load_spec(tiny_rl_spec(tmp_path, hopper_file))
+    spec = load_spec(tiny_rl_spec(tmp_path, hopper_file))
     trial = spec.trial("bc__tiny-hopper__s0")
-    sweep.run_trial(trial, tmp_path / "out")
-    result = sweep.run_dir(tmp_path / "out", trial) / "result.json"
+    run_trial(trial, tmp_path / "out")
+    result = run_dir(tmp_path / "out", trial) / "result.json"
     for damaged in (result.read_bytes()[:40], b"\xff\xfe garbage", b"[1, 2]"):
         result.write_bytes(damaged)
-        status, why = sweep.trial_status(trial, tmp_path / "out")
+        status, why = trial_status(trial, tmp_path / "out")
         assert status == "changed" and str(result) in why and "unreadable" in why
 
 
@@ -963,7 +961,7 @@ def finished_sweep(ray_local, hopper_file, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     spec_path = tiny_rl_spec(tmp, hopper_file)
     out = tmp / "out"
-    summary = sweep.run_sweep(sweep.load_spec(spec_path), out)
+    summary = run_sweep(load_spec(spec_path), out)
     return spec_path, out, summary
 
 
@@ -997,8 +995,8 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     shutil.copytree(done_out, out)
     victim = "td3bc__tiny-hopper__s1"
     shutil.rmtree(out / "runs" / victim)
-    spec = sweep.load_spec(spec_path)
-    cfg = sweep.trial_config(spec.trial(victim), out)
+    spec = load_spec(spec_path)
+    cfg = trial_config(spec.trial(victim), out)
     with Trainer(cfg, quiet=True) as trainer:  # closed: its lock would keep the Ray worker out of the run dir
         trainer.train(until=25)  # killed after the step-25 checkpoint
     with open(Path(cfg.run_dir) / "eval.csv", "a") as f:
@@ -1008,12 +1006,12 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
         for i in ("bc__tiny-hopper__s0", "bc__tiny-hopper__s1", "td3bc__tiny-hopper__s0")
     }
     # what a later session needs to resume: the interrupted trial's checkpoint, nothing of the finished ones
-    assert sweep.carry_files(spec, out) == [out / "runs" / victim / "checkpoint.pt"]
+    assert carry_files(spec, out) == [out / "runs" / victim / "checkpoint.pt"]
     capsys.readouterr()
-    assert sweep.main([str(spec_path), "--out", str(out), "--list-carry"]) == 0
+    assert main([str(spec_path), "--out", str(out), "--list-carry"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"{victim}/checkpoint.pt")
 
-    assert sweep.main([str(spec_path), "--out", str(out)]) == 0  # the same command again
+    assert main([str(spec_path), "--out", str(out)]) == 0  # the same command again
     said = capsys.readouterr().out
     assert (
         "3 finished (skipped), 1 to resume: td3bc__tiny-hopper__s1 (evaluated up to step 25), 0 new" in said
@@ -1021,12 +1019,12 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     assert said.count("  done  ") == 1 and f"done  {victim} step 50" in said
     for i, snap in before.items():
         assert snapshot(out / "runs" / i) == snap, f"{i} was touched"
-    evals = sweep._read_evals(out / "runs" / victim / "eval.csv")
+    evals = read_evals(out / "runs" / victim / "eval.csv")
     assert [e["step"] for e in evals] == [25, 50]
     log = (out / "logs" / f"{victim}.log").read_text()
     assert "resumed td3bc__tiny-hopper__s1 at step 25 of 50" in log
     assert_same_state(agent_state(done_out / "runs" / victim), agent_state(out / "runs" / victim))
-    assert sweep.carry_files(spec, out) == []
+    assert carry_files(spec, out) == []
     assert (out / "runs" / victim / "eval.csv").read_text() == (
         done_out / "runs" / victim / "eval.csv"
     ).read_text()
@@ -1048,7 +1046,7 @@ grid:
 """,
     )
     out = tmp_path / "out"
-    assert sweep.main([str(path), "--out", str(out)]) == 1
+    assert main([str(path), "--out", str(out)]) == 1
     captured = capsys.readouterr()
     err = captured.err
     assert "1 trial(s) failed: nope__tiny-hopper__s0" in err  # the diverged one is not a failure
@@ -1066,7 +1064,7 @@ grid:
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
     import subprocess
 
-    spec = sweep.load_spec(write_spec(tmp_path, RL_OK))
+    spec = load_spec(write_spec(tmp_path, RL_OK))
     out = tmp_path / "out"
     out.mkdir()
     driver = subprocess.Popen(
@@ -1074,10 +1072,8 @@ def test_a_second_driver_on_the_same_folder_is_refused(tmp_path):
     )  # a driver still running
     try:
         (out / ".sweep.lock").write_text(f"{driver.pid}\n")  # rl._atomic's lock, as the old drivers wrote it
-        with pytest.raises(
-            sweep.SweepError, match=rf"sweep folder {out} is in use by .*\(pid {driver.pid} on "
-        ):
-            sweep.run_sweep(spec, out)
+        with pytest.raises(SweepError, match=rf"sweep folder {out} is in use by .*\(pid {driver.pid} on "):
+            run_sweep(spec, out)
     finally:
         driver.kill()
         driver.wait()
@@ -1105,26 +1101,26 @@ grid:
   seed: [0]
 """,
     )
-    (trial,) = sweep.load_spec(spec_path).trials
+    (trial,) = load_spec(spec_path).trials
     # a relative .py path is resolved as config paths are: Ray Tune runs each trial in a folder of its own
     assert trial["overrides"]["imports"] == [str(tmp_path / "lib" / "sweep_bounds_t32.py")]
     try:
-        res = sweep.run_trial(trial, tmp_path / "out")
+        res = run_trial(trial, tmp_path / "out")
         assert res["step"] == 4 and res["config"]["estimator"] == "sweep-dv-t32"
         assert res["config"]["imports"] == [str(tmp_path / "lib" / "sweep_bounds_t32.py")]
         assert not (
             tmp_path / "out" / "runs" / trial["id"] / ".rl-run.lock"
         ).exists()  # released by the trial
-        assert sweep.trial_status(trial, tmp_path / "out")[0] == "finished"
+        assert trial_status(trial, tmp_path / "out")[0] == "finished"
     finally:
         if "sweep-dv-t32" in mie.available():
             mie.unregister("sweep-dv-t32")
         sys.modules.pop("sweep_bounds_t32", None)
     spec_path.write_text(spec_path.read_text().replace("lib/sweep_bounds_t32.py", "lib/gone.py"))
     with pytest.raises(
-        sweep.SpecError, match=r"grid\.variant\[0\] \(mine\)\.imports\[0\]: no such file: lib/gone\.py"
+        SpecError, match=r"grid\.variant\[0\] \(mine\)\.imports\[0\]: no such file: lib/gone\.py"
     ):
-        sweep.load_spec(spec_path)
+        load_spec(spec_path)
 
 
 def test_publish_copies_the_report_files_only(tmp_path):
@@ -1132,7 +1128,7 @@ def test_publish_copies_the_report_files_only(tmp_path):
     src.mkdir()
     (src / "results.md").write_text("# table\n")
     (src / "curves_x.png").write_bytes(b"\x89PNG")
-    copied = sweep.publish([src / "results.md", src / "curves_x.png"], tmp_path / "pub" / "sweep")
+    copied = publish([src / "results.md", src / "curves_x.png"], tmp_path / "pub" / "sweep")
     assert [p.name for p in copied] == ["results.md", "curves_x.png"]
     assert (tmp_path / "pub" / "sweep" / "results.md").read_text() == "# table\n"
     assert sorted(p.name for p in (tmp_path / "pub" / "sweep").iterdir()) == ["curves_x.png", "results.md"]
@@ -1141,7 +1137,6 @@ def test_publish_copies_the_report_files_only(tmp_path):
 def test_a_cells_seeds_in_one_protocol_call_are_its_seeds_alone():
     """`run_protocol` with a list of seeds (one stacked `estimate`): each seed's training estimates and held-out
     reads are those of its own call, to float32 rounding."""
-    sc = sweep._staircase_module()
     for est, critic in (("nwj", "separable"), ("kl-dime", "concat")):
         packed = sc.run_protocol(est, "gauss-d4", critic, 10, 16, [3, 5], heldout_samples=32)
         for seed, r in zip([3, 5], packed, strict=True):
@@ -1162,25 +1157,25 @@ def test_a_cells_seeds_pack_into_one_trial_that_writes_each_seeds_result(tmp_pat
     text = text.replace("estimator: [nwj, kl-dime]", "estimator: [nwj]").replace(
         "seed: [0, 1]", "seed: [0, 1, 2]"
     )
-    spec = sweep.load_spec(write_spec(tmp_path, text))
+    spec = load_spec(write_spec(tmp_path, text))
     assert spec.pack_seeds and len(spec.trials) == 6
-    packed = sweep.pack(spec.trials)
+    packed = pack(spec.trials)
     assert [t["id"] for t in packed] == ["nwj__gauss-d5__separable__s0+1+2", "nwj__gauss-d5__concat__s0+1+2"]
-    assert sweep.pack(spec.trials[:1]) == spec.trials[:1]  # one seed: the trial itself
+    assert pack(spec.trials[:1]) == spec.trials[:1]  # one seed: the trial itself
     out = tmp_path / "packed"
     first = spec.trial("nwj__gauss-d5__separable__s1")
-    sweep.run_trial(first, out)  # as if a killed run had finished seed 1 alone
-    done = (sweep.run_dir(out, first) / sweep.RESULT).read_text()
-    assert sweep.run_trial(packed[0], out)["members"] == [
+    run_trial(first, out)  # as if a killed run had finished seed 1 alone
+    done = (run_dir(out, first) / RESULT).read_text()
+    assert run_trial(packed[0], out)["members"] == [
         "nwj__gauss-d5__separable__s0",
         "nwj__gauss-d5__separable__s2",
     ]
-    assert (sweep.run_dir(out, first) / sweep.RESULT).read_text() == done  # not run again
-    sweep.run_trial(packed[1], out)
+    assert (run_dir(out, first) / RESULT).read_text() == done  # not run again
+    run_trial(packed[1], out)
     alone = tmp_path / "alone"
     for t in spec.trials:
-        a = sweep.run_trial(t, alone)
-        b = json.loads((sweep.run_dir(out, t) / sweep.RESULT).read_text())
+        a = run_trial(t, alone)
+        b = json.loads((run_dir(out, t) / RESULT).read_text())
         assert b["params"] == a["params"] and b["settings"] == a["settings"]
         assert b["estimates"] == pytest.approx(a["estimates"], rel=1e-4, abs=1e-4)
         assert [r["heldout"] for r in b["levels"]] == pytest.approx(
@@ -1189,11 +1184,11 @@ def test_a_cells_seeds_pack_into_one_trial_that_writes_each_seeds_result(tmp_pat
         assert b.get("packed_seeds") == (
             None if t is first else [0, 2] if "separable" in t["id"] else [0, 1, 2]
         )
-        assert sweep.trial_status(t, out)[0] == "finished"
-    sweep.write_report(spec, out)
+        assert trial_status(t, out)[0] == "finished"
+    write_report(spec, out)
     rows = read_table(out / "results.csv")
     assert sorted({r["trial_id"] for r in rows}) == sorted(t["id"] for t in spec.trials)
-    off = sweep.load_spec(write_spec(tmp_path, "pack_seeds: false\n" + text, name="off.yaml"))
+    off = load_spec(write_spec(tmp_path, "pack_seeds: false\n" + text, name="off.yaml"))
     assert not off.pack_seeds
-    with pytest.raises(sweep.SpecError, match="pack_seeds must be true or false"):
-        sweep.load_spec(write_spec(tmp_path, "pack_seeds: 2\n" + text, name="bad.yaml"))
+    with pytest.raises(SpecError, match="pack_seeds must be true or false"):
+        load_spec(write_spec(tmp_path, "pack_seeds: 2\n" + text, name="bad.yaml"))

@@ -1,0 +1,277 @@
+"""Running one trial to its end, in a Ray worker or in-process (tests): `run_trial` and the Tune trainable.
+
+An RL trial is an `rl.train.Trainer` in its run folder, resumed from its checkpoint when there is one and trained
+in chunks up to each evaluation, each chunk reported. A staircase trial is one `rl.sweep.staircase.run_protocol`
+call; `pack` turns a grid cell's unfinished seeds into one trial of kind `PACK`, whose single call trains them as
+one stacked `estimate(seeds=...)` and writes each seed's own `result.json`. Every trial ends by writing
+`<out>/runs/<id>/result.json` atomically (what makes it finished, `rl.sweep.folders`); one that raises leaves its
+traceback in `<out>/errors/<id>.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import rl.sweep.staircase as sc
+from rl._atomic import atomic_write
+from rl.sweep.folders import RESULT, run_dir, trial_config, trial_status, write_json
+
+#: the kind of a packed trial: a grid cell's seeds in one stacked run (`pack`)
+PACK = "staircase-pack"
+
+
+def run_trial(
+    trial: dict[str, Any], out: str | os.PathLike, report: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one trial to its end and write `<out>/runs/<id>/result.json`; returns the result.
+
+    RL: an `rl.train.Trainer` in `<out>/runs/<id>`, resumed from its checkpoint when there is one, trained in chunks
+    up to each evaluation; `report(metrics)` after each chunk. Staircase: `rl.sweep.staircase`'s
+    `run_protocol` (training over the staircase, per-level bias/variance/MSE, a held-out estimate at each level's
+    end) on one thread count, `settings["threads"]`. A failure writes `<out>/errors/<id>.txt` and re-raises.
+    """
+    out = Path(out).resolve()
+    err = out / "errors" / f"{trial['id']}.txt"
+    err.unlink(missing_ok=True)
+    report = report or (lambda metrics: None)
+    try:
+        if trial["kind"] == "rl":
+            return _run_rl(trial, out, report)
+        if trial["kind"] == PACK:
+            return _run_staircase_pack(trial, out, report)
+        return _run_staircase(trial, out, report)
+    except Exception:  # not KeyboardInterrupt/SystemExit: an interrupted trial is unfinished, not failed
+        text = f"trial {trial['id']} failed:\n{traceback.format_exc()}"
+        atomic_write(err, lambda tmp: Path(tmp).write_text(text))
+        raise
+
+
+def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    from rl.train import Trainer
+
+    cfg = trial_config(trial, out)
+    d = Path(cfg.run_dir)
+    status, why = trial_status(trial, out)
+    if status == "changed":
+        raise RuntimeError(why)
+    if status == "finished":
+        return json.loads((d / RESULT).read_text())
+    # A trial killed before its first checkpoint starts afresh (the trainer voids the logs it left).
+    resume = (d / "checkpoint.pt").exists()
+    t0 = time.perf_counter()
+    with Trainer(cfg, resume=resume, quiet=True) as trainer:  # its run dir's lock is released at the end
+        return _train_trial(trial, trainer, resume, out, report, t0)
+
+
+def _train_trial(
+    trial: dict[str, Any], trainer: Any, resume: bool, out: Path, report: Callable, t0: float
+) -> dict[str, Any]:
+    """`_run_rl`'s training of a trial by `trainer` (chunk by chunk, each reported) and its result.json."""
+    from rl.config import to_dict
+    from rl.train import TrainingError
+
+    cfg, d = trainer.cfg, trainer.run_dir
+    start = trainer.step
+    tlog = _trial_logger(out, trial["id"])
+    tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.steps)
+    every = cfg.eval_every or cfg.checkpoint_every
+    diverged = None
+    try:
+        while trainer.step < cfg.steps:
+            trainer.train(until=min(cfg.steps, (trainer.step // every + 1) * every))
+            last = trainer.evals[-1] if trainer.evals else {}
+            metrics = {
+                "step": trainer.step,
+                "normalized_score": last.get("normalized_score"),
+                "return_mean": last.get("return_mean"),
+                "eval_step": last.get("step"),
+            }
+            tlog.info("%s step %d: %s", trial["id"], trainer.step, metrics)
+            report(metrics)
+        trainer.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
+    except TrainingError as err:
+        # A NaN or a term past `max_abs_loss` is what the algorithm does on this seed, not a fault to retry: resume
+        # is exact, so a rerun from the checkpoint replays the same updates and diverges at the same step.
+        diverged = str(err)
+        tlog.info("%s diverged: %s", trial["id"], diverged)
+        report({"step": trainer.step, "normalized_score": None, "diverged": diverged})
+    final = trainer.evals[-1] if trainer.evals and diverged is None else {}
+    result = {
+        "id": trial["id"],
+        "kind": "rl",
+        "params": trial["params"],
+        "step": trainer.step,
+        "steps": cfg.steps,
+        "final": final,
+        "evals": trainer.evals,
+        "resumed_from": start,
+        "seconds_last_attempt": round(time.perf_counter() - t0, 1),
+        "config": to_dict(cfg),
+    }
+    if diverged is not None:
+        result["diverged"] = diverged  # `step`: the last good update; the message names the one that diverged
+    write_json(d / RESULT, result)
+    tlog.info("finished %s: %s", trial["id"], final)
+    if start == cfg.steps:  # resumed after the last checkpoint but before result.json: nothing left to train
+        report({"step": trainer.step, "normalized_score": final.get("normalized_score")})
+    return result
+
+
+def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    status, why = trial_status(trial, out)
+    if status == "changed":
+        raise RuntimeError(why)
+    if status == "finished":
+        return json.loads((run_dir(out, trial) / RESULT).read_text())
+    return _protocol(trial["id"], [trial], out, report)[0]
+
+
+def pack(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The staircase trials of `todo` with their grid cell's other seeds (same estimator, task, critic, settings)
+    as one trial of kind `PACK`, whose `run_protocol` call trains them as one stacked `estimate(seeds=...)`; each
+    seed still writes its own run folder and `result.json`, as its own trial does, with its numbers to float32
+    rounding. A cell with one seed to run, and RL trials, stay as they are."""
+    cells: dict[str, list[dict[str, Any]]] = {}
+    out: list[Any] = []
+    for t in todo:
+        if t["kind"] != "staircase":
+            out.append(t)
+            continue
+        p = t["params"]
+        key = json.dumps([{k: v for k, v in p.items() if k != "seed"}, t["settings"]], sort_keys=True)
+        if key not in cells:
+            cells[key] = []
+            out.append(cells[key])  # the cell keeps the place of its first seed
+        cells[key].append(t)
+    packed = []
+    for item in out:
+        if isinstance(item, dict) or len(item) == 1:
+            packed.append(item if isinstance(item, dict) else item[0])
+            continue
+        prefix = item[0]["id"].rsplit("__s", 1)[0]
+        seeds = "+".join(str(t["params"]["seed"]) for t in item)
+        packed.append({"id": f"{prefix}__s{seeds}", "kind": PACK, "members": item})
+    return packed
+
+
+def _run_staircase_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    todo = []
+    for member in trial["members"]:
+        status, why = trial_status(member, out)
+        if status == "changed":
+            raise RuntimeError(why)
+        if status != "finished":  # a rerun after a kill: the members that finished are not run again
+            todo.append(member)
+    results = _protocol(trial["id"], todo, out, report) if todo else []
+    return {"id": trial["id"], "kind": PACK, "members": [r["id"] for r in results]}
+
+
+def _protocol(tid: str, trials: list[dict[str, Any]], out: Path, report: Callable) -> list[dict[str, Any]]:
+    """`run_protocol` for the seeds of `trials` (one grid cell: the same estimator, task, critic and settings),
+    stacked when there are several; writes each trial's `result.json` and returns them as a rerun reads them."""
+    first = trials[0]
+    p, s = first["params"], first["settings"]
+    torch.set_num_threads(s["threads"])
+    tlog = _trial_logger(out, tid)
+    tlog.info("started %s on %d thread(s)", tid, torch.get_num_threads())
+    t0 = time.perf_counter()
+    recipe = s.get("recipe")
+    seeds = [t["params"]["seed"] for t in trials]
+    runs = sc.run_protocol(
+        recipe["estimator"] if recipe else p["estimator"],
+        sc.TaskSpec(**s["task"]),
+        p["critic"],
+        s["steps_per_level"],
+        s["batch_size"],
+        seeds if len(trials) > 1 else seeds[0],
+        heldout_samples=s["heldout_samples"],
+        **sc.recipe_arguments(recipe),
+    )
+    seconds = (time.perf_counter() - t0) / len(trials)  # each seed's share of the run
+    results = []
+    for trial, run in zip(trials, runs if len(trials) > 1 else [runs], strict=True):
+        est = run["estimates"]
+        if run["stopped_at"] is not None:
+            tlog.info("%s stopped at step %d: %s", trial["id"], run["stopped_at"], run["error"])
+        result = {
+            "id": trial["id"],
+            "kind": "staircase",
+            "params": trial["params"],
+            "settings": trial["settings"],
+            "step": len(est),
+            "steps": s["steps_per_level"] * len(sc.LEVELS),
+            "stopped_at": run["stopped_at"],
+            "error": run["error"],
+            "negatives": run["negatives"],
+            "levels": run["levels"],
+            "heldout": run["heldout"],
+            "estimates_every": s["record_every"],
+            "estimates": est[:: s["record_every"]],
+            "seconds": round(seconds, 2),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "code": sc.code_fingerprint(),
+            **({"packed_seeds": seeds} if len(trials) > 1 else {}),
+        }
+        d = run_dir(out, trial)
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / RESULT, result)
+        mse = [r["mse"] for r in run["levels"] if math.isfinite(r["mse"])]
+        report({"step": len(est), "mean_mse": statistics.fmean(mse) if mse else None})
+        results.append(
+            json.loads((d / RESULT).read_text())
+        )  # as a rerun reads it (non-finite floats: strings)
+    tlog.info("finished %s in %.1f s", tid, seconds * len(trials))
+    return results
+
+
+def _trial_logger(out: Path, trial_id: str) -> logging.Logger:
+    lg = logging.getLogger(f"sweep.trial.{trial_id}")
+    if not lg.handlers:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        h = logging.FileHandler(out / "logs" / f"{trial_id}.log")
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    return lg
+
+
+def ray_trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: one trial, reported to Tune after each chunk. Tune pickles it by reference, so
+    a worker imports this module (the package is installed on every node, docs/sweeps.md); the checkout's root
+    goes on its path as well, where a module that a spec's `imports:` names may sit."""
+    repo = config["repo"]
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from ray import tune
+
+    report = tune.report if "metrics" in _signature(tune.report) else _train_report()
+    run_trial(config["trial"], config["out"], report=report)
+
+
+def _signature(fn: Callable) -> Sequence[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _train_report() -> Callable:  # Ray < 2.4x: function trainables report through ray.train
+    from ray import train
+
+    return train.report
