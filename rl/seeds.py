@@ -59,6 +59,10 @@ _RANDOM = {
 }
 
 
+#: the entry of Adam's per-parameter state that counts steps (shared by the seeds; the moments are per seed)
+_STEP = "step"
+
+
 class _SeedDraws(TorchFunctionMode):
     """Inside `vmap`: a draw `f(..., generator=g)` from a stacked agent's generator `g` becomes, for seed s, the
     same call on seed s's generator (the stack of the S draws, indexed by the batched seed index)."""
@@ -203,12 +207,13 @@ class StackedAgents:
                     if any(st for st in states):
                         raise ValueError(f"optimizer {key!r}: some agents have Adam state and some none")
                     continue
+                steps = {float(st[_STEP]) for st in states}
+                if len(steps) > 1:
+                    raise ValueError(f"optimizer {key!r}: the agents' Adam steps differ ({sorted(steps)})")
+                # The step count is one for all seeds; every other entry (the moments, 0-d for a scalar parameter
+                # such as log_alpha too) is each seed's own.
                 stacked.state[p] = {
-                    k: (
-                        torch.stack([st[k] for st in states])
-                        if states[0][k].dim() > 0
-                        else states[0][k].clone()
-                    )
+                    k: states[0][k].clone() if k == _STEP else torch.stack([st[k] for st in states])
                     for k in states[0]
                 }
         return stacked
@@ -241,7 +246,7 @@ class StackedAgents:
             for p_st, p_own in zip(g_st["params"], g_own["params"]):
                 st = stacked.state.get(p_st)
                 if st:
-                    own.state[p_own] = {k: (v[s] if v.dim() > 0 else v) for k, v in st.items()}
+                    own.state[p_own] = {k: v if k == _STEP else v[s] for k, v in st.items()}
 
     # -- the update -----------------------------------------------------------------------------------------------
     def update(self, batches: Sequence[Batch]) -> list[dict[str, Tensor]]:

@@ -665,9 +665,9 @@ class SeedGroup:
         self.close()
 
     def train(self, until: int | None = None) -> list[dict[str, Any] | None]:
-        """Update every seed until `until` (default `cfg.steps`); each seed's last evaluation record (or None)."""
+        """Update every seed until `until` (default `cfg.steps`); each seed's latest evaluation record (its
+        `Trainer.evals[-1]`, whichever stretch made it; None before any)."""
         until = self.cfg.steps if until is None else min(until, self.cfg.steps)
-        last: dict[int, dict[str, Any] | None] = {}
         while True:
             group = [t for t in self.trainers if t.cfg.seed not in self.failures and t.step < until]
             if not group:
@@ -678,21 +678,17 @@ class SeedGroup:
             # a vectorised kernel depends on where an element sits) and redo their updates bit for bit.
             riders = [t for t in group if t.step > behind]
             stop = min((t.step for t in riders), default=until)
-            last.update(self._train_together(group, stop, riders))
+            self._train_together(group, stop, riders)
         for t in self.trainers:  # a final evaluation that a resume found missing
             if t.cfg.seed not in self.failures and t.step == until:
                 loop = t.start_loop(until, show=False)
                 t.finish_loop(loop)
                 t.stop_loop(loop)
-                if loop.last is not None:
-                    last[t.cfg.seed] = loop.last
-        return [last.get(t.cfg.seed) for t in self.trainers]
+        return [t.evals[-1] if t.evals else None for t in self.trainers]
 
-    def _train_together(
-        self, group: list[Trainer], until: int, riders: Sequence[Trainer] = ()
-    ) -> dict[int, dict[str, Any] | None]:
+    def _train_together(self, group: list[Trainer], until: int, riders: Sequence[Trainer] = ()) -> None:
         """Train `group` to `until` with one stacked update; `riders` (in `group`) update unrecorded and get their
-        states back at the end. Returns each recorded seed's last evaluation."""
+        states back at the end."""
         from rl.seeds import StackedAgents
 
         recorded = [t for t in group if t not in riders]
@@ -726,7 +722,6 @@ class SeedGroup:
             for t in self.trainers:
                 if t.cfg.seed in loops:
                     t.stop_loop(loops[t.cfg.seed])
-        return {seed: loop.last for seed, loop in loops.items()}
 
 
 def _one_line(err: BaseException) -> str:
@@ -773,9 +768,9 @@ def _fields_epilog(argv: Sequence[str] | None) -> str:
     )
 
 
-def _main_seeds(cfg: AgentConfig, args: argparse.Namespace) -> int:
-    """`main` for `seeds:`: one `SeedGroup`; the same exit statuses, 1 when any seed stopped."""
-    group = SeedGroup(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
+def _main_seeds(group: SeedGroup, args: argparse.Namespace) -> int:
+    """`main` for `seeds:`, once the group is built: the same exit statuses, 1 when any seed stopped."""
+    cfg = group.cfg
     try:
         dirs = ", ".join(str(t.run_dir) for t in group.trainers)
         if args.dry_run:
@@ -869,14 +864,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, imports=tuple(dict.fromkeys([*cfg.imports, *args.imports])))
         if args.seeds is not None:
             cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
-        if cfg.seeds:
-            return _main_seeds(cfg, args)
-        trainer = Trainer(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
+        runner = SeedGroup if cfg.seeds else Trainer
+        trainer = runner(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
     except Exception as e:  # noqa: BLE001 - every misuse ends in one line; --debug shows where
         if args.debug:
             traceback.print_exc()
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    if isinstance(trainer, SeedGroup):  # training errors end in exit status 1 (or the traceback with --debug)
+        return _main_seeds(trainer, args)
     if args.dry_run:
         ds = trainer.dataset
         at = f", resuming at step {trainer.step}" if trainer.step else ""
