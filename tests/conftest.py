@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -30,3 +32,30 @@ def assert_same_state(a, b, path: str = "state") -> None:
             assert_same_state(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+@pytest.fixture(scope="session")
+def hopper_file(tmp_path_factory) -> Path:
+    """400 random transitions with Hopper-v5's shapes (4 episodes), so trials evaluate on the real env (the sweep
+    tests, tests/benchmarks/test_sweep*.py)."""
+    from rl.data import OfflineDataset
+
+    n, do, da = 400, 11, 3
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n + 1, do)).astype(np.float32)
+    terminals = np.zeros(n, bool)
+    terminals[[99, 199, 299]] = True
+    timeouts = np.zeros(n, bool)
+    timeouts[-1] = True
+    ds = OfflineDataset(
+        observations=obs[:-1],
+        actions=rng.uniform(-1, 1, size=(n, da)).astype(np.float32),
+        rewards=rng.normal(1.0, 0.1, size=n).astype(np.float32),
+        next_observations=obs[1:],
+        terminals=terminals,
+        timeouts=timeouts,
+        metadata={"env_id": "Hopper-v5"},
+    )
+    path = tmp_path_factory.mktemp("data") / "tiny-hopper.hdf5"
+    ds.to_hdf5(path)
+    return path

@@ -36,6 +36,8 @@ from rl.sweep.driver import SweepError, run_sweep
 from rl.sweep.gather import gather
 from rl.sweep.report import carry_files, display, publish, write_report
 from rl.sweep.spec import SpecError, load_spec
+from rl.sweep.storage import Storage, mirror
+from rl.sweep.trials import member_ids
 
 
 def _prog() -> str:
@@ -54,6 +56,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("spec", type=Path, help="grid spec YAML (e.g. benchmarks/sweeps/smoke.yaml)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweeps/<name>)")
     p.add_argument("--address", default=None, help="an existing Ray cluster (`ray start --head` prints it)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="where trials keep their run folders and checkpoints (Ray Tune's storage): a path every node sees, "
+        "or a URI (s3://bucket/path, gs://...); default: the output folder",
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
     p.add_argument("--report-only", action="store_true", help="only gather results.csv/.md and plots; no Ray")
@@ -80,12 +88,19 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             print(display(path))
         return 0
     if args.report_only:
+        if args.storage is not None:  # the run folders as the storage has them
+            try:
+                store = Storage(args.storage)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            mirror(store, store.best_trees(), out, [rid for t in spec.trials for rid in member_ids(t)])
         ensure_behaviour(spec, out, make=False)
         files = write_report(spec, out)
         print(f"wrote {', '.join(display(f) for f in files)}")
     else:
         try:
-            summary = run_sweep(spec, out, args.address, args.num_cpus, args.max_concurrent)
+            summary = run_sweep(spec, out, args.address, args.num_cpus, args.max_concurrent, args.storage)
         except SweepError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

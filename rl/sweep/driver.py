@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from rl._atomic import atomic_write
 from rl.sweep.behaviour import ensure_behaviour
 from rl.sweep.folders import divergence_headline, first_error_line, trial_status
 from rl.sweep.report import display, write_report
-from rl.sweep.spec import REPO, Spec
-from rl.sweep.trials import pack, ray_trainable
+from rl.sweep.spec import Spec
+from rl.sweep.storage import HANDOFF, Storage, Tree, mirror
+from rl.sweep.trials import member_ids, pack, ray_trainable
 
 log = logging.getLogger("sweep")
 
@@ -37,18 +40,24 @@ def run_sweep(
     address: str | None = None,
     num_cpus: int | None = None,
     max_concurrent: int | None = None,
+    storage: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run the trials of `spec` that are not finished on Ray Tune, then gather the report.
 
     Returns `{"skipped": [ids], "resumed": {id: step}, "started": [ids], "errors": {id: message}, "files": [...]}`.
     A Ray instance that is already initialised (tests) is used as it is; otherwise `address` (an existing cluster)
-    or a new local instance with `num_cpus` CPUs (default: all), shut down at the end.
+    or a new local instance with `num_cpus` CPUs (default: all), shut down at the end. `storage`: where the
+    trials' files travel (`rl.sweep.storage`; a local path or a URI; default `out` itself).
     """
     out = Path(out).resolve()
+    try:
+        store = Storage(storage if storage is not None else out)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
     lock = _lock(out)
     handler = _setup_logging(out)
     try:
-        return _run_sweep(spec, out, address, num_cpus, max_concurrent, handler)
+        return _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -67,8 +76,13 @@ def _lock(out: Path) -> Any:
         raise SweepError(str(err)) from None
 
 
-def _run_sweep(spec, out, address, num_cpus, max_concurrent, handler) -> dict[str, Any]:
+def _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler) -> dict[str, Any]:
     summary: dict[str, Any] = {"skipped": [], "resumed": {}, "started": [], "errors": {}}
+    best = store.best_trees()
+    mirror(store, best, out, [rid for t in spec.trials for rid in member_ids(t)])
+    gone = store.prune(best)
+    if gone:
+        log.info("removed %d superseded checkpoint(s) from %s", gone, store.uri)
     todo = []
     for t in spec.trials:
         status, detail = trial_status(t, out)
@@ -95,12 +109,40 @@ def _run_sweep(spec, out, address, num_cpus, max_concurrent, handler) -> dict[st
         ensure_behaviour(spec, out, make=True)
         if spec.pack_seeds:
             todo = pack(todo)
-        summary["errors"].update(_tune(spec, out, todo, address, num_cpus, max_concurrent, handler))
+        payloads = [_payload(t, out, store, best) for t in todo]
+        summary["errors"].update(
+            _tune(spec, out, store, payloads, address, num_cpus, max_concurrent, handler)
+        )
+        mirror(store, store.best_trees(), out, [rid for t in spec.trials for rid in member_ids(t)])
     else:
         ensure_behaviour(spec, out, make=False)
     summary["files"] = write_report(spec, out)
     _console(f"wrote {', '.join(display(p) for p in summary['files'])}")
     return summary
+
+
+def _payload(trial: dict[str, Any], out: Path, store: Storage, best: dict[str, Tree]) -> dict[str, Any]:
+    """What a trial's Tune config carries: the trial, the storage's URI, and where an unfinished RL run resumes
+    from (`resume_from`: its best tree in storage, else its folder in `out` handed over through storage)."""
+    (out / "errors" / f"{trial['id']}.txt").unlink(missing_ok=True)  # from an earlier attempt
+    payload: dict[str, Any] = {"trial": copy.deepcopy(trial), "storage": store.uri, "resume_from": None}
+    if trial["kind"] != "rl" or not (out / "runs" / trial["id"] / "checkpoint.pt").exists():
+        return payload
+    if trial["id"] in best:
+        payload["resume_from"] = best[trial["id"]].path
+    elif store.is_output(out):
+        payload["resume_from"] = ""  # the storage root is `out`: the run folder is in storage already
+    else:  # only `out` has it (carried in git, or an older runner's): hand it over
+        with tempfile.TemporaryDirectory() as tmp:
+            for sub in (Path("runs") / trial["id"], Path("logs") / f"{trial['id']}.log"):
+                if (out / sub).is_dir():
+                    shutil.copytree(out / sub, Path(tmp) / sub)
+                elif (out / sub).is_file():
+                    (Path(tmp) / sub).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(out / sub, Path(tmp) / sub)
+            store.upload(Path(tmp), f"{HANDOFF}/{trial['id']}")
+        payload["resume_from"] = f"{HANDOFF}/{trial['id']}"
+    return payload
 
 
 def _write_error(out: Path, tid: str, text: str) -> None:
@@ -146,17 +188,17 @@ def _console(msg: str) -> None:
     log.info(msg)
 
 
-def _tune(spec, out, todo, address, num_cpus, max_concurrent, handler) -> dict[str, str]:
+def _tune(spec, out, store, payloads, address, num_cpus, max_concurrent, handler) -> dict[str, str]:
     import ray.tune  # noqa: F401 - Ray's loggers exist once it is imported; then they are redirected
 
     ray_log = _quiet_ray(handler.baseFilename)
     try:
-        return _tune_run(spec, out, todo, address, num_cpus, max_concurrent)
+        return _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent)
     finally:
         _unquiet(ray_log)
 
 
-def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, str]:
+def _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent) -> dict[str, str]:
     import ray
     from ray import tune
 
@@ -184,12 +226,20 @@ def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, s
             raise SweepError(f"cannot {where}: {type(e).__name__}: {e}{hint}") from e
     cpus = ray.cluster_resources().get("CPU", 0)
     _console(
-        f"Ray {'cluster ' + address if address else 'local'} ({cpus:g} CPUs); {len(todo)} trials, "
+        f"Ray {'cluster ' + address if address else 'local'} ({cpus:g} CPUs); {len(payloads)} trials, "
         f"{spec.resources['cpu']:g} CPU each, at most {max_concurrent or spec.max_concurrent or 'all'} at once"
     )
     done: dict[str, str] = {}
+    todo = payloads
+    members = {p["trial"]["id"]: member_ids(p["trial"]) for p in payloads}
 
     class Progress(tune.Callback):
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            # Mirrored as it lands, so that `out` shows each trial's progress (and can be committed) mid-run.
+            tree = store.tree(store.relative(checkpoint.path))
+            if tree is not None:
+                mirror(store, dict.fromkeys(tree.runs, tree), out, members[trial.config["trial"]["id"]])
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             log.info(
                 "%s: %s",
@@ -215,16 +265,14 @@ def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, s
                 f"  error {tid} (see {display(out / 'errors' / (tid + '.txt'))}) ({len(done)}/{len(todo)})"
             )
 
-    payloads = [{"trial": copy.deepcopy(t), "out": str(out), "repo": str(REPO)} for t in todo]
-    run_config_cls = getattr(tune, "RunConfig", None)
-    if run_config_cls is None:  # Ray < 2.4x
-        from ray.train import RunConfig as run_config_cls
     tuner = tune.Tuner(
         tune.with_resources(ray_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}),
         param_space={
             "trial": tune.grid_search([p["trial"] for p in payloads]),
-            "out": str(out),
-            "repo": str(REPO),
+            "storage": store.uri,
+            "resume_from": {
+                p["trial"]["id"]: p["resume_from"] for p in payloads if p["resume_from"] is not None
+            },
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent or spec.max_concurrent,
@@ -232,11 +280,14 @@ def _tune_run(spec, out, todo, address, num_cpus, max_concurrent) -> dict[str, s
             trial_dirname_creator=_trial_name,
             reuse_actors=True,  # one worker process runs trial after trial: no torch import per trial
         ),
-        run_config=run_config_cls(
-            storage_path=str(out / "ray"),
+        run_config=tune.RunConfig(
+            storage_path=store.ray_path,
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             verbose=0,
             callbacks=[Progress()],
+            # two, so that a copy cut short by a kill always leaves the one before it whole
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
     try:

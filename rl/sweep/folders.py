@@ -9,6 +9,7 @@ what the spec now gives is refused, naming the keys (docs/sweeps.md, "What a rer
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -31,11 +32,15 @@ def run_dir(out: Path, trial: dict[str, Any]) -> Path:
 
 
 def trial_config(trial: dict[str, Any], out: str | os.PathLike) -> Any:
-    """The `rl.train` config of an RL trial, run directory `<out>/runs/<id>` included."""
+    """The `rl.train` config of an RL trial, run directory `<out>/runs/<id>` included: from the config file's
+    content that the trial carries (`config_data`; the file itself may be on another machine's disk)."""
     from rl.train import build_config
 
     ov = {**trial["overrides"], "run_dir": str(Path(out).resolve() / "runs" / trial["id"])}
-    return build_config(trial["config"], ov)
+    data = trial.get("config_data")
+    if data is None:
+        return build_config(trial["config"], ov)
+    return build_config(None, ov, base=copy.deepcopy(data))
 
 
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,19 @@ import rl.sweep.staircase as sc
 REPO = Path(__file__).resolve().parents[2]
 
 KINDS = ("rl", "staircase")
-TOP_KEYS = ("name", "kind", "description", "base", "grid", "resources", "max_concurrent", "pack_seeds")
+TOP_KEYS = (
+    *(
+        "name",
+        "kind",
+        "description",
+        "base",
+        "grid",
+        "resources",
+        "max_concurrent",
+        "pack_seeds",
+        "max_failures",
+    ),
+)
 RL_AXES = ("variant", "dataset", "seed")
 STAIRCASE_AXES = ("estimator", "task", "critic", "seed", "dim")
 STAIRCASE_BASE = {
@@ -81,6 +93,8 @@ class Spec:
     description: str = ""
     #: staircase: a grid cell's unfinished seeds run as one trial, one stacked `estimate(seeds=...)` (`pack`)
     pack_seeds: bool = True
+    #: how often Ray restarts a failed trial (a lost worker or node; also one that raised), from its last checkpoint
+    max_failures: int = 1
 
     def trial(self, trial_id: str) -> dict[str, Any]:
         for t in self.trials:
@@ -178,6 +192,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
     pack_seeds = data.get("pack_seeds", True)
     if not isinstance(pack_seeds, bool):
         raise SpecError(f"pack_seeds must be true or false; got {pack_seeds!r}")
+    max_failures = _int(data.get("max_failures", 1), "max_failures", 0)
     spec = Spec(
         name,
         kind,
@@ -187,6 +202,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
         mc,
         description=str(desc),
         pack_seeds=pack_seeds,
+        max_failures=max_failures,
     )
     grid = _mapping(data["grid"], "grid")
     spec.trials = _rl_trials(spec, grid) if kind == "rl" else _staircase_trials(spec, grid)
@@ -230,7 +246,7 @@ def _resolve_imports(value: Any, where: str, spec_path: Path) -> Any:
 
 
 def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
-    from rl.config import ConfigError
+    from rl.config import ConfigError, load_yaml
     from rl.train import build_config
 
     unknown = [k for k in grid if k not in RL_AXES]
@@ -303,6 +319,8 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
                     "seed": seed,
                 },
                 "config": cfg_path,
+                # the file's content: a trial on a node without the driver's disk builds its config from this
+                "config_data": load_yaml(cfg_path) if cfg_path is not None else None,
                 "overrides": ov,
                 "steps": cfg.steps,
                 "eval_episodes": cfg.eval_episodes,

@@ -14,11 +14,11 @@ import json
 import logging
 import math
 import os
+import shutil
 import statistics
-import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +239,14 @@ def _protocol(tid: str, trials: list[dict[str, Any]], out: Path, report: Callabl
 
 def _trial_logger(out: Path, trial_id: str) -> logging.Logger:
     lg = logging.getLogger(f"sweep.trial.{trial_id}")
+    path = (out / "logs" / f"{trial_id}.log").resolve()
+    for h in list(lg.handlers):  # one worker may run a trial twice (Ray's retry), each time in another folder
+        if Path(getattr(h, "baseFilename", "")) != path:
+            lg.removeHandler(h)
+            h.close()
     if not lg.handlers:
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        h = logging.FileHandler(out / "logs" / f"{trial_id}.log")
+        h = logging.FileHandler(path)
         h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         lg.addHandler(h)
         lg.setLevel(logging.INFO)
@@ -250,28 +255,57 @@ def _trial_logger(out: Path, trial_id: str) -> logging.Logger:
 
 
 def ray_trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable: one trial, reported to Tune after each chunk. Tune pickles it by reference, so
-    a worker imports this module (the package is installed on every node, docs/sweeps.md); the checkout's root
-    goes on its path as well, where a module that a spec's `imports:` names may sit."""
-    repo = config["repo"]
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
+    """The Tune function trainable: one trial in a scratch folder of the node it runs on, its files handed over
+    through Ray's checkpoint API only (`rl.sweep.storage`): after each chunk, and once more at the end, the
+    folder's tree is reported as a checkpoint, which Ray copies to its storage. It starts from Ray's last
+    checkpoint of this trial when Ray restarts it (a worker or node lost), else from the tree the driver names
+    (`resume_from[id]`, relative to the storage root `storage`), else afresh. Tune pickles the function by reference,
+    so each node imports it from the installed package."""
+    import tempfile
+
     from ray import tune
 
-    report = tune.report if "metrics" in _signature(tune.report) else _train_report()
-    run_trial(config["trial"], config["out"], report=report)
+    from rl.sweep.storage import STATE, Storage, stage_tree
 
+    trial = config["trial"]
+    work = Path(tempfile.mkdtemp(prefix=f"misa-sweep-{trial['id'][:60]}-"))
+    staging = work.with_name(work.name + ".report")
+    last: dict[str, Any] = {}
 
-def _signature(fn: Callable) -> Sequence[str]:
-    import inspect
+    def report(metrics: dict[str, Any]) -> None:
+        last.clear()
+        last.update(metrics)
+        tree = stage_tree(work, runs_progress(trial, work, metrics.get("step")), staging)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(tree)))
 
     try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []
+        start, origin = tune.get_checkpoint(), "afresh"
+        if start is not None:  # Ray restarted this trial
+            start.to_directory(str(work))
+            (work / STATE).unlink(missing_ok=True)
+            origin = f"from Ray's checkpoint {start.path}"
+        elif trial["id"] in config["resume_from"]:
+            tree = config["resume_from"][trial["id"]]
+            Storage(config["storage"]).download_runs(tree, member_ids(trial), work)
+            origin = f"from the storage's {tree or 'run folder'}"
+        _trial_logger(work, trial["id"]).info("working in %s on %s, %s", work, os.uname().nodename, origin)
+        run_trial(trial, work, report=report)
+        report({**last, "sweep_finished": True})  # the tree with result.json
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _train_report() -> Callable:  # Ray < 2.4x: function trainables report through ray.train
-    from ray import train
+def member_ids(trial: dict[str, Any]) -> list[str]:
+    """The ids of the run folders a trial writes: its own, or its members' (a pack)."""
+    return [m["id"] for m in trial["members"]] if trial["kind"] == PACK else [trial["id"]]
 
-    return train.report
+
+def runs_progress(trial: dict[str, Any], work: Path, step: int | None) -> dict[str, tuple[bool, int]]:
+    """`{id: (finished, step)}` of each run folder of `trial` in `work`: finished when its result.json exists; the
+    step an RL run's trainer reached (its checkpoint's: a chunk ends with one), a staircase run's 0 or its end."""
+    out = {}
+    for rid in member_ids(trial):
+        finished = (work / "runs" / rid / RESULT).exists()
+        out[rid] = (finished, int(step or 0) if trial["kind"] == "rl" else int(finished))
+    return out

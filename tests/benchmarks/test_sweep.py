@@ -17,7 +17,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import assert_same_state
@@ -25,7 +24,6 @@ from conftest import assert_same_state
 import rl.sweep.staircase as sc
 from rl._safe_load import load_torch_file
 from rl.config import to_dict
-from rl.data import OfflineDataset
 from rl.sweep import plots
 from rl.sweep.__main__ import main
 from rl.sweep.driver import SweepError, run_sweep
@@ -45,30 +43,6 @@ TINY_NETS = "batch_size: 32, hidden_q: [16, 16], hidden_pi: [16, 16], log_every:
 # ------------------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hopper_file(tmp_path_factory) -> Path:
-    """400 random transitions with Hopper-v5's shapes (4 episodes), so trials evaluate on the real env."""
-    n, do, da = 400, 11, 3
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(n + 1, do)).astype(np.float32)
-    terminals = np.zeros(n, bool)
-    terminals[[99, 199, 299]] = True
-    timeouts = np.zeros(n, bool)
-    timeouts[-1] = True
-    ds = OfflineDataset(
-        observations=obs[:-1],
-        actions=rng.uniform(-1, 1, size=(n, da)).astype(np.float32),
-        rewards=rng.normal(1.0, 0.1, size=n).astype(np.float32),
-        next_observations=obs[1:],
-        terminals=terminals,
-        timeouts=timeouts,
-        metadata={"env_id": "Hopper-v5"},
-    )
-    path = tmp_path_factory.mktemp("data") / "tiny-hopper.hdf5"
-    ds.to_hdf5(path)
-    return path
-
-
 def write_spec(tmp: Path, text: str, name: str = "spec.yaml") -> Path:
     p = tmp / name
     p.write_text(text)
@@ -993,6 +967,9 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     spec_path, done_out, _ = finished_sweep
     out = tmp_path / "out"
     shutil.copytree(done_out, out)
+    # the folder alone, as git carries it to another machine: no storage (Ray's checkpoints under out/ray)
+    shutil.rmtree(out / "ray")
+    (out / ".mirror.json").unlink()
     victim = "td3bc__tiny-hopper__s1"
     shutil.rmtree(out / "runs" / victim)
     spec = load_spec(spec_path)
