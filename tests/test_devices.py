@@ -119,3 +119,17 @@ def test_a_short_training_run_on_the_device(tmp_path, device):
     assert main([*argv, "--eval-every", "0", "--run-dir", str(tmp_path / "run")]) == 0
     assert main([*argv, "--eval-every", "0", "--run-dir", str(tmp_path / "group"), "--seeds", "0", "1"]) == 0
     assert (tmp_path / "group" / "seed1" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_estimator_suites_protocol_on_the_device(device):
+    from rl.sweep import staircase as sc
+
+    def run(dev: str, seed):
+        return sc.run_protocol("nwj", "gauss-d2", "separable", 4, 16, seed, heldout_samples=32, device=dev)
+
+    here = run(device, [0, 1])  # a packed cell: the stacked run
+    assert [r["stopped_at"] for r in here] == [None, None]
+    assert all(all(h["error"] is None for h in r["heldout"]) for r in here)
+    cpu = run("cpu", 1)  # the same draws on the CPU, one seed alone: the same numbers to float32 rounding
+    assert here[1]["estimates"] == pytest.approx(cpu["estimates"], rel=1e-4, abs=1e-5)

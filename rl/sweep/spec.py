@@ -301,11 +301,18 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
         if dataset is not None:
             ov["dataset"] = dataset
         ov.setdefault("threads", res_threads)
+        if spec.resources["gpu"] > 0:  # a trial that asks Ray for a GPU (or a share of one) trains on it
+            ov.setdefault("device", "cuda")
         ov["seed"] = seed
         try:
             cfg = build_config(cfg_path, ov)
         except (ConfigError, FileNotFoundError) as e:
             raise SpecError(f"{where}: {e}") from None
+        if str(cfg.device).startswith("cuda") and spec.resources["gpu"] == 0:
+            raise SpecError(
+                f"{where}: device {cfg.device!r} needs resources.gpu > 0 (Ray shows a trial only the GPUs it "
+                "asks for; a fraction such as 0.25 lets four trials share one)"
+            )
         tag = _tag(Path(cfg.dataset).stem if cfg.dataset.endswith((".hdf5", ".h5")) else cfg.dataset)
         trials.append(
             {
@@ -500,6 +507,8 @@ def _staircase_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
                 "task": task.as_dict(),
                 **({"recipe": recipes[est]} if est in recipes else {}),
             },
+            # where it trains: not a setting (the same numbers to float32 rounding), so not in `settings`
+            "device": "cuda" if spec.resources["gpu"] > 0 else "cpu",
         }
         for est, task, critic, seed, tid in points
     ]

@@ -238,6 +238,7 @@ def run_protocol(
     negatives: str | None = None,
     average: float | None = None,
     max_grad_norm: float | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """One trial of the suite: train `critic` with `estimator` over the staircase of `task` (one `mie.estimate`
     run, Adam at `lr`, fresh batch of `batch_size` each step, the estimator's default negatives unless `negatives`
@@ -257,7 +258,8 @@ def run_protocol(
     `critic_overrides` replace keys of `CRITIC_OPTIONS[critic]` (e.g. `{"hidden": (256, 256)}`), `lr` is Adam's
     and `negatives` ("all-pairs" | "derangement") the training and held-out negatives; `average` (a decay) reads
     the training and held-out estimates through an `mie.AveragedCritic` of the critic; `max_grad_norm` clips the
-    gradient's norm.
+    gradient's norm. `device`: where the critics train and are evaluated (the samples are drawn on the CPU, from
+    the same generators, and moved there).
 
     Returns `{"estimates", "stopped_at", "error", "heldout": [{"mi", "mean", "std", "error"}] per level,
     "levels": summarise(...) with `heldout` and `heldout_std` merged in}` (a list of them for a list of seeds).
@@ -316,6 +318,7 @@ def run_protocol(
         max_grad_norm=max_grad_norm,
         callback=level_done,
         callback_every=steps_per_level,
+        device=device,
         **({"seeds": seeds} if isinstance(seed, list) else {"seed": seed}),
     )
     results = []

@@ -197,6 +197,7 @@ def _protocol(tid: str, trials: list[dict[str, Any]], out: Path, report: Callabl
         s["batch_size"],
         seeds if len(trials) > 1 else seeds[0],
         heldout_samples=s["heldout_samples"],
+        device=first.get("device", "cpu"),
         **sc.recipe_arguments(recipe),
     )
     seconds = (time.perf_counter() - t0) / len(trials)  # each seed's share of the run
@@ -221,6 +222,7 @@ def _protocol(tid: str, trials: list[dict[str, Any]], out: Path, report: Callabl
             "estimates": est[:: s["record_every"]],
             "seconds": round(seconds, 2),
             "threads": torch.get_num_threads(),
+            "device": first.get("device", "cpu"),
             "torch": torch.__version__,
             "code": sc.code_fingerprint(),
             **({"packed_seeds": seeds} if len(trials) > 1 else {}),

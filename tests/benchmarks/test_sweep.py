@@ -324,6 +324,25 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     }
 
 
+def test_a_gpu_share_puts_trials_on_cuda_and_cuda_needs_one(tmp_path):
+    shared = RL_OK.replace("base: {steps: 10}", "base: {steps: 10}\nresources: {cpu: 1, gpu: 0.25}")
+    spec = load_spec(write_spec(tmp_path, shared))
+    assert spec.resources == {"cpu": 1, "gpu": 0.25}
+    (trial,) = spec.trials
+    assert trial["overrides"]["device"] == "cuda" and trial_config(trial, tmp_path).device == "cuda"
+    # a variant may still name its device; one that names cuda without a GPU share is refused before Ray starts
+    own = load_spec(
+        write_spec(tmp_path, shared.replace("base: {steps: 10}", "base: {steps: 10, device: cpu}"))
+    )
+    assert own.trials[0]["overrides"]["device"] == "cpu"
+    with pytest.raises(SpecError, match=r"grid\.variant\[0\] \(bc\): device 'cuda' needs resources\.gpu > 0"):
+        load_spec(write_spec(tmp_path, RL_OK.replace("base: {steps: 10}", "base: {steps: 10, device: cuda}")))
+    stair = "name: s\nkind: staircase\nresources: {gpu: 0.5}\ngrid: {estimator: [nwj], seed: [0, 1]}\n"
+    trials = load_spec(write_spec(tmp_path, stair)).trials
+    assert [t["device"] for t in trials] == ["cuda", "cuda"] and "device" not in trials[0]["settings"]
+    assert pack(trials)[0]["members"][0]["device"] == "cuda"
+
+
 def test_dataset_axis_and_nested_overrides(tmp_path):
     path = write_spec(
         tmp_path,
