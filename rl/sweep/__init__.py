@@ -6,6 +6,7 @@ One module per job, in the order a sweep uses them:
 
 - `spec`: the YAML spec read and checked (`load_spec`, `SpecError`), the `Spec` and its trials;
 - `folders`: a trial's run folder and what its files say (`trial_status`: finished, resume, new, changed);
+- `storage`: where trials' files travel (Ray's storage: a path or a URI; checkpoint trees, the mirror into `--out`);
 - `trials`: one trial run to its end (`run_trial`; `pack`: a staircase cell's seeds as one trial) and the Tune
   trainable;
 - `behaviour`: the behaviour data's score per dataset, cached for the report;
