@@ -9,8 +9,8 @@ clipping is per seed. A seed differs from its one-seed run only by the rounding 
 
 What cannot be stacked runs its seeds one after another through the same `_Run`s, with the same numbers as
 `seeds=None` at each seed: proposal-based estimators (their scores draw proposal samples and MCMC chains inside the
-estimator), critics without parameters, and estimators whose loss branches on tensor values (MINE's moving
-average), which `vmap` refuses.
+estimator), critics without parameters, and estimators whose loss branches on tensor values in Python, which
+`vmap` refuses (found at the first step; MINE's moving average is a select, and stacks).
 """
 
 from __future__ import annotations

@@ -204,16 +204,15 @@ class MINE(Estimator):
         log_z = logmeanexp(s.negative)
         with torch.no_grad():
             batch = log_z.detach().to(self.ema_log_z.dtype)
-            if torch.isnan(self.ema_log_z):
-                self.ema_log_z.copy_(batch)
-            else:
-                self.ema_log_z.copy_(
-                    torch.logaddexp(
-                        self.ema_log_z + math.log1p(-self.ema_rate), batch + math.log(self.ema_rate)
-                    )
-                    if self.ema_rate < 1.0
-                    else batch
+            if self.ema_rate < 1.0:
+                moved = torch.logaddexp(
+                    self.ema_log_z + math.log1p(-self.ema_rate), batch + math.log(self.ema_rate)
                 )
+                # the first batch starts the average (NaN: none yet); a select, not a Python branch on a tensor,
+                # so that `torch.func.vmap` batches it (many seeds in one pass)
+                self.ema_log_z.copy_(torch.where(torch.isnan(self.ema_log_z), batch, moved))
+            else:
+                self.ema_log_z.copy_(batch)
             ratio = torch.exp(log_z.detach() - self.ema_log_z.to(log_z.dtype))
         # d/dθ [ratio * log_z] = (E e^T / ema) * grad log E e^T = grad E e^T / ema: MINE's corrected gradient.
         return -(s.positive.mean() - ratio * log_z)

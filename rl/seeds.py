@@ -3,8 +3,8 @@
 The S agents (one algorithm and config, seeds apart) are built as usual, so each starts where its one-seed run
 does. Their weights, targets, temperatures and Adam moments are then stacked into tensors `[S, ...]`, and each
 agent's own parameters and optimiser state become views of its slice: the agents stay current at every step, so
-checkpoints, evaluation and `state_dict` work on each one as in a one-seed run, and loading a checkpoint into an
-agent writes its slice.
+checkpoints, evaluation and `state_dict` work on each one as in a one-seed run; a state loaded after stacking goes
+through `StackedAgents.load_state_dict(s, state)`, which writes seed s's slice.
 
 One update runs each phase of the algorithm once for all seeds, `torch.func.vmap` over the seed axis of the
 stacked state and of the batches `[S, B, ...]`: the algorithm file's losses are called as written, on one agent
@@ -59,6 +59,25 @@ _RANDOM = {
 }
 
 
+#: Random functions with no generator argument (dropout): inside a stacked update they would draw one mask from
+#: the global stream for all seeds, so they are refused where they draw (training mode, p > 0).
+_UNSEEDED = {
+    torch.nn.functional.dropout,
+    torch.nn.functional.dropout1d,
+    torch.nn.functional.dropout2d,
+    torch.nn.functional.dropout3d,
+    torch.nn.functional.alpha_dropout,
+    torch.nn.functional.feature_alpha_dropout,
+}
+
+
+def _draws(args: tuple, kwargs: dict) -> bool:
+    """Whether a dropout call `f(input, p=0.5, training=True, inplace=False)` draws a mask."""
+    p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+    training = args[2] if len(args) > 2 else kwargs.get("training", True)
+    return bool(training) and float(p) > 0
+
+
 #: the entry of Adam's per-parameter state that counts steps (shared by the seeds; the moments are per seed)
 _STEP = "step"
 
@@ -75,6 +94,12 @@ class _SeedDraws(TorchFunctionMode):
         kwargs = kwargs or {}
         gen = kwargs.get("generator")
         streams = self.streams.get(id(gen)) if gen is not None else None
+        if func in _UNSEEDED and _draws(args, kwargs):
+            raise RuntimeError(
+                f"a stacked update ran {func.__name__} in training mode: its mask comes from the global stream, "
+                "one mask for every seed (it takes no generator); stack agents without dropout, or run one "
+                "process per seed"
+            )
         if streams is None:
             if func in _RANDOM:
                 raise RuntimeError(
@@ -88,6 +113,20 @@ class _SeedDraws(TorchFunctionMode):
             )
         draws = [func(*args, **{**kwargs, "generator": g}) for g in streams]
         return torch.stack(draws)[self.seed_index]
+
+
+def _config_difference(a: object, b: object) -> str:
+    """The config fields in which `a` and `b` differ, beyond those that differ per seed (seed, run folder)."""
+    import dataclasses
+
+    if type(a) is not type(b) or not dataclasses.is_dataclass(a):
+        return f"{type(a).__name__} vs {type(b).__name__}"
+    keys = [
+        f.name
+        for f in dataclasses.fields(a)
+        if f.name not in ("seed", "run_dir") and getattr(a, f.name) != getattr(b, f.name)
+    ]
+    return ", ".join(f"{k}: {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in keys[:3])
 
 
 def _leaves(agent: OfflineAgent) -> dict[str, Tensor]:
@@ -158,6 +197,12 @@ class StackedAgents:
                     f"agents[{i}] has {a.num_updates} updates, agents[0] {first.num_updates}: stack agents at "
                     "one step"
                 )
+            other = _config_difference(a.cfg, first.cfg)
+            if other:
+                raise ValueError(
+                    f"agents[{i}] has another config than agents[0] ({other}); stacked agents differ by seed "
+                    "only"
+                )
             if getattr(a.cfg, "fast", False):
                 raise ValueError(
                     f"agents[{i}] runs the one-seed fast paths (fast: true); a stacked run uses plain autograd "
@@ -178,18 +223,56 @@ class StackedAgents:
                 stacked = nn.Parameter(stacked, requires_grad=like.requires_grad)
             self.state[n] = stacked
             for s, a in enumerate(agents):
-                view = stacked.detach()[s]
-                if isinstance(like, nn.Parameter):
-                    view = nn.Parameter(view, requires_grad=like.requires_grad)
-                elif like.requires_grad:
-                    view = view.requires_grad_(True)
-                _set(a, n, view)
+                _set(a, n, self._view(n, s, like))
         self._by_id = {id(t): n for n, t in per_agent[0].items()}
         self.optimizers = {k: self._stack_optimizer(k) for k in first.optimizers}
         self._by_id = {id(t): n for n, t in self.state.items()}
         self._rebind_optimizers()
         gens = [{k: g for k, g in vars(a).items() if isinstance(g, torch.Generator)} for a in agents]
         self.streams = {id(g): [gs[k] for gs in gens] for k, g in gens[0].items()}
+
+    def _view(self, name: str, s: int, like: Tensor) -> Tensor:
+        """Seed s's slice of the stacked `name`, as the kind of tensor `like` is (a parameter, or one that
+        requires grad)."""
+        view = self.state[name].detach()[s]
+        if isinstance(like, nn.Parameter):
+            return nn.Parameter(view, requires_grad=like.requires_grad)
+        return view.requires_grad_(True) if like.requires_grad else view
+
+    def load_state_dict(self, s: int, state: dict) -> None:
+        """Load `state` (an agent's `state_dict`, at this stack's step) into agent s and its slice of the stacked
+        state. The agent's own `load_state_dict` alone would not reach the stacked update: it replaces some of its
+        tensors (Adam's moments, the dataset statistics) with new ones."""
+        agent = self.agents[s]
+        if int(state["num_updates"]) != agent.num_updates:
+            raise ValueError(
+                f"state is at update {int(state['num_updates'])}, the stack at {agent.num_updates}: load a state "
+                "of the stack's step (Adam's step count is one for all seeds)"
+            )
+        agent.load_state_dict(state)
+        with torch.no_grad():
+            for name, t in _leaves(agent).items():
+                stacked = self.state[name]
+                if t.untyped_storage().data_ptr() != stacked.untyped_storage().data_ptr():  # replaced
+                    stacked.detach()[s].copy_(t.detach())
+                    _set(agent, name, self._view(name, s, t))
+        for key, stacked_opt in self.optimizers.items():
+            own = agent.optimizers[key]
+            for g_st, g_own in zip(stacked_opt.param_groups, own.param_groups):
+                for p_st, p_own in zip(g_st["params"], g_own["params"]):
+                    loaded, st = own.state.get(p_own, {}), stacked_opt.state.get(p_st, {})
+                    if bool(loaded) != bool(st):
+                        raise ValueError(
+                            f"optimizer {key!r}: the state has Adam moments where the stack has none"
+                        )
+                    for k, v in loaded.items():
+                        if k != _STEP:
+                            st[k][s].copy_(v)
+                        elif float(v) != float(st[k]):
+                            raise ValueError(
+                                f"optimizer {key!r}: the state's Adam step {float(v)} is not the stack's"
+                            )
+            self._share_moments(key, s)
 
     # -- optimisers ---------------------------------------------------------------------------------------------
     def _stack_optimizer(self, key: str) -> torch.optim.Optimizer:

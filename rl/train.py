@@ -738,6 +738,12 @@ def _resume_base(rest: dict[str, str], seeds: Sequence[int] | None = None) -> di
         raise ConfigError("--resume needs --run-dir DIR (or the --config that made the run)")
     ckpt = Path(run_dir) / (f"seed{seeds[0]}" if seeds else "") / "checkpoint.pt"
     if not ckpt.is_file():
+        group = sorted(p.parent.name[4:] for p in Path(run_dir).glob("seed*/checkpoint.pt"))
+        if not seeds and group:
+            raise ConfigError(
+                f"--run-dir {run_dir} holds the run folders of a --seeds run (seeds {', '.join(group)}): resume "
+                f"it with --seeds {' '.join(group)}, or one seed alone with --run-dir {run_dir}/seed{group[0]}"
+            )
         return {}
     saved = load_torch_file(ckpt, required=CHECKPOINT_KEYS)["config"]
     if not isinstance(saved, dict):
@@ -799,11 +805,14 @@ def _main_seeds(group: SeedGroup, args: argparse.Namespace) -> int:
             if t.cfg.seed in group.failures:
                 print(f"error: seed {t.cfg.seed}: {group.failures[t.cfg.seed]}", file=sys.stderr)
             elif not args.quiet:
-                score = (
-                    ""
-                    if rec is None
-                    else f"; normalised score {rec['normalized_score']} (return {rec['return_mean']:.1f})"
-                )
+                if rec is None:
+                    score = ""
+                elif rec["normalized_score"] is None:  # no reference returns for this env
+                    score = f"; return {rec['return_mean']:.1f}"
+                else:
+                    score = (
+                        f"; normalised score {rec['normalized_score']:.1f} (return {rec['return_mean']:.1f})"
+                    )
                 print(f"done: seed {t.cfg.seed}, {t.step} steps{score}; logs: {t.run_dir}")
         return 1 if group.failures else 0
     finally:

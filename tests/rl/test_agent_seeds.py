@@ -5,6 +5,7 @@ run's, and a kill -9 of the whole process resumes bit for bit."""
 from __future__ import annotations
 
 import copy
+import re
 import signal
 import time
 from pathlib import Path
@@ -30,11 +31,12 @@ ALGOS = {
     "misa": {"n_negatives": 4, "estimator_options": {"n_samples": 3}},
     "cql": {"n_actions": 4},
     "bc": {},
+    "mine": {"estimator": "mine", "n_negatives": 4},  # its moving average starts with a select, not a branch
 }
 
 
 def _agents(algo: str, seeds, data, **kw):
-    cls = config_class("mi" if algo == "misa" else algo)
+    cls = config_class("mi" if algo in ("misa", "mine") else algo)
     agents = [
         make_agent(cls(seed=s, **SMALL, **ALGOS[algo], **kw), data.obs_dim, data.act_dim) for s in seeds
     ]
@@ -107,6 +109,56 @@ def test_an_agents_state_is_its_seeds_slice_at_every_step():
     assert not torch.equal(w[0], saved["modules"]["policy"]["net.0.weight"])
     agents[0].load_state_dict(saved)
     assert torch.equal(w[0], saved["modules"]["policy"]["net.0.weight"])
+
+
+@pytest.mark.parametrize("algo", ["td3bc", "misa"])
+def test_a_state_loaded_after_stacking_reaches_the_stacked_update(algo):
+    """`StackedAgents.load_state_dict(s, state)`: seed s then is the agent that state came from (weights, Adam
+    moments, dataset statistics, generator): its next updates are bit for bit that agent's, at the same place in
+    the stack."""
+    data, other = tiny_dataset(256, do=5, da=2), tiny_dataset(256, do=5, da=2, seed=7)
+    source = _agents(algo, [0, 1], data)
+    _train_stacked(source, data, 3)
+    target = _agents(algo, [5, 6], other)  # everything else: seeds, statistics, moments
+    stacked = StackedAgents(target)
+    for _ in range(3):
+        stacked.update([other.sample(16, a.generator) for a in target])
+    stacked.load_state_dict(1, copy.deepcopy(source[1].state_dict()))
+    assert_same_state(target[1].state_dict(), source[1].state_dict())
+    ahead = _train_stacked(source, data, 2)
+    logs = [
+        [
+            {k: float(v) for k, v in one.items()}
+            for one in stacked.update([data.sample(16, a.generator) for a in target])
+        ]
+        for _ in range(2)
+    ]
+    assert [step[1] for step in logs] == [step[1] for step in ahead]
+    assert_same_state(target[1].state_dict(), source[1].state_dict())
+    with pytest.raises(ValueError, match=r"state is at update 3, the stack at 5"):
+        stacked.load_state_dict(0, _agents(algo, [0], data)[0].state_dict() | {"num_updates": 3})
+
+
+def test_stacking_refuses_agents_with_other_settings_and_dropout():
+    data = tiny_dataset(64, do=5, da=2)
+    a = _agents("td3bc", [0], data)[0]
+    b = _agents("td3bc", [1], data, alpha_bc=3.0)[0]
+    with pytest.raises(
+        ValueError, match=r"agents\[1\] has another config than agents\[0\] \(alpha_bc: 3\.0 vs 2\.5\)"
+    ):
+        StackedAgents([a, b])
+    gen = torch.Generator().manual_seed(0)
+    streams = {id(gen): [torch.Generator().manual_seed(s) for s in range(2)]}
+
+    def body(index, x, training):
+        with _SeedDraws(streams, index):
+            return torch.nn.functional.dropout(x, 0.5, training)
+
+    assert torch.equal(
+        vmap(lambda i, x: body(i, x, False))(torch.arange(2), torch.ones(2, 3)), torch.ones(2, 3)
+    )
+    with pytest.raises(RuntimeError, match="ran dropout in training mode"):
+        vmap(lambda i, x: body(i, x, True), randomness="same")(torch.arange(2), torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("algo", ["cql", "misa"])
@@ -189,7 +241,7 @@ def data_file(tmp_path) -> Path:
     return path
 
 
-def test_seeds_on_the_cli_write_one_seed_run_folders(tmp_path, data_file):
+def test_seeds_on_the_cli_write_one_seed_run_folders(tmp_path, data_file, capsys):
     assert main(_argv(data_file, tmp_path / "group", "--seeds", "0", "3")) == 0
     assert main(_argv(data_file, tmp_path / "one", "--seed", "3", "--fast", "false")) == 0
     seed3, one = tmp_path / "group" / "seed3", tmp_path / "one"
@@ -203,6 +255,22 @@ def test_seeds_on_the_cli_write_one_seed_run_folders(tmp_path, data_file):
     # resumable as a one-seed run
     assert main(_argv(data_file, seed3, "--resume", "--seed", "3", "--fast", "false", "--steps", "40")) == 0
     assert load_torch_file(seed3 / "checkpoint.pt")["step"] == 40
+    # the group's folder without --seeds: the message says how to resume it
+    capsys.readouterr()
+    assert main(["--resume", "--run-dir", str(tmp_path / "group"), "--steps", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the run folders of a --seeds run (seeds 0, 3): resume it with --seeds 0 3" in err, err
+
+
+def test_a_seed_groups_done_lines_format_the_score(tmp_path, hopper_file, capsys):
+    argv = _argv(hopper_file, tmp_path / "group", "--seeds", "0", "1", "--eval-episodes", "1", steps=4)
+    argv = [a for a in argv if a != "--quiet"]
+    argv[argv.index("--final-eval") + 1] = "true"  # on Hopper-v5, the env of the file
+    assert main(argv) == 0
+    done = [x for x in capsys.readouterr().out.splitlines() if x.startswith("done: seed")]
+    assert len(done) == 2 and all(
+        re.search(r"4 steps; (normalised score -?\d+\.\d|return -?\d+\.\d)[ ;]", x) for x in done
+    ), done
 
 
 def test_seed_configs_name_each_seeds_folder_and_refuse_repeats():
