@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -607,15 +607,19 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------------------
-def seed_configs(cfg: AgentConfig) -> list[AgentConfig]:
-    """One config per seed of `cfg.seeds`: that seed, its own run folder (`run_dir/seed<k>`, or seed k's default
-    folder) and plain autograd (`fast: false`, the stacked update's); each is a one-seed run's config."""
+def seed_configs(cfg: AgentConfig, run_dirs: Mapping[int, str] | None = None) -> list[AgentConfig]:
+    """One config per seed of `cfg.seeds`: that seed, its own run folder (`run_dirs[k]`, else `run_dir/seed<k>`,
+    else seed k's default folder) and plain autograd (`fast: false`, the stacked update's); each is a one-seed
+    run's config."""
     if not cfg.seeds:
         raise ConfigError("seed_configs: the config has no seeds (set seeds: [0, 1, 2] or --seeds 0 1 2)")
     out = []
     for k in cfg.seeds:
         one = dataclasses.replace(cfg, seed=k, seeds=(), fast=False, run_dir=None)
-        run_dir = Path(cfg.run_dir) / f"seed{k}" if cfg.run_dir else default_run_dir(one)
+        if run_dirs is not None and k in run_dirs:
+            run_dir = Path(run_dirs[k])
+        else:
+            run_dir = Path(cfg.run_dir) / f"seed{k}" if cfg.run_dir else default_run_dir(one)
         out.append(dataclasses.replace(one, run_dir=str(run_dir)))
     return out
 
@@ -635,16 +639,20 @@ class SeedGroup:
         self,
         cfg: AgentConfig,
         dataset: Any = None,
-        resume: bool = False,
+        resume: bool | Mapping[int, bool] = False,
         quiet: bool = False,
         claim: bool = True,
+        run_dirs: Mapping[int, str] | None = None,
     ) -> None:
+        """`resume`: for every seed, or per seed (`{seed: bool}`: the sweep packs seeds that reached different
+        points); `run_dirs`: each seed's run folder (`seed_configs`)."""
         self.cfg, self.quiet = cfg, quiet
         self.trainers: list[Trainer] = []
         self.failures: dict[int, TrainingError] = {}
         try:
-            for one in seed_configs(cfg):
-                self.trainers.append(Trainer(one, dataset, resume=resume, quiet=quiet, claim=claim))
+            for one in seed_configs(cfg, run_dirs):
+                again = resume.get(one.seed, False) if isinstance(resume, Mapping) else resume
+                self.trainers.append(Trainer(one, dataset, resume=again, quiet=quiet, claim=claim))
                 dataset = self.trainers[0].dataset  # loaded once, shared
         except BaseException:
             self.close()
@@ -652,7 +660,9 @@ class SeedGroup:
 
     @property
     def step(self) -> int:
-        return min(t.step for t in self.trainers)
+        """The step of the seeds still training (the last seed's, when all stopped)."""
+        live = [t.step for t in self.trainers if t.cfg.seed not in self.failures]
+        return min(live) if live else max(t.step for t in self.trainers)
 
     def close(self) -> None:
         for t in self.trainers:

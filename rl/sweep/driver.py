@@ -25,7 +25,7 @@ from rl.sweep.folders import divergence_headline, first_error_line, trial_status
 from rl.sweep.report import display, write_report
 from rl.sweep.spec import Spec
 from rl.sweep.storage import HANDOFF, Storage, Tree, mirror
-from rl.sweep.trials import member_ids, pack, ray_trainable
+from rl.sweep.trials import RL_PACK, member_ids, pack, ray_trainable
 
 log = logging.getLogger("sweep")
 
@@ -122,26 +122,32 @@ def _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler) -> 
 
 
 def _payload(trial: dict[str, Any], out: Path, store: Storage, best: dict[str, Tree]) -> dict[str, Any]:
-    """What a trial's Tune config carries: the trial, the storage's URI, and where an unfinished RL run resumes
-    from (`resume_from`: its best tree in storage, else its folder in `out` handed over through storage)."""
+    """What a trial's Tune config carries: the trial, the storage's URI, and where each unfinished RL run of it
+    resumes from (`resume_from`, run id -> tree: its best tree in storage, else its folder in `out` handed over
+    through storage)."""
     (out / "errors" / f"{trial['id']}.txt").unlink(missing_ok=True)  # from an earlier attempt
-    payload: dict[str, Any] = {"trial": copy.deepcopy(trial), "storage": store.uri, "resume_from": None}
-    if trial["kind"] != "rl" or not (out / "runs" / trial["id"] / "checkpoint.pt").exists():
+    payload: dict[str, Any] = {"trial": copy.deepcopy(trial), "storage": store.uri, "resume_from": {}}
+    if trial["kind"] not in ("rl", RL_PACK):
         return payload
-    if trial["id"] in best:
-        payload["resume_from"] = best[trial["id"]].path
-    elif store.is_output(out):
-        payload["resume_from"] = ""  # the storage root is `out`: the run folder is in storage already
-    else:  # only `out` has it (carried in git, or an older runner's): hand it over
-        with tempfile.TemporaryDirectory() as tmp:
-            for sub in (Path("runs") / trial["id"], Path("logs") / f"{trial['id']}.log"):
-                if (out / sub).is_dir():
-                    shutil.copytree(out / sub, Path(tmp) / sub)
-                elif (out / sub).is_file():
-                    (Path(tmp) / sub).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(out / sub, Path(tmp) / sub)
-            store.upload(Path(tmp), f"{HANDOFF}/{trial['id']}")
-        payload["resume_from"] = f"{HANDOFF}/{trial['id']}"
+    for rid in member_ids(trial):
+        if not (out / "runs" / rid / "checkpoint.pt").exists():
+            continue
+        if rid in best:
+            payload["resume_from"][rid] = best[rid].path
+        elif store.is_output(out):
+            payload["resume_from"][rid] = (
+                ""  # the storage root is `out`: the run folder is in storage already
+            )
+        else:  # only `out` has it (carried in git, or an older runner's): hand it over
+            with tempfile.TemporaryDirectory() as tmp:
+                for sub in (Path("runs") / rid, Path("logs") / f"{rid}.log"):
+                    if (out / sub).is_dir():
+                        shutil.copytree(out / sub, Path(tmp) / sub)
+                    elif (out / sub).is_file():
+                        (Path(tmp) / sub).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(out / sub, Path(tmp) / sub)
+                store.upload(Path(tmp), f"{HANDOFF}/{rid}")
+            payload["resume_from"][rid] = f"{HANDOFF}/{rid}"
     return payload
 
 
@@ -270,9 +276,7 @@ def _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent) -> 
         param_space={
             "trial": tune.grid_search([p["trial"] for p in payloads]),
             "storage": store.uri,
-            "resume_from": {
-                p["trial"]["id"]: p["resume_from"] for p in payloads if p["resume_from"] is not None
-            },
+            "resume_from": {rid: tree for p in payloads for rid, tree in p["resume_from"].items()},
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent or spec.max_concurrent,

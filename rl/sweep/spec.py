@@ -91,7 +91,9 @@ class Spec:
     max_concurrent: int | None
     trials: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
-    #: staircase: a grid cell's unfinished seeds run as one trial, one stacked `estimate(seeds=...)` (`pack`)
+    #: a grid cell's unfinished seeds run as one trial (`rl.sweep.trials.pack`): staircase, one stacked
+    #: `estimate(seeds=...)` (default on); rl, one `rl.train.SeedGroup` (default: on where trials have a GPU share,
+    #: off on CPUs, where one process per seed is faster: docs/rl.md, "Many seeds of an agent in one process")
     pack_seeds: bool = True
     #: how often Ray restarts a failed trial (a lost worker or node; also one that raised), from its last checkpoint
     max_failures: int = 1
@@ -189,7 +191,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
     if mc is not None:
         _int(mc, "max_concurrent", 1)
     desc = data.get("description") or ""
-    pack_seeds = data.get("pack_seeds", True)
+    pack_seeds = data.get("pack_seeds", kind == "staircase" or resources["gpu"] > 0)
     if not isinstance(pack_seeds, bool):
         raise SpecError(f"pack_seeds must be true or false; got {pack_seeds!r}")
     max_failures = _int(data.get("max_failures", 1), "max_failures", 0)
@@ -303,6 +305,13 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
         ov.setdefault("threads", res_threads)
         if spec.resources["gpu"] > 0:  # a trial that asks Ray for a GPU (or a share of one) trains on it
             ov.setdefault("device", "cuda")
+        if spec.pack_seeds:  # a cell's seeds train as one stacked update, which runs plain autograd
+            if ov.get("fast") is True:
+                raise SpecError(
+                    f"{where}.fast: pack_seeds stacks a cell's seeds, which runs plain autograd; drop fast: true "
+                    "or set pack_seeds: false"
+                )
+            ov["fast"] = False
         ov["seed"] = seed
         try:
             cfg = build_config(cfg_path, ov)

@@ -28,8 +28,9 @@ import rl.sweep.staircase as sc
 from rl._atomic import atomic_write
 from rl.sweep.folders import RESULT, run_dir, trial_config, trial_status, write_json
 
-#: the kind of a packed trial: a grid cell's seeds in one stacked run (`pack`)
+#: the kinds of a packed trial: a grid cell's seeds in one stacked run (`pack`)
 PACK = "staircase-pack"
+RL_PACK = "rl-pack"
 
 
 def run_trial(
@@ -51,6 +52,8 @@ def run_trial(
             return _run_rl(trial, out, report)
         if trial["kind"] == PACK:
             return _run_staircase_pack(trial, out, report)
+        if trial["kind"] == RL_PACK:
+            return _run_rl_pack(trial, out, report)
         return _run_staircase(trial, out, report)
     except Exception:  # not KeyboardInterrupt/SystemExit: an interrupted trial is unfinished, not failed
         text = f"trial {trial['id']} failed:\n{traceback.format_exc()}"
@@ -79,10 +82,9 @@ def _train_trial(
     trial: dict[str, Any], trainer: Any, resume: bool, out: Path, report: Callable, t0: float
 ) -> dict[str, Any]:
     """`_run_rl`'s training of a trial by `trainer` (chunk by chunk, each reported) and its result.json."""
-    from rl.config import to_dict
     from rl.train import TrainingError
 
-    cfg, d = trainer.cfg, trainer.run_dir
+    cfg = trainer.cfg
     start = trainer.step
     tlog = _trial_logger(out, trial["id"])
     tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.steps)
@@ -107,26 +109,98 @@ def _train_trial(
         diverged = str(err)
         tlog.info("%s diverged: %s", trial["id"], diverged)
         report({"step": trainer.step, "normalized_score": None, "diverged": diverged})
+    result = _rl_result(trial, trainer, start, time.perf_counter() - t0, diverged)
+    tlog.info("finished %s: %s", trial["id"], result["final"])
+    if start == cfg.steps:  # resumed after the last checkpoint but before result.json: nothing left to train
+        report({"step": trainer.step, "normalized_score": result["final"].get("normalized_score")})
+    return result
+
+
+def _rl_result(
+    trial: dict[str, Any], trainer: Any, start: int, seconds: float, diverged: str | None
+) -> dict[str, Any]:
+    """An RL trial's result.json, written into its run folder (what makes it finished); returns it."""
+    from rl.config import to_dict
+
     final = trainer.evals[-1] if trainer.evals and diverged is None else {}
     result = {
         "id": trial["id"],
         "kind": "rl",
         "params": trial["params"],
         "step": trainer.step,
-        "steps": cfg.steps,
+        "steps": trainer.cfg.steps,
         "final": final,
         "evals": trainer.evals,
         "resumed_from": start,
-        "seconds_last_attempt": round(time.perf_counter() - t0, 1),
-        "config": to_dict(cfg),
+        "seconds_last_attempt": round(seconds, 1),
+        "config": to_dict(trainer.cfg),
     }
     if diverged is not None:
         result["diverged"] = diverged  # `step`: the last good update; the message names the one that diverged
-    write_json(d / RESULT, result)
-    tlog.info("finished %s: %s", trial["id"], final)
-    if start == cfg.steps:  # resumed after the last checkpoint but before result.json: nothing left to train
-        report({"step": trainer.step, "normalized_score": final.get("normalized_score")})
+    write_json(Path(trainer.run_dir) / RESULT, result)
     return result
+
+
+def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    """A grid cell's RL seeds as one `rl.train.SeedGroup` (one stacked update for all), each seed in its own run
+    folder `<out>/runs/<id>` (resumed from its checkpoint where it has one), trained chunk by chunk up to each
+    evaluation, each chunk reported; each seed's result.json as its own trial writes it."""
+    import dataclasses
+
+    from rl.train import SeedGroup
+
+    members = []
+    for member in trial["members"]:
+        status, why = trial_status(member, out)
+        if status == "changed":
+            raise RuntimeError(why)
+        if status != "finished":  # a rerun after a kill: the members that finished are not run again
+            members.append(member)
+    if not members:
+        return {"id": trial["id"], "kind": RL_PACK, "members": []}
+    cfgs = {m["id"]: trial_config(m, out) for m in members}
+    first = next(iter(cfgs.values()))
+    group_cfg = dataclasses.replace(first, seeds=tuple(c.seed for c in cfgs.values()), run_dir=None)
+    run_dirs = {c.seed: c.run_dir for c in cfgs.values()}
+    resume = {c.seed: (Path(c.run_dir) / "checkpoint.pt").exists() for c in cfgs.values()}
+    by_seed = {c.seed: m for m, c in zip(members, cfgs.values(), strict=True)}
+    t0 = time.perf_counter()
+    with SeedGroup(group_cfg, resume=resume, quiet=True, run_dirs=run_dirs) as group:
+        starts = {t.cfg.seed: t.step for t in group.trainers}
+        for t in group.trainers:
+            _trial_logger(out, by_seed[t.cfg.seed]["id"]).info(
+                "%s %s at step %d of %d in %s",
+                *("resumed" if resume[t.cfg.seed] else "started", by_seed[t.cfg.seed]["id"], t.step),
+                *(first.steps, trial["id"]),
+            )
+        every = first.eval_every or first.checkpoint_every
+
+        def live() -> list[Any]:
+            return [t for t in group.trainers if t.cfg.seed not in group.failures]
+
+        while live() and group.step < first.steps:
+            group.train(until=min(first.steps, (group.step // every + 1) * every))
+            scores = [t.evals[-1].get("normalized_score") for t in live() if t.evals]
+            scores = [s for s in scores if s is not None]
+            report(
+                {
+                    "step": group.step,
+                    "normalized_score": sum(scores) / len(scores) if scores else None,
+                    "member_steps": {by_seed[t.cfg.seed]["id"]: t.step for t in group.trainers},
+                }
+            )
+        if live():
+            group.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
+        results = []
+        for t in group.trainers:
+            member = by_seed[t.cfg.seed]
+            err = group.failures.get(t.cfg.seed)
+            res = _rl_result(
+                member, t, starts[t.cfg.seed], time.perf_counter() - t0, None if err is None else str(err)
+            )
+            _trial_logger(out, member["id"]).info("finished %s: %s", member["id"], res["final"])
+            results.append(res["id"])
+    return {"id": trial["id"], "kind": RL_PACK, "members": results}
 
 
 def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
@@ -139,18 +213,23 @@ def _run_staircase(trial: dict[str, Any], out: Path, report: Callable) -> dict[s
 
 
 def pack(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The staircase trials of `todo` with their grid cell's other seeds (same estimator, task, critic, settings)
-    as one trial of kind `PACK`, whose `run_protocol` call trains them as one stacked `estimate(seeds=...)`; each
-    seed still writes its own run folder and `result.json`, as its own trial does, with its numbers to float32
-    rounding. A cell with one seed to run, and RL trials, stay as they are."""
+    """The trials of `todo` with their grid cell's other seeds as one trial. Staircase (same estimator, task,
+    critic, settings): kind `PACK`, whose `run_protocol` call trains them as one stacked `estimate(seeds=...)`.
+    RL (same variant, dataset and overrides): kind `RL_PACK`, one `rl.train.SeedGroup`. Each seed still writes its
+    own run folder and `result.json`, as its own trial does, with its numbers to float32 rounding. A cell with one
+    seed to run stays as it is."""
     cells: dict[str, list[dict[str, Any]]] = {}
     out: list[Any] = []
     for t in todo:
-        if t["kind"] != "staircase":
+        if t["kind"] not in ("staircase", "rl"):
             out.append(t)
             continue
-        p = t["params"]
-        key = json.dumps([{k: v for k, v in p.items() if k != "seed"}, t["settings"]], sort_keys=True)
+        p = {k: v for k, v in t["params"].items() if k != "seed"}
+        if t["kind"] == "rl":
+            overrides = {k: v for k, v in t["overrides"].items() if k != "seed"}
+            key = json.dumps(["rl", p, t["config_data"], overrides], sort_keys=True, default=str)
+        else:
+            key = json.dumps([p, t["settings"]], sort_keys=True)
         if key not in cells:
             cells[key] = []
             out.append(cells[key])  # the cell keeps the place of its first seed
@@ -162,7 +241,8 @@ def pack(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         prefix = item[0]["id"].rsplit("__s", 1)[0]
         seeds = "+".join(str(t["params"]["seed"]) for t in item)
-        packed.append({"id": f"{prefix}__s{seeds}", "kind": PACK, "members": item})
+        kind = RL_PACK if item[0]["kind"] == "rl" else PACK
+        packed.append({"id": f"{prefix}__s{seeds}", "kind": kind, "members": item})
     return packed
 
 
@@ -277,7 +357,7 @@ def ray_trainable(config: dict[str, Any]) -> None:
     def report(metrics: dict[str, Any]) -> None:
         last.clear()
         last.update(metrics)
-        tree = stage_tree(work, runs_progress(trial, work, metrics.get("step")), staging)
+        tree = stage_tree(work, runs_progress(trial, work, metrics), staging)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(tree)))
 
     try:
@@ -286,10 +366,16 @@ def ray_trainable(config: dict[str, Any]) -> None:
             start.to_directory(str(work))
             (work / STATE).unlink(missing_ok=True)
             origin = f"from Ray's checkpoint {start.path}"
-        elif trial["id"] in config["resume_from"]:
-            tree = config["resume_from"][trial["id"]]
-            Storage(config["storage"]).download_runs(tree, member_ids(trial), work)
-            origin = f"from the storage's {tree or 'run folder'}"
+        else:
+            trees = {
+                rid: config["resume_from"][rid] for rid in member_ids(trial) if rid in config["resume_from"]
+            }
+            for rid, tree in trees.items():
+                Storage(config["storage"]).download_runs(tree, [rid], work)
+            if trees:
+                origin = "from the storage's " + ", ".join(
+                    sorted({t or "run folder" for t in trees.values()})
+                )
         _trial_logger(work, trial["id"]).info("working in %s on %s, %s", work, os.uname().nodename, origin)
         run_trial(trial, work, report=report)
         report({**last, "sweep_finished": True})  # the tree with result.json
@@ -300,14 +386,22 @@ def ray_trainable(config: dict[str, Any]) -> None:
 
 def member_ids(trial: dict[str, Any]) -> list[str]:
     """The ids of the run folders a trial writes: its own, or its members' (a pack)."""
-    return [m["id"] for m in trial["members"]] if trial["kind"] == PACK else [trial["id"]]
+    return [m["id"] for m in trial["members"]] if trial["kind"] in (PACK, RL_PACK) else [trial["id"]]
 
 
-def runs_progress(trial: dict[str, Any], work: Path, step: int | None) -> dict[str, tuple[bool, int]]:
-    """`{id: (finished, step)}` of each run folder of `trial` in `work`: finished when its result.json exists; the
-    step an RL run's trainer reached (its checkpoint's: a chunk ends with one), a staircase run's 0 or its end."""
+def runs_progress(trial: dict[str, Any], work: Path, metrics: dict[str, Any]) -> dict[str, tuple[bool, int]]:
+    """`{id: (finished, step)}` of each run folder of `trial` in `work`, from the metrics just reported: finished
+    when its result.json exists; the step an RL run's trainer reached (its checkpoint's: a chunk ends with one;
+    a pack reports each seed's), a staircase run's 0 or its end."""
     out = {}
+    steps = metrics.get("member_steps") or {}
     for rid in member_ids(trial):
         finished = (work / "runs" / rid / RESULT).exists()
-        out[rid] = (finished, int(step or 0) if trial["kind"] == "rl" else int(finished))
+        if trial["kind"] == "rl":
+            step = metrics.get("step") or 0
+        elif trial["kind"] == RL_PACK:
+            step = steps.get(rid, 0)
+        else:
+            step = int(finished)
+        out[rid] = (finished, int(step))
     return out

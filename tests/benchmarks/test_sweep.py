@@ -1188,3 +1188,93 @@ def test_a_cells_seeds_pack_into_one_trial_that_writes_each_seeds_result(tmp_pat
     assert not off.pack_seeds
     with pytest.raises(SpecError, match="pack_seeds must be true or false"):
         load_spec(write_spec(tmp_path, "pack_seeds: 2\n" + text, name="bad.yaml"))
+
+
+def _rl_pack_spec(tmp: Path, dataset: Path, extra: str = "pack_seeds: true") -> Path:
+    return write_spec(
+        tmp,
+        f"""
+name: rlpack
+kind: rl
+{extra}
+base: {{steps: 50, eval_every: 25, eval_episodes: 1, checkpoint_every: 25, dataset: {dataset}, {TINY_NETS}}}
+grid:
+  variant:
+    - {{name: td3bc, algo: td3bc}}
+  seed: [0, 1, 2]
+""",
+        "rlpack.yaml",
+    )
+
+
+def test_a_cells_rl_seeds_pack_into_one_seed_group(tmp_path, hopper_file):
+    """RL seeds pack too (`pack_seeds: true`; by default only where trials have a GPU share): one
+    `rl.train.SeedGroup` trial whose members each write the run folder and result.json of their own trial, with
+    their numbers to float32 rounding; a kill after the first chunk resumes bit for bit; a finished member is not
+    run again."""
+    spec = load_spec(_rl_pack_spec(tmp_path, hopper_file))
+    assert spec.pack_seeds and all(t["overrides"]["fast"] is False for t in spec.trials)
+    assert not load_spec(
+        _rl_pack_spec(tmp_path, hopper_file, extra="")
+    ).pack_seeds  # CPU: one process per seed
+    fast = _rl_pack_spec(tmp_path, hopper_file)
+    fast.write_text(fast.read_text().replace("algo: td3bc}", "algo: td3bc, fast: true}"))
+    with pytest.raises(SpecError, match=r"\(td3bc\)\.fast: pack_seeds stacks a cell's seeds"):
+        load_spec(fast)
+    spec = load_spec(_rl_pack_spec(tmp_path, hopper_file))
+    (packed,) = pack(spec.trials)
+    assert packed["id"] == "td3bc__tiny-hopper__s0+1+2" and packed["kind"] == "rl-pack"
+
+    straight, alone = tmp_path / "straight", tmp_path / "alone"
+    reports: list[dict] = []
+    assert run_trial(packed, straight, report=reports.append)["members"] == [t["id"] for t in spec.trials]
+    assert [r["member_steps"] for r in reports] == [
+        dict.fromkeys([t["id"] for t in spec.trials], s) for s in (25, 50)
+    ]
+    for t in spec.trials:
+        a, b = run_trial(t, alone), json.loads((run_dir(straight, t) / RESULT).read_text())
+        assert b["step"] == a["step"] == 50 and b["config"] == {
+            **a["config"],
+            "run_dir": b["config"]["run_dir"],
+        }
+        assert [e["step"] for e in b["evals"]] == [e["step"] for e in a["evals"]] == [25, 50]
+        for name, sd in agent_state(run_dir(alone, t))["modules"].items():
+            other = agent_state(run_dir(straight, t))["modules"][name]
+            assert max((sd[k] - other[k]).abs().max().item() for k in sd) <= 1e-4, (t["id"], name)
+        assert trial_status(t, straight)[0] == "finished"
+
+    # seed 1 finished alone, then the pack killed after its first chunk's checkpoints: a rerun of the whole cell
+    # trains seeds 0 and 2 only, resumed bit for bit (against the same two seeds stacked, uninterrupted)
+    s0, s1, s2 = (spec.trial(f"td3bc__tiny-hopper__s{k}") for k in range(3))
+    two, killed = tmp_path / "two", tmp_path / "killed"
+    run_trial(pack([s0, s2])[0], two)
+    run_trial(s1, killed)
+    done = (run_dir(killed, s1) / RESULT).read_text()
+
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(packed, killed, stop)
+    assert trial_status(s0, killed) == ("resume", "step 25") and trial_status(s2, killed)[0] == "resume"
+    assert run_trial(packed, killed)["members"] == [s0["id"], s2["id"]]
+    assert (run_dir(killed, s1) / RESULT).read_text() == done
+    for t in (s0, s2):
+        assert_same_state(agent_state(run_dir(two, t)), agent_state(run_dir(killed, t)))
+        assert (run_dir(two, t) / "eval.csv").read_text() == (run_dir(killed, t) / "eval.csv").read_text()
+
+
+def test_a_packed_rl_cell_through_ray_writes_each_seeds_folder(ray_local, hopper_file, tmp_path, capsys):
+    spec = load_spec(_rl_pack_spec(tmp_path, hopper_file))
+    out = tmp_path / "out"
+    summary = run_sweep(spec, out)
+    assert summary["errors"] == {} and len(summary["started"]) == 3
+    said = capsys.readouterr().out
+    assert "1 trials, 1 CPU each" in said and "done  td3bc__tiny-hopper__s0+1+2 step 50" in said
+    rows = read_table(out / "results.csv")
+    assert sorted((r["trial_id"], r["step"]) for r in rows) == sorted(
+        (t["id"], s) for t in spec.trials for s in ("25", "50")
+    )
+    assert all(trial_status(t, out)[0] == "finished" for t in spec.trials)
+    assert main([str(spec.path), "--out", str(out)]) == 0  # and a rerun skips them
+    assert "3 finished (skipped)" in capsys.readouterr().out
