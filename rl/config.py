@@ -23,6 +23,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -108,6 +109,16 @@ class RunConfig:
     progress: bool | None = None
     seeds: tuple[int, ...] = ()
     fast: bool = True
+
+    def resume_refusal(self, saved: Mapping[str, Any]) -> str | None:
+        """Why a run saved with the config `saved` (plain data) cannot go on under this one, beyond the field by
+        field comparison of `rl.train --resume` (None: nothing more). An algorithm whose state was laid over a run
+        setting says so here (IQL's cosine schedule over `steps`)."""
+        return None
+
+    def run_tag(self) -> str:
+        """What the default run folder's last part starts with, before `seed<k>` (the MI agent's estimator)."""
+        return ""
 
     def __post_init__(self) -> None:
         if isinstance(self.imports, str):  # tuple("my_bounds") would be its letters

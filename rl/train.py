@@ -202,12 +202,9 @@ def check_resume_config(saved: dict[str, Any], cfg: AgentConfig, where: Path) ->
         raise CheckpointError(f"{where}: its 'config' is a {type(saved).__name__}, not a mapping")
     now = to_dict(cfg)
     defaults = to_dict(type(cfg)())
-    if now.get("cosine_lr") and saved.get("steps") != now["steps"]:
-        # the cosine schedule of the learning rate was laid over the run's steps; a new horizon would restart it
-        raise RunDirError(
-            f"--resume: {where} follows a cosine learning-rate schedule over steps={saved.get('steps')!r}; it cannot "
-            f"be extended to steps={now['steps']!r} (start a new run, or set cosine_lr: false when starting one)"
-        )
+    why = cfg.resume_refusal(saved)
+    if why:
+        raise RunDirError(f"--resume: {where} {why}")
     for key, value in now.items():
         if key in RESUME_OVERRIDABLE:
             continue
@@ -223,8 +220,7 @@ def default_run_dir(cfg: AgentConfig) -> Path:
     name = re.sub(
         r"[^A-Za-z0-9_.-]+", "_", Path(cfg.dataset).stem if cfg.dataset.endswith(".hdf5") else cfg.dataset
     )
-    tag = f"{cfg.estimator}-" if hasattr(cfg, "estimator") else ""
-    return Path("runs") / cfg.algo / name / f"{tag}seed{cfg.seed}"
+    return Path("runs") / cfg.algo / name / f"{cfg.run_tag()}seed{cfg.seed}"
 
 
 def _env_id(cfg: AgentConfig, dataset: Any) -> str | None:

@@ -12,7 +12,9 @@ tanh-Gaussian (CORL: a tanh-squashed deterministic or Gaussian actor); evaluatio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -42,6 +44,15 @@ class IQLConfig(AgentConfig):
     beta: float = 3.0
     max_weight: float = 100.0
     cosine_lr: bool = True
+
+    def resume_refusal(self, saved: Mapping[str, Any]) -> str | None:
+        if self.cosine_lr and saved.get("steps") != self.steps:
+            # the schedule was laid over the run's steps; a new horizon would restart it
+            return (
+                f"follows a cosine learning-rate schedule over steps={saved.get('steps')!r}; it cannot be "
+                f"extended to steps={self.steps!r} (start a new run, or set cosine_lr: false when starting one)"
+            )
+        return None
 
 
 class IQLAgent(OfflineAgent):

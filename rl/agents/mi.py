@@ -87,6 +87,9 @@ class MIConfig(AgentConfig):
     bc_weight: float = 0.5
     ub_weight: float = 0.1
 
+    def run_tag(self) -> str:
+        return f"{self.estimator}-"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_negatives < 1:

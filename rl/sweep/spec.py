@@ -66,7 +66,6 @@ STAIRCASE_LOW = {"steps_per_level": 2, "heldout_samples": 0}  # the lowest value
 CRITICS = ("separable", "concat", "hybrid")
 SWEEP_KEYS = ("seed", "run_dir")  # set by the sweep itself; a spec may not override them
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class SpecError(ValueError):
@@ -110,13 +109,6 @@ def _tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def _plain(value: Any) -> Any:
-    """YAML 1.1 reads `1e-4` as a string; a number is meant."""
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)
-    return value
-
-
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -150,7 +142,7 @@ def _check_overrides(values: dict[str, Any], where: str) -> dict[str, Any]:
         key = k.replace("-", "_")
         if key in SWEEP_KEYS:
             raise SpecError(f"{where}.{k}: '{key}' is set by the sweep (the seed axis, <out>/runs/<id>)")
-        out[key] = _plain(v)
+        out[key] = v  # numbers as `rl.config.parse_yaml` reads them (1e-4 is a float)
     return out
 
 
@@ -364,10 +356,8 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
         raise SpecError(f"{where}.name must be letters, digits, '_', '.', '-'; got {name!r}")
     if est not in available:
         raise SpecError(f"{where}.estimator: unknown estimator {est!r}; available: {', '.join(available)}")
-    options = {k: _plain(v) for k, v in _mapping(entry.get("options"), f"{where}.options").items()}
-    copts = {
-        k: _plain(v) for k, v in _mapping(entry.get("critic_options"), f"{where}.critic_options").items()
-    }
+    options = _mapping(entry.get("options"), f"{where}.options")
+    copts = _mapping(entry.get("critic_options"), f"{where}.critic_options")
     copts = {k: tuple(v) if isinstance(v, list) else v for k, v in copts.items()}
     try:
         built = mie.make(est, **options)
@@ -378,7 +368,7 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
             CRITIC_CLASSES[critic](2, 2, **sc.critic_options(critic, copts))
         except (TypeError, ValueError) as err:
             raise SpecError(f"{where}.critic_options (critic {critic!r}): {err}") from None
-    lr = _plain(entry.get("lr", sc.LR))
+    lr = entry.get("lr", sc.LR)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
         raise SpecError(f"{where}.lr must be a positive number; got {lr!r}")
     only = _list(entry.get("critics", critics), f"{where}.critics")
@@ -393,13 +383,13 @@ def _recipe(entry: dict[str, Any], where: str, available: list[str], critics: li
             "a proposal-based estimator draws its own" if built.needs_proposal else "all-pairs or derangement"
         )
         raise SpecError(f"{where}.negatives: {why}; got {negatives!r}")
-    average = _plain(entry.get("average"))
+    average = entry.get("average")
     if average is not None:
         if built.needs_proposal:
             raise SpecError(f"{where}.average: applies to score-based estimators only")
         if isinstance(average, bool) or not isinstance(average, int | float) or not 0 < average < 1:
             raise SpecError(f"{where}.average must be a decay in (0, 1); got {average!r}")
-    max_grad_norm = _plain(entry.get("max_grad_norm"))
+    max_grad_norm = entry.get("max_grad_norm")
     if max_grad_norm is not None and (
         isinstance(max_grad_norm, bool)
         or not isinstance(max_grad_norm, int | float)
