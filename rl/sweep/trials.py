@@ -149,13 +149,7 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
 
     from rl.train import SeedGroup
 
-    members = []
-    for member in trial["members"]:
-        status, why = trial_status(member, out)
-        if status == "changed":
-            raise RuntimeError(why)
-        if status != "finished":  # a rerun after a kill: the members that finished are not run again
-            members.append(member)
+    members = _unfinished_members(trial, out)
     if not members:
         return {"id": trial["id"], "kind": RL_PACK, "members": []}
     cfgs = {m["id"]: trial_config(m, out) for m in members}
@@ -246,14 +240,21 @@ def pack(todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return packed
 
 
-def _run_staircase_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+def _unfinished_members(trial: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """A pack's members still to run: a rerun after a kill does not run again the members that finished; one
+    whose folder holds other settings stops the pack."""
     todo = []
     for member in trial["members"]:
         status, why = trial_status(member, out)
         if status == "changed":
             raise RuntimeError(why)
-        if status != "finished":  # a rerun after a kill: the members that finished are not run again
+        if status != "finished":
             todo.append(member)
+    return todo
+
+
+def _run_staircase_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any]:
+    todo = _unfinished_members(trial, out)
     results = _protocol(trial["id"], todo, out, report) if todo else []
     return {"id": trial["id"], "kind": PACK, "members": [r["id"] for r in results]}
 
