@@ -83,6 +83,7 @@ RESUME_OVERRIDABLE = (
     "max_abs_loss",
     "imports",  # where the estimator's code is found, not what it is: the estimator's name and options stay fixed
     "progress",
+    "fast",  # the hand-written CPU passes or autograd: the same numbers to float rounding (a stacked run's is false)
 )
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from rl.sweep.behaviour import ensure_behaviour
 from rl.sweep.driver import SweepError, run_sweep
+from rl.sweep.folders import folder_progress
 from rl.sweep.gather import gather
 from rl.sweep.report import carry_files, display, publish, write_report
 from rl.sweep.spec import SpecError, load_spec
@@ -88,13 +89,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             print(display(path))
         return 0
     if args.report_only:
-        if args.storage is not None:  # the run folders as the storage has them
-            try:
-                store = Storage(args.storage)
-            except ValueError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            mirror(store, store.best_trees(), out, [rid for t in spec.trials for rid in member_ids(t)])
+        # the run folders as the storage has them (trees that a killed driver had not mirrored yet)
+        try:
+            store = Storage(args.storage if args.storage is not None else out)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        ids = [rid for t in spec.trials for rid in member_ids(t)]
+        mirror(
+            store,
+            store.best_trees(spec.name),
+            out,
+            ids,
+            local=lambda rid: folder_progress(out / "runs" / rid),
+        )
         ensure_behaviour(spec, out, make=False)
         files = write_report(spec, out)
         print(f"wrote {', '.join(display(f) for f in files)}")

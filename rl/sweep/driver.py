@@ -21,11 +21,11 @@ from typing import Any
 
 from rl._atomic import atomic_write
 from rl.sweep.behaviour import ensure_behaviour
-from rl.sweep.folders import divergence_headline, first_error_line, trial_status
+from rl.sweep.folders import divergence_headline, first_error_line, folder_progress, trial_status
 from rl.sweep.report import display, write_report
 from rl.sweep.spec import Spec
-from rl.sweep.storage import HANDOFF, Storage, Tree, mirror
-from rl.sweep.trials import RL_PACK, member_ids, pack, ray_trainable
+from rl.sweep.storage import HANDOFF, Storage, Tree, forget_removed, mirror, mirrored
+from rl.sweep.trials import PACK, RL_PACK, member_ids, pack, ray_trainable
 
 log = logging.getLogger("sweep")
 
@@ -78,9 +78,14 @@ def _lock(out: Path) -> Any:
 
 def _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler) -> dict[str, Any]:
     summary: dict[str, Any] = {"skipped": [], "resumed": {}, "started": [], "errors": {}}
-    best = store.best_trees()
-    mirror(store, best, out, [rid for t in spec.trials for rid in member_ids(t)])
-    gone = store.prune(best)
+    ids = [rid for t in spec.trials for rid in member_ids(t)]
+    for rid in forget_removed(store, spec.name, out, ids):
+        log.info(
+            "%s: its run folder was removed from %s, so its checkpoints go from %s too", rid, out, store.uri
+        )
+    best = store.best_trees(spec.name)
+    mirror(store, best, out, ids, local=lambda rid: folder_progress(out / "runs" / rid))
+    gone = store.prune(spec.name, best)
     if gone:
         log.info("removed %d superseded checkpoint(s) from %s", gone, store.uri)
     todo = []
@@ -113,7 +118,13 @@ def _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler) -> 
         summary["errors"].update(
             _tune(spec, out, store, payloads, address, num_cpus, max_concurrent, handler)
         )
-        mirror(store, store.best_trees(), out, [rid for t in spec.trials for rid in member_ids(t)])
+        mirror(
+            store,
+            store.best_trees(spec.name),
+            out,
+            ids,
+            local=lambda rid: folder_progress(out / "runs" / rid),
+        )
     else:
         ensure_behaviour(spec, out, make=False)
     summary["files"] = write_report(spec, out)
@@ -129,10 +140,11 @@ def _payload(trial: dict[str, Any], out: Path, store: Storage, best: dict[str, T
     payload: dict[str, Any] = {"trial": copy.deepcopy(trial), "storage": store.uri, "resume_from": {}}
     if trial["kind"] not in ("rl", RL_PACK):
         return payload
+    came_from = mirrored(out)
     for rid in member_ids(trial):
         if not (out / "runs" / rid / "checkpoint.pt").exists():
             continue
-        if rid in best:
+        if rid in best and came_from.get(rid) == best[rid].path:  # else `out` is further along: hand it over
             payload["resume_from"][rid] = best[rid].path
         elif store.is_output(out):
             payload["resume_from"][rid] = (
@@ -242,9 +254,12 @@ def _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent) -> 
     class Progress(tune.Callback):
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             # Mirrored as it lands, so that `out` shows each trial's progress (and can be committed) mid-run.
-            tree = store.tree(store.relative(checkpoint.path))
-            if tree is not None:
-                mirror(store, dict.fromkeys(tree.runs, tree), out, members[trial.config["trial"]["id"]])
+            try:
+                tree = store.tree(store.relative(checkpoint.path))
+                if tree is not None:
+                    mirror(store, dict.fromkeys(tree.runs, tree), out, members[trial.config["trial"]["id"]])
+            except Exception:  # noqa: BLE001 - Ray drops a checkpoint whose callback raised; the end mirrors again
+                log.exception("mirroring %s into %s", checkpoint.path, out)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             log.info(
@@ -303,11 +318,16 @@ def _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent) -> 
     for res in grid:
         if res.error is None:
             continue
-        tid = (res.config or {}).get("trial", {}).get("id", "?")
+        trial = (res.config or {}).get("trial", {})
+        tid = trial.get("id", "?")
         path = out / "errors" / f"{tid}.txt"
         if not path.exists():  # died without a Python exception (a killed worker): keep Ray's word for it
             _write_error(out, tid, f"trial {tid} failed:\n{res.error}")
         errors[tid] = first_error_line(path)
+        if trial.get("kind") in (PACK, RL_PACK):  # the tables read each seed's own error file
+            for member in trial["members"]:
+                if trial_status(member, out)[0] != "finished":
+                    _write_error(out, member["id"], path.read_text().rstrip("\n"))
     return errors
 
 

@@ -21,8 +21,10 @@ import yaml
 
 from rl._atomic import atomic_write
 
-# may change between reruns without invalidating a run (`imports`: where the estimators' code is, resolved paths)
-IGNORED_DRIFT = ("run_dir", "threads", "device", "imports", "progress")
+# may change between reruns without invalidating a run (`imports`: where the estimators' code is, resolved paths;
+# `fast`: the hand-written CPU passes or autograd, the same numbers to float rounding, as `threads` and `device`:
+# a packed cell's seeds train with `fast: false`)
+IGNORED_DRIFT = ("run_dir", "threads", "device", "imports", "progress", "fast")
 RESULT = "result.json"
 
 
@@ -97,6 +99,24 @@ def trial_status(trial: dict[str, Any], out: str | os.PathLike) -> tuple[str, st
             return "changed", f"{d} holds a run whose settings differ ({why}); remove it or use another --out"
         return "resume", f"step {_last_eval_step(d)}"
     return "new", ""
+
+
+def folder_progress(folder: Path) -> tuple[bool, int] | None:
+    """(finished, step) of a run folder, as a storage tree's state counts them (`rl.sweep.storage`): finished
+    with its result.json; else the step of its `rl.train` checkpoint (0 without one, or for a staircase run);
+    None without the folder."""
+    if not folder.is_dir():
+        return None
+    if (folder / RESULT).exists():
+        return True, 0
+    if not (folder / "checkpoint.pt").is_file():
+        return False, 0
+    from rl._safe_load import load_torch_file
+
+    try:
+        return False, int(load_torch_file(folder / "checkpoint.pt")["step"])
+    except Exception:  # noqa: BLE001 - a damaged checkpoint is no progress to keep
+        return False, 0
 
 
 def _last_eval_step(d: Path) -> int:

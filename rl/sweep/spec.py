@@ -297,13 +297,6 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
         ov.setdefault("threads", res_threads)
         if spec.resources["gpu"] > 0:  # a trial that asks Ray for a GPU (or a share of one) trains on it
             ov.setdefault("device", "cuda")
-        if spec.pack_seeds:  # a cell's seeds train as one stacked update, which runs plain autograd
-            if ov.get("fast") is True:
-                raise SpecError(
-                    f"{where}.fast: pack_seeds stacks a cell's seeds, which runs plain autograd; drop fast: true "
-                    "or set pack_seeds: false"
-                )
-            ov["fast"] = False
         ov["seed"] = seed
         try:
             cfg = build_config(cfg_path, ov)

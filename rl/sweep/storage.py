@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +36,8 @@ INDEX = ".mirror.json"
 #: files of a run folder that are not data: the lock of the process writing it (its PID and host mean nothing on
 #: another node)
 SKIP = (".rl-run.lock",)
+#: files written whole and put in place by rename (so a hard link to one is a snapshot)
+REPLACED = ("checkpoint.pt", "config.yaml", ".rl-run.json", "result.json")
 
 
 @dataclass(frozen=True)
@@ -76,19 +80,22 @@ class Storage:
 
     @property
     def ray_path(self) -> str:
-        """Ray Tune's `storage_path`: `<storage>/ray` (as a URI where the storage is not local)."""
-        return self.uri.rstrip("/") + "/" + RAY
+        """Ray Tune's `storage_path`: `<storage>/ray`, as a URI where the storage is not local (its query, such as
+        `?endpoint_override=...`, kept)."""
+        return str(Path(self.root) / RAY) if self.local else join_uri(self.uri, RAY)
 
     def is_output(self, out: Path) -> bool:
         """Whether the storage root is the local folder `out` (the default)."""
         return self.local and Path(self.root) == Path(out).resolve()
 
     # -- trees --------------------------------------------------------------------------------------------------
-    def trees(self) -> list[Tree]:
-        """Every complete tree under `<storage>/ray`, from one listing."""
+    def trees(self, sweep: str) -> list[Tree]:
+        """Every complete tree of the sweep named `sweep` under `<storage>/ray` (its experiments are
+        `<sweep>-YYYYmmdd-HHMMSS`: one storage may hold several sweeps), from one listing."""
         sizes = self._sizes(RAY)
+        own = re.compile(re.escape(sweep) + r"-\d{8}-\d{6}")
         found = (self._read_tree(PurePosixPath(p).parent, sizes) for p in sorted(sizes))
-        return [t for t in found if t is not None]
+        return [t for t in found if t is not None and own.fullmatch(t.order[0])]
 
     def tree(self, rel: str) -> Tree | None:
         """The tree at `rel` (a checkpoint folder), or None where it is incomplete or not a tree."""
@@ -126,10 +133,10 @@ class Storage:
         order = (parts[-3], parts[-1]) if len(parts) >= 4 else ("", "")
         return Tree(str(folder), runs, order)
 
-    def best_trees(self) -> dict[str, Tree]:
-        """Each run's best tree (finished first, then furthest along, then the latest)."""
+    def best_trees(self, sweep: str) -> dict[str, Tree]:
+        """Each run's best tree of the sweep `sweep` (finished first, then furthest along, then the latest)."""
         best: dict[str, Tree] = {}
-        for tree in self.trees():
+        for tree in self.trees(sweep):
             for rid, (finished, step) in tree.runs.items():
                 cur = best.get(rid)
                 key = (finished, step, tree.order)
@@ -137,24 +144,53 @@ class Storage:
                     best[rid] = tree
         return best
 
-    def prune(self, best: dict[str, Tree], keep_experiment: str | None = None) -> int:
-        """Delete the trees under `ray/` that are no run's best (superseded copies from earlier drivers), except
-        those of `keep_experiment` (Ray manages the running experiment's own); returns how many."""
+    def prune(self, sweep: str, best: dict[str, Tree]) -> int:
+        """Delete the sweep's trees that are no run's best (superseded copies from earlier drivers; call it while
+        no trial of the sweep runs); returns how many."""
         keep = {t.path for t in best.values()}
         gone = 0
-        for tree in self.trees():
-            if tree.path in keep or (keep_experiment and tree.order[0] == keep_experiment):
-                continue
-            self.fs.delete_dir(self._abs(tree.path))
-            gone += 1
+        for tree in self.trees(sweep):
+            if tree.path not in keep:
+                self.fs.delete_dir(self._abs(tree.path))
+                gone += 1
         return gone
 
-    # -- copies -------------------------------------------------------------------------------------------------
-    def download_runs(self, tree: str, ids: Iterable[str], dest: Path) -> None:
-        """Copy `runs/<id>` and `logs/<id>.log` of each id from the tree at `tree` into the local folder `dest`
-        (laid out the same way); what `dest` had of those runs is replaced."""
+    def drop_run(self, sweep: str, rid: str) -> None:
+        """Remove the run `rid` from every tree of the sweep (a run folder the user removed from `--out` to run it
+        again): a tree that holds no other run is deleted, a pack's tree loses that run's files."""
         import pyarrow.fs as pafs
 
+        for tree in self.trees(sweep):
+            if rid not in tree.runs:
+                continue
+            if set(tree.runs) == {rid}:
+                self.fs.delete_dir(self._abs(tree.path))
+                continue
+            state_path = self._abs(str(PurePosixPath(tree.path) / STATE))
+            with self.fs.open_input_stream(state_path) as f:
+                state = json.loads(f.read().decode())
+            gone = (f"runs/{rid}/", f"logs/{rid}.log")
+            state["runs"].pop(rid, None)
+            state["files"] = {k: v for k, v in state["files"].items() if not k.startswith(gone)}
+            with self.fs.open_output_stream(state_path) as f:  # first: the tree stays whole at every point
+                f.write((json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+            for sub in gone:
+                path = self._abs(str(PurePosixPath(tree.path) / sub.rstrip("/")))
+                info = self.fs.get_file_info(path)
+                if info.type == pafs.FileType.Directory:
+                    self.fs.delete_dir(path)
+                elif info.type == pafs.FileType.File:
+                    self.fs.delete_file(path)
+
+    # -- copies -------------------------------------------------------------------------------------------------
+    def download_runs(self, tree: str, ids: Iterable[str], dest: Path, logs: Iterable[str] = ()) -> None:
+        """Copy `runs/<id>` and `logs/<id>.log` of each id (and `logs/<name>.log` of each of `logs`: a pack's own)
+        from the tree at `tree` into the local folder `dest` (laid out the same way); what `dest` had of those runs
+        is replaced."""
+        import pyarrow.fs as pafs
+
+        for name in logs:
+            self._download_log(tree, name, Path(dest))
         for rid in ids:
             src = self._abs(str(PurePosixPath(tree) / "runs" / rid))
             if self.fs.get_file_info(src).type != pafs.FileType.Directory:
@@ -169,15 +205,20 @@ class Storage:
             # Storage keeps the tree, so a stop between these two lines loses nothing: the next mirror copies again.
             shutil.rmtree(target, ignore_errors=True)
             incoming.rename(target)
-            log = self._abs(str(PurePosixPath(tree) / "logs" / f"{rid}.log"))
-            if self.fs.get_file_info(log).type == pafs.FileType.File:
-                (Path(dest) / "logs").mkdir(parents=True, exist_ok=True)
-                pafs.copy_files(
-                    log,
-                    str(Path(dest) / "logs" / f"{rid}.log"),
-                    source_filesystem=self.fs,
-                    destination_filesystem=_local(),
-                )
+            self._download_log(tree, rid, Path(dest))
+
+    def _download_log(self, tree: str, name: str, dest: Path) -> None:
+        import pyarrow.fs as pafs
+
+        log = self._abs(str(PurePosixPath(tree) / "logs" / f"{name}.log"))
+        if self.fs.get_file_info(log).type == pafs.FileType.File:
+            (dest / "logs").mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(
+                log,
+                str(dest / "logs" / f"{name}.log"),
+                source_filesystem=self.fs,
+                destination_filesystem=_local(),
+            )
 
     def upload(self, local: Path, rel: str) -> None:
         """Copy the local folder `local` to `<storage>/<rel>` (replacing what was there)."""
@@ -190,29 +231,82 @@ class Storage:
         pafs.copy_files(str(local), dest, source_filesystem=_local(), destination_filesystem=self.fs)
 
 
-def mirror(storage: Storage, best: dict[str, Tree], out: Path, ids: Iterable[str] | None = None) -> list[str]:
-    """Copy the best tree of each run (of `ids`, default all in `best`) into the output folder `out`, unless `out`
-    has that tree's copy already (`<out>/.mirror.json` records which tree each run folder came from); returns the
-    ids copied."""
+def _read_index(out: Path) -> dict[str, str]:
+    path = Path(out) / INDEX
+    try:
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+    except (ValueError, TypeError):
+        return {}  # damaged: every run is compared afresh
+
+
+def _write_index(out: Path, index: dict[str, str]) -> None:
     from rl._atomic import atomic_write
 
-    index_path = Path(out) / INDEX
-    try:
-        index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    except ValueError:
-        index = {}  # damaged: copy everything again
+    text = json.dumps(index, indent=1, sort_keys=True) + "\n"
+    atomic_write(Path(out) / INDEX, lambda tmp: Path(tmp).write_text(text))
+
+
+def join_uri(uri: str, name: str) -> str:
+    """`uri` with `/name` added to its path, its query kept (`s3://b/x?endpoint_override=h` ->
+    `s3://b/x/ray?endpoint_override=h`)."""
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
+
+
+def mirrored(out: Path) -> dict[str, str]:
+    """Which tree each run folder of `out` was mirrored from (`<out>/.mirror.json`)."""
+    return _read_index(out)
+
+
+def forget_removed(storage: Storage, sweep: str, out: Path, ids: Iterable[str]) -> list[str]:
+    """The runs of `ids` whose folder `out` had from a tree (`.mirror.json` says so) and has no more: the user
+    removed them to run them again, so their trees go too (`Storage.drop_run`); returns their ids."""
+    index = _read_index(out)
+    gone = [rid for rid in ids if rid in index and not (Path(out) / "runs" / rid).is_dir()]
+    for rid in gone:
+        storage.drop_run(sweep, rid)
+        del index[rid]
+    if gone:
+        _write_index(out, index)
+    return gone
+
+
+def mirror(
+    storage: Storage,
+    best: dict[str, Tree],
+    out: Path,
+    ids: Iterable[str] | None = None,
+    local: Callable[[str], tuple[bool, int] | None] | None = None,
+) -> list[str]:
+    """Copy the best tree of each run (of `ids`, default all in `best`) into the output folder `out`, unless `out`
+    has that tree's copy already (`<out>/.mirror.json` records which tree each run folder came from) or, where
+    `local(id)` gives the folder's own (finished, step), unless the folder is finished or further along than the
+    tree (carried in git from a machine that went on). A pack's own log (`logs/<pack id>.log`) comes along.
+    Returns the ids copied."""
+    index = _read_index(out)
     copied = []
     for rid in best if ids is None else ids:
         tree = best.get(rid)
         if tree is None or (index.get(rid) == tree.path and (Path(out) / "runs" / rid).is_dir()):
             continue
-        storage.download_runs(tree.path, [rid], Path(out))
+        mine = local(rid) if local is not None and (Path(out) / "runs" / rid).is_dir() else None
+        if mine is not None and not tree_is_ahead(tree.runs[rid], mine):
+            continue
+        trial = PurePosixPath(tree.path).parent.name  # ray/<experiment>/<trial id>/checkpoint_N
+        storage.download_runs(tree.path, [rid], Path(out), logs=[trial] if trial != rid else [])
         index[rid] = tree.path
         copied.append(rid)
     if copied:
-        text = json.dumps(index, indent=1, sort_keys=True) + "\n"
-        atomic_write(index_path, lambda tmp: Path(tmp).write_text(text))
+        _write_index(out, index)
     return copied
+
+
+def tree_is_ahead(tree: tuple[bool, int], folder: tuple[bool, int]) -> bool:
+    """Whether a tree's (finished, step) of a run replaces a folder's: never a finished folder; a finished tree;
+    else the tree at the folder's step or beyond."""
+    if folder[0]:
+        return False
+    return tree[0] or tree[1] >= folder[1]
 
 
 def _local() -> Any:
@@ -222,9 +316,11 @@ def _local() -> Any:
 
 
 def stage_tree(work: Path, runs: dict[str, tuple[bool, int]], staging: Path) -> Path:
-    """A snapshot of the trial's scratch folder `work` in `staging` (hard links where the filesystem allows: the
-    run folders' files are replaced by rename, never written in place), without lock files, with its
-    `sweep-state.json` (`runs`: `{id: (finished, step)}`, and each file's size). What the trial reports to Ray."""
+    """A snapshot of the trial's scratch folder `work` in `staging`, without lock files, with its
+    `sweep-state.json` (`runs`: `{id: (finished, step)}`, and each file's size). What the trial reports to Ray.
+    The files `rl.train` replaces by rename (the checkpoint, the config, result.json) are hard links where the
+    filesystem allows; the ones appended to (logs, CSVs, TensorBoard's events) are copies, so that a write while
+    Ray copies the snapshot cannot change it."""
     shutil.rmtree(staging, ignore_errors=True)
     files: dict[str, int] = {}
     for src in sorted(Path(work).rglob("*")):
@@ -234,6 +330,8 @@ def stage_tree(work: Path, runs: dict[str, tuple[bool, int]], staging: Path) -> 
         dst = staging / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if src.name not in REPLACED:
+                raise OSError("appended to: copied")
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)

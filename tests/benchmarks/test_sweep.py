@@ -1026,6 +1026,19 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     ).read_text()
 
 
+def test_a_removed_run_folder_runs_again(finished_sweep, tmp_path, capsys):
+    """Removing a trial's folder from the output (to run it again, as for a diverged run) drops its
+    checkpoints from the storage too: it is not mirrored back, and it runs afresh."""
+    spec_path, done_out, _ = finished_sweep
+    out = tmp_path / "out"
+    shutil.copytree(done_out, out)
+    shutil.rmtree(out / "runs" / "bc__tiny-hopper__s0")
+    capsys.readouterr()
+    assert main([str(spec_path), "--out", str(out)]) == 0
+    assert "3 finished (skipped), 0 to resume, 1 new" in capsys.readouterr().out
+    assert json.loads((out / "runs" / "bc__tiny-hopper__s0" / "result.json").read_text())["resumed_from"] == 0
+
+
 def test_a_failing_trial_is_reported_not_fatal(ray_local, hopper_file, tmp_path, capsys):
     path = write_spec(
         tmp_path,
@@ -1213,15 +1226,9 @@ def test_a_cells_rl_seeds_pack_into_one_seed_group(tmp_path, hopper_file):
     their numbers to float32 rounding; a kill after the first chunk resumes bit for bit; a finished member is not
     run again."""
     spec = load_spec(_rl_pack_spec(tmp_path, hopper_file))
-    assert spec.pack_seeds and all(t["overrides"]["fast"] is False for t in spec.trials)
-    assert not load_spec(
-        _rl_pack_spec(tmp_path, hopper_file, extra="")
-    ).pack_seeds  # CPU: one process per seed
-    fast = _rl_pack_spec(tmp_path, hopper_file)
-    fast.write_text(fast.read_text().replace("algo: td3bc}", "algo: td3bc, fast: true}"))
-    with pytest.raises(SpecError, match=r"\(td3bc\)\.fast: pack_seeds stacks a cell's seeds"):
-        load_spec(fast)
-    spec = load_spec(_rl_pack_spec(tmp_path, hopper_file))
+    assert spec.pack_seeds and "fast" not in spec.trials[0]["overrides"]  # the group runs fast: false itself
+    off = load_spec(_rl_pack_spec(tmp_path, hopper_file, extra=""))
+    assert not off.pack_seeds  # on CPUs: one process per seed
     (packed,) = pack(spec.trials)
     assert packed["id"] == "td3bc__tiny-hopper__s0+1+2" and packed["kind"] == "rl-pack"
 
@@ -1236,6 +1243,7 @@ def test_a_cells_rl_seeds_pack_into_one_seed_group(tmp_path, hopper_file):
         assert b["step"] == a["step"] == 50 and b["config"] == {
             **a["config"],
             "run_dir": b["config"]["run_dir"],
+            "fast": False,  # the stacked update's; one trial alone takes the fast paths
         }
         assert [e["step"] for e in b["evals"]] == [e["step"] for e in a["evals"]] == [25, 50]
         for name, sd in agent_state(run_dir(alone, t))["modules"].items():

@@ -135,7 +135,7 @@ def _wait_for(store: Storage, step: int, proc, log: Path, after: str = "") -> No
     while True:
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
-        best = store.best_trees()
+        best = store.best_trees("cluster")
         if SHORT in best and best[SHORT].runs[SHORT][0] and LONG in best:
             finished, at = best[LONG].runs[LONG]
             assert not finished, "the long trial ended before the kill: make it longer"
@@ -159,11 +159,11 @@ def test_a_killed_driver_on_a_cluster_without_shared_output_resumes_from_storage
     _wait_for(store, 300, first, first_log)
     # the trial's worker process dies (as on a lost node): Ray restarts the trial from its last checkpoint
     _kill(pid for pid, cmd in _processes(temp).items() if cmd.startswith("ray::ImplicitFunc"))
-    killed_worker_at = store.best_trees()[LONG].runs[LONG][1]
+    killed_worker_at = store.best_trees("cluster")[LONG].runs[LONG][1]
     _wait_for(store, killed_worker_at + 300, first, first_log)
     first.send_signal(signal.SIGKILL)  # and then the driver
     first.wait()
-    killed_at = store.best_trees()[LONG].runs[LONG][1]
+    killed_at = store.best_trees("cluster")[LONG].runs[LONG][1]
     short_result = (out / "runs" / SHORT / "result.json").read_bytes()  # mirrored while the driver ran
 
     second = _driver(spec_path, out, storage_dir, address, env, driver_dir, second_log)
