@@ -704,6 +704,53 @@ def load_or_make(
             stacklevel=2,
         )
     _check_writable(root_path)  # before the generation, whose minutes would be lost on a failed save
+    with _generation_lock(root_path, did, progress):
+        if not regenerate and (root_path / did / "data").is_dir():  # made by the process we waited for
+            ds = _read_cached(did, root_path)
+            want = None if dn.level == "random" else manifest(dn.env_id, checkpoint_dir)["_sha256"]
+            if want is None or ds.metadata.get("checkpoints_sha256") == want:
+                return ds
+        return _generate(name, size, seed, root, root_path, did, dn, progress, n_envs, checkpoint_dir)
+
+
+#: how long a generation waits for another process generating the same dataset (a lock left on another host,
+#: whose process cannot be checked from here, is reported after this)
+GENERATION_WAIT_S = 3 * 3600
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path, did: str, progress: bool) -> Any:
+    """One process generates a dataset at a time (trials of a sweep starting together on one node, or on nodes
+    sharing a cache): the lock file `.<name>.lock` beside the dataset's folder; the others wait for it, then read
+    what it made."""
+    import time
+
+    from rl._atomic import LockError, acquire_lock
+
+    deadline, said = time.monotonic() + GENERATION_WAIT_S, False
+    while True:
+        try:
+            path = (root / did).with_name(f".{Path(did).name}.lock")
+            lock = acquire_lock(path, "rl.collect", what=f"the dataset {did} in {root}")
+            break
+        except LockError as err:
+            if time.monotonic() > deadline:
+                raise LockError(
+                    f"{err} (waited {GENERATION_WAIT_S // 3600} h; remove {err.path} if no process generates it)",
+                    err.path,
+                    err.holder,
+                ) from None
+            if progress and not said:
+                print(f"waiting: {err}", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(2.0)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _generate(name, size, seed, root, root_path, did, dn, progress, n_envs, checkpoint_dir) -> OfflineDataset:
     if progress:  # before the first minute passes in silence: what, how big, where, how long
         print(describe_generation(name, size, seed, root, checkpoint_dir), file=sys.stderr, flush=True)
     ds = make_dataset(

@@ -337,3 +337,37 @@ def test_info_on_a_dataset_not_cached_fails_in_one_line(tmp_path: Path, capsys) 
     assert collect.main(["info", "hopper-expert-v5", "--size", "300", "--root", str(tmp_path)]) == 1
     assert "--size 300" in capsys.readouterr().err
     assert collect.main(["info", "hopper-bogus-v5", "--root", str(tmp_path)]) == 2
+
+
+def test_a_dataset_another_process_is_generating_is_waited_for_not_made_twice(
+    ckpt_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Trials starting together on one node (or nodes sharing a cache) generate a dataset once: the second waits
+    for the first's lock, then reads what it made."""
+    import subprocess
+    import time
+
+    script = (
+        "import sys, time\n"
+        "import rl.collect.generate as g\n"
+        "made = g.make_dataset\n"
+        "g.make_dataset = lambda *a, **k: (time.sleep(3), made(*a, **k))[1]  # holds the lock a while\n"
+        f"g.load_or_make('hopper-medium-v5', 300, 0, {str(tmp_path)!r}, checkpoint_dir={str(ckpt_dir)!r}, "
+        "n_envs=4, progress=False)\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", script])
+    lock = tmp_path / "misa" / ".hopper-medium-n300-v5.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists():
+        assert first.poll() is None and time.monotonic() < deadline, "the first process never took the lock"
+        time.sleep(0.05)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("generated a second time")
+
+    monkeypatch.setattr(generate, "make_dataset", not_again)
+    ds = generate.load_or_make("hopper-medium-v5", 300, 0, tmp_path, checkpoint_dir=ckpt_dir, n_envs=4)
+    assert first.wait(timeout=120) == 0
+    err = capsys.readouterr().err
+    assert "waiting: the dataset misa/hopper-medium-n300-v5 in" in err and "in use by rl.collect (pid" in err
+    assert "generating" not in err and len(ds) == 300 and not lock.exists()
