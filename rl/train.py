@@ -676,16 +676,17 @@ class SeedGroup:
         `Trainer.evals[-1]`, whichever stretch made it; None before any)."""
         until = self.cfg.steps if until is None else min(until, self.cfg.steps)
         while True:
-            group = [t for t in self.trainers if t.cfg.seed not in self.failures and t.step < until]
-            if not group:
+            live = [t for t in self.trainers if t.cfg.seed not in self.failures]
+            if not any(t.step < until for t in live):
                 break
-            behind = min(t.step for t in group)
-            # Seeds ahead (a kill fell between two seeds' checkpoint writes) ride along, unrecorded and put back
-            # afterwards, so that the seeds behind keep their places in the stacked tensors (float rounding of
-            # a vectorised kernel depends on where an element sits) and redo their updates bit for bit.
-            riders = [t for t in group if t.step > behind]
-            stop = min((t.step for t in riders), default=until)
-            self._train_together(group, stop, riders)
+            behind = min(t.step for t in live if t.step < until)
+            # Seeds ahead (a kill fell between two seeds' checkpoint writes; ahead up to `until` or past it) ride
+            # along, unrecorded and put back afterwards, so that the seeds behind keep their places in the stacked
+            # tensors (float rounding of a vectorised kernel depends on where an element sits) and redo their
+            # updates bit for bit.
+            riders = [t for t in live if t.step > behind]
+            stop = min([until, *(t.step for t in riders)])
+            self._train_together(live, stop, riders)
         for t in self.trainers:  # a final evaluation that a resume found missing
             if t.cfg.seed not in self.failures and t.step == until:
                 loop = t.start_loop(until, show=False)

@@ -172,19 +172,24 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
         def live() -> list[Any]:
             return [t for t in group.trainers if t.cfg.seed not in group.failures]
 
-        while live() and group.step < first.steps:
-            group.train(until=min(first.steps, (group.step // every + 1) * every))
+        def progress() -> dict[str, Any]:
             scores = [t.evals[-1].get("normalized_score") for t in live() if t.evals]
             scores = [s for s in scores if s is not None]
-            report(
-                {
-                    "step": group.step,
-                    "normalized_score": sum(scores) / len(scores) if scores else None,
-                    "member_steps": {by_seed[t.cfg.seed]["id"]: t.step for t in group.trainers},
-                }
-            )
+            return {
+                "step": group.step,
+                "normalized_score": sum(scores) / len(scores) if scores else None,
+                "member_steps": {by_seed[t.cfg.seed]["id"]: t.step for t in group.trainers},
+            }
+
+        trained = False
+        while live() and group.step < first.steps:
+            group.train(until=min(first.steps, (group.step // every + 1) * every))
+            report(progress())
+            trained = True
         if live():
             group.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
+        if not trained:  # resumed after the last checkpoints but before the result.json files
+            report(progress())
         results = []
         for t in group.trainers:
             member = by_seed[t.cfg.seed]

@@ -309,6 +309,32 @@ def test_seeds_behind_catch_up_to_the_uninterrupted_run(tmp_path):
         assert_same_state(a.agent.state_dict(), b.agent.state_dict())
 
 
+def test_seeds_behind_catch_up_in_chunks_with_the_ones_ahead_at_the_chunks_end(tmp_path):
+    """The sweep trains a group chunk by chunk (`train(until=...)`); a kill between two seeds' checkpoint writes at
+    a chunk's end leaves the seeds ahead exactly at that end. They still ride along while the others redo the
+    chunk, so every seed stays bit-identical to the straight run."""
+    data = tiny_dataset(200)
+    cfg = config_class("td3bc")(seeds=(0, 1, 2), steps=30, final_eval=False, eval_every=0, **SMALL)
+    straight = SeedGroup(
+        config_class("td3bc")(**{**vars(cfg), "run_dir": str(tmp_path / "a")}), data, quiet=True
+    )
+    with straight:
+        for until in (10, 20, 30):
+            straight.train(until=until)
+    group = SeedGroup(
+        config_class("td3bc")(**{**vars(cfg), "run_dir": str(tmp_path / "b")}), data, quiet=True
+    )
+    with group:
+        group.train(until=10)
+        group._train_together(group.trainers, 20, riders=group.trainers[1:])
+        group.train(until=20)  # seed 0 is at 20 already: it rides along
+        assert [t.step for t in group.trainers] == [20, 20, 20]
+        group.train(until=30)
+    for a, b in zip(straight.trainers, group.trainers):
+        assert a.step == b.step == 30
+        assert_same_state(a.agent.state_dict(), b.agent.state_dict())
+
+
 def test_a_diverging_seed_stops_alone(tmp_path, monkeypatch):
     data = tiny_dataset(200)
     cfg = config_class("td3bc")(
