@@ -4,6 +4,7 @@ suite on the staircase (estimator x task x critic x seed; or estimator x critic 
     python -m rl.sweep benchmarks/sweeps/smoke.yaml                    # local Ray, all cores (or: misa-sweep ...)
     python -m rl.sweep benchmarks/sweeps/hopper-medium-50k.yaml --max-concurrent 2
     python -m rl.sweep SPEC.yaml --address HOST:6379                   # an existing cluster (`ray start`)
+    python -m rl.sweep SPEC.yaml --address HOST:6379 --storage s3://b/x  # no shared disk (docs/cluster.md)
     python -m rl.sweep SPEC.yaml --report-only                         # tables and plots only, no Ray
 
 `python benchmarks/sweep.py` is the same command (the repo's alias, which the committed tables name). A grid spec
@@ -32,13 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rl.sweep.behaviour import ensure_behaviour
-from rl.sweep.driver import SweepError, run_sweep
-from rl.sweep.folders import folder_progress
+from rl.sweep.driver import SweepError, mirror_sweep, run_sweep
 from rl.sweep.gather import gather
 from rl.sweep.report import carry_files, display, publish, write_report
 from rl.sweep.spec import SpecError, load_spec
-from rl.sweep.storage import Storage, mirror
-from rl.sweep.trials import member_ids
+from rl.sweep.storage import Storage
 
 
 def _prog() -> str:
@@ -95,14 +94,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        ids = [rid for t in spec.trials for rid in member_ids(t)]
-        mirror(
-            store,
-            store.best_trees(spec.name),
-            out,
-            ids,
-            local=lambda rid: folder_progress(out / "runs" / rid),
-        )
+        mirror_sweep(spec, out, store)
         ensure_behaviour(spec, out, make=False)
         files = write_report(spec, out)
         print(f"wrote {', '.join(display(f) for f in files)}")

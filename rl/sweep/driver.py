@@ -83,8 +83,7 @@ def _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler) -> 
         log.info(
             "%s: its run folder was removed from %s, so its checkpoints go from %s too", rid, out, store.uri
         )
-    best = store.best_trees(spec.name)
-    mirror(store, best, out, ids, local=lambda rid: folder_progress(out / "runs" / rid))
+    best = mirror_sweep(spec, out, store)
     gone = store.prune(spec.name, best)
     if gone:
         log.info("removed %d superseded checkpoint(s) from %s", gone, store.uri)
@@ -118,18 +117,21 @@ def _run_sweep(spec, out, store, address, num_cpus, max_concurrent, handler) -> 
         summary["errors"].update(
             _tune(spec, out, store, payloads, address, num_cpus, max_concurrent, handler)
         )
-        mirror(
-            store,
-            store.best_trees(spec.name),
-            out,
-            ids,
-            local=lambda rid: folder_progress(out / "runs" / rid),
-        )
+        mirror_sweep(spec, out, store)
     else:
         ensure_behaviour(spec, out, make=False)
     summary["files"] = write_report(spec, out)
     _console(f"wrote {', '.join(display(p) for p in summary['files'])}")
     return summary
+
+
+def mirror_sweep(spec: Spec, out: Path, store: Storage) -> dict[str, Tree]:
+    """Every run of `spec` as the storage has it, into `out` (`rl.sweep.storage.mirror`: never over a finished
+    folder or one further along); returns each run's best tree."""
+    best = store.best_trees(spec.name)
+    ids = [rid for t in spec.trials for rid in member_ids(t)]
+    mirror(store, best, out, ids, local=lambda rid: folder_progress(out / "runs" / rid))
+    return best
 
 
 def _payload(trial: dict[str, Any], out: Path, store: Storage, best: dict[str, Tree]) -> dict[str, Any]:
