@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -153,14 +151,7 @@ def _payload(trial: dict[str, Any], out: Path, store: Storage, best: dict[str, T
                 ""  # the storage root is `out`: the run folder is in storage already
             )
         else:  # only `out` has it (carried in git, or an older runner's): hand it over
-            with tempfile.TemporaryDirectory() as tmp:
-                for sub in (Path("runs") / rid, Path("logs") / f"{rid}.log"):
-                    if (out / sub).is_dir():
-                        shutil.copytree(out / sub, Path(tmp) / sub)
-                    elif (out / sub).is_file():
-                        (Path(tmp) / sub).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(out / sub, Path(tmp) / sub)
-                store.upload(Path(tmp), f"{HANDOFF}/{rid}")
+            store.upload_runs(out, [rid], f"{HANDOFF}/{rid}")
             payload["resume_from"][rid] = f"{HANDOFF}/{rid}"
     return payload
 
@@ -250,7 +241,6 @@ def _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent) -> 
         f"{spec.resources['cpu']:g} CPU each, at most {max_concurrent or spec.max_concurrent or 'all'} at once"
     )
     done: dict[str, str] = {}
-    todo = payloads
     members = {p["trial"]["id"]: member_ids(p["trial"]) for p in payloads}
 
     class Progress(tune.Callback):
@@ -278,14 +268,14 @@ def _tune_run(spec, out, store, payloads, address, num_cpus, max_concurrent) -> 
                 tail = f" diverged: {divergence_headline(r['diverged'])}"
             done[trial.config["trial"]["id"]] = "ok"
             _console(
-                f"  done  {trial.config['trial']['id']} step {r.get('step')}{tail} ({len(done)}/{len(todo)})"
+                f"  done  {trial.config['trial']['id']} step {r.get('step')}{tail} ({len(done)}/{len(payloads)})"
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             tid = trial.config["trial"]["id"]
             done[tid] = "error"
             _console(
-                f"  error {tid} (see {display(out / 'errors' / (tid + '.txt'))}) ({len(done)}/{len(todo)})"
+                f"  error {tid} (see {display(out / 'errors' / (tid + '.txt'))}) ({len(done)}/{len(payloads)})"
             )
 
     tuner = tune.Tuner(

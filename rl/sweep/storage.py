@@ -10,7 +10,7 @@ the tree. Ray copies the tree to `<storage>/ray/<experiment>/<id>/checkpoint_NNN
 - the driver mirrors each run's best tree into its output folder (`mirror`: the tables, `--list-carry` and git read
   that folder as before), and a rerun after a kill of the driver resumes each unfinished run from its best tree;
 - a run folder that only the output folder has (carried in git from another machine, or written by an older
-  runner) is handed to its trial as a tree uploaded to `<storage>/handoff/<id>/` (`hand_off`).
+  runner) is handed to its trial as a tree uploaded to `<storage>/handoff/<id>/` (`Storage.upload_runs`).
 
 A tree whose files do not have the sizes its state file lists (a copy cut short by a kill) is ignored. The best
 tree of a run is the finished one, else the one furthest along; among equals, the latest. Without `--storage` the
@@ -220,18 +220,28 @@ class Storage:
                 destination_filesystem=_local(),
             )
 
-    def upload(self, local: Path, rel: str) -> None:
-        """Copy the local folder `local` to `<storage>/<rel>` (replacing what was there)."""
+    def upload_runs(self, local: Path, ids: Iterable[str], rel: str) -> None:
+        """Copy `runs/<id>` and `logs/<id>.log` of each id from the local folder `local` (laid out as an output
+        folder) to the tree `<storage>/<rel>` (replacing what was there): `download_runs` the other way."""
         import pyarrow.fs as pafs
 
         dest = self._abs(rel)
         if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
             self.fs.delete_dir(dest)
-        self.fs.create_dir(dest, recursive=True)
-        pafs.copy_files(str(local), dest, source_filesystem=_local(), destination_filesystem=self.fs)
+        for rid in ids:
+            for sub in (f"runs/{rid}", f"logs/{rid}.log"):
+                if (Path(local) / sub).exists():
+                    self.fs.create_dir(str((PurePosixPath(dest) / sub).parent), recursive=True)
+                    pafs.copy_files(
+                        str(Path(local) / sub),
+                        str(PurePosixPath(dest) / sub),
+                        source_filesystem=_local(),
+                        destination_filesystem=self.fs,
+                    )
 
 
-def _read_index(out: Path) -> dict[str, str]:
+def mirrored(out: Path) -> dict[str, str]:
+    """Which tree each run folder of `out` was mirrored from (`<out>/.mirror.json`)."""
     path = Path(out) / INDEX
     try:
         return dict(json.loads(path.read_text())) if path.exists() else {}
@@ -253,15 +263,10 @@ def join_uri(uri: str, name: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
 
 
-def mirrored(out: Path) -> dict[str, str]:
-    """Which tree each run folder of `out` was mirrored from (`<out>/.mirror.json`)."""
-    return _read_index(out)
-
-
 def forget_removed(storage: Storage, sweep: str, out: Path, ids: Iterable[str]) -> list[str]:
     """The runs of `ids` whose folder `out` had from a tree (`.mirror.json` says so) and has no more: the user
     removed them to run them again, so their trees go too (`Storage.drop_run`); returns their ids."""
-    index = _read_index(out)
+    index = mirrored(out)
     gone = [rid for rid in ids if rid in index and not (Path(out) / "runs" / rid).is_dir()]
     for rid in gone:
         storage.drop_run(sweep, rid)
@@ -283,7 +288,7 @@ def mirror(
     `local(id)` gives the folder's own (finished, step), unless the folder is finished or further along than the
     tree (carried in git from a machine that went on). A pack's own log (`logs/<pack id>.log`) comes along.
     Returns the ids copied."""
-    index = _read_index(out)
+    index = mirrored(out)
     copied = []
     for rid in best if ids is None else ids:
         tree = best.get(rid)

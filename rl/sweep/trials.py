@@ -376,9 +376,10 @@ def ray_trainable(config: dict[str, Any]) -> None:
             trees = {
                 rid: config["resume_from"][rid] for rid in member_ids(trial) if rid in config["resume_from"]
             }
-            for rid, tree in trees.items():
-                Storage(config["storage"]).download_runs(tree, [rid], work)
             if trees:
+                store = Storage(config["storage"])
+                for rid, tree in trees.items():
+                    store.download_runs(tree, [rid], work)
                 origin = "from the storage's " + ", ".join(
                     sorted({t or "run folder" for t in trees.values()})
                 )

@@ -114,3 +114,24 @@ def test_uris_keep_their_query_and_local_paths_are_the_output_folder(tmp_path):
     store = Storage(tmp_path)
     assert store.ray_path == str(tmp_path / "ray") and store.is_output(tmp_path)
     assert Storage(f"file://{tmp_path}").is_output(tmp_path)
+
+
+def test_a_folder_only_the_output_has_is_handed_over_and_back_unchanged(tmp_path):
+    """`upload_runs` (the driver's hand-over of a git-carried run folder) and `download_runs` (the trial's start)
+    are each other's inverse: the run's files and its log arrive as they were."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    (out / "runs" / "a" / "tb").mkdir(parents=True)
+    (out / "runs" / "a" / "eval.csv").write_text("step\n25\n")
+    (out / "runs" / "a" / "tb" / "events").write_bytes(b"\x00\x01")
+    (out / "logs").mkdir()
+    (out / "logs" / "a.log").write_text("started a\n")
+    (out / "runs" / "b").mkdir()  # another run: not handed over
+    store = Storage(tmp_path / "storage")
+    store.upload_runs(out, ["a"], "handoff/a")
+    store.download_runs("handoff/a", ["a", "b"], work)
+    files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+    assert files == ["logs/a.log", "runs/a/eval.csv", "runs/a/tb/events"]
+    for f in files:
+        assert (work / f).read_bytes() == (out / f).read_bytes()
+    store.upload_runs(out, ["a"], "handoff/a")  # again: replaces what was there
+    assert sorted(p.name for p in (tmp_path / "storage" / "handoff" / "a" / "runs").iterdir()) == ["a"]
