@@ -694,23 +694,32 @@ def load_or_make(
     dn = parse_name(name)
     root_path = data_root(root)
     did = dataset_id(name, size, seed, checkpoint_dir)
+    stale = False
     if not regenerate and (root_path / did / "data").is_dir():
-        ds = _read_cached(did, root_path)
-        want = None if dn.level == "random" else manifest(dn.env_id, checkpoint_dir)["_sha256"]
-        if want is None or ds.metadata.get("checkpoints_sha256") == want:
+        ds = _current(did, root_path, dn, checkpoint_dir)
+        if ds is not None:
             return ds
+        stale = True
         warnings.warn(
             f"cached dataset {did} in {root_path} was made from other checkpoints; regenerating it",
             stacklevel=2,
         )
     _check_writable(root_path)  # before the generation, whose minutes would be lost on a failed save
     with _generation_lock(root_path, did, progress):
-        if not regenerate and (root_path / did / "data").is_dir():  # made by the process we waited for
-            ds = _read_cached(did, root_path)
-            want = None if dn.level == "random" else manifest(dn.env_id, checkpoint_dir)["_sha256"]
-            if want is None or ds.metadata.get("checkpoints_sha256") == want:
+        if not regenerate and not stale and (root_path / did / "data").is_dir():
+            ds = _current(did, root_path, dn, checkpoint_dir)  # made by the process we waited for
+            if ds is not None:
                 return ds
         return _generate(name, size, seed, root, root_path, did, dn, progress, n_envs, checkpoint_dir)
+
+
+def _current(
+    did: str, root: Path, dn: Any, checkpoint_dir: str | os.PathLike | None
+) -> OfflineDataset | None:
+    """The cached dataset `did`, or None where it was made from other checkpoints than the ones asked for."""
+    ds = _read_cached(did, root)
+    want = None if dn.level == "random" else manifest(dn.env_id, checkpoint_dir)["_sha256"]
+    return ds if want is None or ds.metadata.get("checkpoints_sha256") == want else None
 
 
 #: how long a generation waits for another process generating the same dataset (a lock left on another host,
@@ -728,9 +737,9 @@ def _generation_lock(root: Path, did: str, progress: bool) -> Any:
     from rl._atomic import LockError, acquire_lock
 
     deadline, said = time.monotonic() + GENERATION_WAIT_S, False
+    path = (root / did).with_name(f".{Path(did).name}.lock")
     while True:
         try:
-            path = (root / did).with_name(f".{Path(did).name}.lock")
             lock = acquire_lock(path, "rl.collect", what=f"the dataset {did} in {root}")
             break
         except LockError as err:

@@ -26,17 +26,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 KINDS = ("rl", "staircase")
 TOP_KEYS = (
-    *(
-        "name",
-        "kind",
-        "description",
-        "base",
-        "grid",
-        "resources",
-        "max_concurrent",
-        "pack_seeds",
-        "max_failures",
-    ),
+    "name",
+    "kind",
+    "description",
+    "base",
+    "grid",
+    "resources",
+    "max_concurrent",
+    "pack_seeds",
+    "max_failures",
 )
 RL_AXES = ("variant", "dataset", "seed")
 STAIRCASE_AXES = ("estimator", "task", "critic", "seed", "dim")
