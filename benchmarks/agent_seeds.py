@@ -64,11 +64,11 @@ def _agents(algo: str, seeds: int, fast: bool, device: str = "cpu"):
     data = _dataset()
     agents = []
     for s in range(seeds):
-        one = type(cfg)(**{**vars(cfg), "seed": s, "fast": fast, "device": device})
+        one = cfg.replace(seed=s, fast=fast, device=device)
         agent = make_agent(one, data.obs_dim, data.act_dim)
         agent.fit_dataset_stats(data)
         agents.append(agent)
-    return agents, data, cfg.batch_size
+    return agents, data, cfg.run.batch_size
 
 
 def one_seed_rate(algo: str, threads: int, updates: int, device: str = "cpu") -> float:

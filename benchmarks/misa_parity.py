@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rl._atomic import atomic_write, atomic_write_csv  # noqa: E402
+from rl.agents import make_agent  # noqa: E402
 from rl.agents.mi import MIAgent  # noqa: E402
 from rl.data import load  # noqa: E402
 from rl.networks import QEnsemble, TanhGaussianPolicy  # noqa: E402
@@ -124,12 +125,12 @@ def q_to_flax(
 # ----------------------------------------------------------------------------------------------------------------
 def _agent(seed: int) -> MIAgent:
     cfg = build_config(CONFIG, {"seed": str(seed), "dataset": DATASET})
-    return MIAgent(11, 3, cfg)
+    return make_agent(cfg, 11, 3)
 
 
 def _fresh_copy(agent: MIAgent) -> MIAgent:
     """The same weights with fresh optimisers (the official side starts from fresh Adam states)."""
-    other = _agent(agent.cfg.seed)
+    other = _agent(agent.seed)
     for name in ("policy", "critic", "critic_target"):
         other.modules[name].load_state_dict(agent.modules[name].state_dict())
     with torch.no_grad():
@@ -468,7 +469,7 @@ def train_curves(args: argparse.Namespace) -> None:
             )
             print(f"official seed {seed}: {time.time() - t0:.0f} s", flush=True)
         files = sorted(off_dir.glob("policy_*.npz"))
-        for r in _evaluate_official(files, cfg.eval_episodes, cfg.eval_seed):
+        for r in _evaluate_official(files, cfg.run.eval_episodes, cfg.run.eval_seed):
             rows.append({"code": "official", "seed": seed, **r})
         run_dir = work / f"ours-seed{seed}"
         if not (run_dir / "eval.csv").exists() or _last_step(run_dir) < args.steps:

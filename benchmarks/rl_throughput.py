@@ -78,9 +78,9 @@ def run_one(name: str, threads: int, seconds: float) -> dict:
         agent = SAC(11, 3, SACConfig())
         batch = {**batch, "terminals": batch.pop("dones")}
     else:
-        from rl.agents import config_class, make_agent
+        from rl.agents import make_agent, train_config
 
-        agent = make_agent(config_class(algo)(**kw), 11, 3)
+        agent = make_agent(train_config(algo, **kw), 11, 3)
     t0 = time.perf_counter()
     agent.update(batch)  # warm-up (and compilation, when on)
     first = time.perf_counter() - t0

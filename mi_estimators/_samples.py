@@ -86,12 +86,6 @@ def check_samples(x: Any, y: Any) -> None:
             raise ValueError(f"{name} has a non-finite value {t[idx].item()} at index {idx}")
 
 
-def check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1); got {value!r}")
-    return float(value)
-
-
 def split_sizes(m: int, valid_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """(train, validation, test) sizes of M samples: each held-out part round(fraction * M), at least 2 when its
     fraction is positive (a batch needs 2), the rest for training (at least 2)."""

@@ -18,12 +18,12 @@ Negatives from a batch of joint samples `(x_i, y_i)`, i < N, come two ways:
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .options import require_generator, require_number, require_sizes
 from .scores import Scores
 
 Critic = Callable[[Tensor, Tensor], Tensor]
@@ -34,8 +34,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tan
 def _check_layers(sizes: list[int], activation: str) -> None:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
-    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in sizes):
-        raise ValueError(f"every layer size must be a positive integer; got {list(sizes)}")
+    require_sizes("layer sizes", sizes)
 
 
 def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
@@ -173,9 +172,7 @@ class AveragedCritic(nn.Module):
         super().__init__()
         if not isinstance(critic, nn.Module) or not any(True for _ in critic.parameters()):
             raise TypeError(f"critic must be an nn.Module with parameters; got {type(critic).__name__}")
-        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 < float(decay) < 1.0:
-            raise ValueError(f"decay must be a number in (0, 1); got {decay!r}")
-        self.decay = float(decay)
+        self.decay = require_number("decay", decay, 0.0, 1.0, low_open=True, high_open=True)
         object.__setattr__(self, "trained", critic)  # followed, not owned
         self.average = copy.deepcopy(critic).requires_grad_(False)
 
@@ -262,9 +259,7 @@ def derangement(n: int, generator: torch.Generator | None = None) -> Tensor:
         `LongTensor [n]`, `sigma[i]` the index paired with i.
     """
     n = _check_n(n)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
-    device = generator.device if generator is not None else torch.device("cpu")
+    device = require_generator(generator)
     idx = torch.arange(n, device=device)
     while True:
         sigma = torch.randperm(n, generator=generator, device=device)

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from ._samples import (
     EpochBatches,
     as_samples,
-    check_fraction,
     check_samples,
     split_sizes,
     standard_error,
@@ -46,7 +45,7 @@ from .critics import (
     derangement_scores,
     score_matrix,
 )
-from .options import require_int
+from .options import require_generator, require_int, require_number
 from .registry import Estimator, make
 from .samplers import NonFiniteChainError
 from .scores import NonFiniteScoresError, Scores
@@ -282,12 +281,10 @@ def _check_arguments(
         raise ValueError(
             f"batch_size must be an int >= 2 (negatives come from the batch); got {batch_size!r}"
         )
-    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+    require_number("lr", lr, 0.0, low_open=True, what="a positive finite number")
     if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
         raise ValueError(f"seed must be an int or None; got {seed!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    require_generator(generator)
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"progress must be True, False or None; got {progress!r}")
     for name, options in (("critic_options", critic_options), ("estimator_options", estimator_options)):
@@ -407,8 +404,7 @@ def evaluate(
             f"x and y hold {m} samples, fewer than one batch of batch_size={batch_size}; pass more samples or a "
             "smaller batch_size"
         )
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    require_generator(generator)
     est = make(estimator) if isinstance(estimator, str) else estimator
     kind = _check_negatives(negatives, est)
     if generator is None:
@@ -660,13 +656,9 @@ def estimate(
         )
     if estimator_options and not isinstance(estimator, str):
         raise ValueError("estimator_options only apply when estimator is given by name")
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool)
-        or not isinstance(max_grad_norm, numbers.Real)
-        or not math.isfinite(max_grad_norm)
-        or max_grad_norm <= 0
-    ):
-        raise ValueError(f"max_grad_norm must be a positive finite number or None; got {max_grad_norm!r}")
+    require_number(
+        "max_grad_norm", max_grad_norm, 0.0, low_open=True, optional=True, what="a positive finite number"
+    )
     setup = partial(
         _Run.build,
         estimator=estimator,
@@ -993,8 +985,10 @@ def _check_holdout(
                 "the critic on fresh ones with History.heldout()"
             )
         return 0.0, 0.0
-    valid = check_fraction("valid_fraction", VALID_FRACTION if valid_fraction is None else valid_fraction)
-    test = check_fraction("test_fraction", TEST_FRACTION if test_fraction is None else test_fraction)
+    valid = VALID_FRACTION if valid_fraction is None else valid_fraction
+    test = TEST_FRACTION if test_fraction is None else test_fraction
+    valid = require_number("valid_fraction", valid, 0.0, 1.0, high_open=True)
+    test = require_number("test_fraction", test, 0.0, 1.0, high_open=True)
     if valid + test >= 1:
         raise ValueError(
             f"valid_fraction + test_fraction must leave samples to train on; got {valid} + {test} >= 1"

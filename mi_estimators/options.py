@@ -35,7 +35,10 @@ __all__ = [
     "from_signature",
     "integer",
     "number",
+    "require_generator",
     "require_int",
+    "require_number",
+    "require_sizes",
     "sizes",
 ]
 
@@ -109,6 +112,69 @@ def require_int(name: str, value: Any, low: int, error: type[Exception] = ValueE
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low:
         raise error(f"{name} must be an int >= {low}; got {value!r}")
     return int(value)
+
+
+def _range(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    """`a number in (0, 1]`, `a number > 0`, `a finite number`: the words for a range of `number`."""
+    if math.isfinite(low) and math.isfinite(high):
+        return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if math.isfinite(low):
+        return f"a number {'>' if low_open else '>='} {low:g}"
+    if math.isfinite(high):
+        return f"a number {'<' if high_open else '<='} {high:g}"
+    return "a finite number"
+
+
+def require_number(
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    what: str | None = None,
+) -> float | None:
+    """`value` as a float when it is a finite real number (not a bool; a one-element tensor counts) in the range;
+    None when `optional` and it is None; else `ValueError("NAME must be WHAT; got VALUE")`, `what` defaulting to
+    the range in words (`a number in (0, 1)`, `a number >= 0`): the one real-number check of the package's
+    functions (learning rates, fractions, decays, task parameters)."""
+    if optional and value is None:
+        return None
+    words = what or _range(low, high, low_open, high_open)
+    if not number(low, high, low_open=low_open, high_open=high_open, what=words).accepts(value):
+        raise ValueError(f"{name} must be {words}{' or None' if optional else ''}; got {value!r}")
+    return _real(value)
+
+
+def require_generator(generator: Any, name: str = "generator") -> torch.device:
+    """The device of `generator`, a `torch.Generator` or None (the global RNG: the CPU); else `TypeError` naming
+    `name`: the one generator check of the package's functions."""
+    if generator is None:
+        return torch.device("cpu")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None; got {type(generator).__name__}")
+    return generator.device
+
+
+def require_sizes(name: str, value: Any, *, nonempty: bool = False) -> tuple[int, ...]:
+    """`value` as a tuple of ints >= 1 (layer widths; Python or numpy ints, not bools); else `ValueError` naming
+    `name`."""
+    try:
+        items = list(value)
+    except TypeError:
+        items = None
+    if (
+        items is None
+        or isinstance(value, str)
+        or (nonempty and not items)
+        or any(isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1 for n in items)
+    ):
+        raise ValueError(
+            f"{name} must be a {'non-empty ' if nonempty else ''}sequence of positive integers; got {value!r}"
+        )
+    return tuple(int(n) for n in items)
 
 
 def integer(low: int, *, optional: bool = False) -> Option:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .options import require_int
+from .options import require_generator, require_int, require_number
 
 __all__ = [
     "Task",
@@ -72,28 +72,6 @@ _E_LOG_ABS_STD_NORMAL = -0.5 * (_EULER_GAMMA + math.log(2.0))
 
 # --------------------------------------------------------------------------------------------------------------
 # argument checks
-
-
-def _check_real(name: str, value: Any, *, minimum: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite real number; got {value!r}")
-    given, value = value, float(value)
-    if minimum is not None:
-        if strict and not value > minimum:
-            raise ValueError(f"{name} must be > {minimum:g}; got {given!r}")
-        if not strict and not value >= minimum:
-            raise ValueError(f"{name} must be >= {minimum:g}; got {given!r}")
-    return value
-
-
-def _check_generator(generator: Any) -> torch.device:
-    if generator is None:
-        return torch.device("cpu")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
-    return generator.device
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:
@@ -217,7 +195,7 @@ class Task:
             `(x [n, dim_x], y [n, dim_y])`.
         """
         n = require_int("n", n, 1)
-        device = _check_generator(generator)
+        device = require_generator(generator)
         dtype = _check_dtype(dtype)
         x, y = self._sample(n, generator, device)
         return x.to(dtype), y.to(dtype)
@@ -291,7 +269,7 @@ class CorrelatedGaussian(Task):
     def __init__(self, dim: int = 20, mi: float = 4.0) -> None:
         super().__init__()
         self.dim = require_int("dim", dim, 1)
-        self.mi = _check_real("mi", mi, minimum=0.0)
+        self.mi = require_number("mi", mi, 0.0)
         self.dim_x = self.dim_y = self.dim
         # 1 - rho^2 computed directly: no cancellation when rho is close to 1
         self.one_minus_rho2 = math.exp(-2.0 * self.mi / self.dim)
@@ -350,7 +328,7 @@ class CorrelatedGaussian(Task):
         if x.dim() != 2:
             raise ValueError(f"x must have shape [N, {self.dim}]; got shape {tuple(x.shape)}")
         k = require_int("k", k, 1)
-        _check_generator(generator)
+        require_generator(generator)
         wd = _work_dtype(x.device)
         eps = torch.randn(x.shape[0], k, self.dim, generator=generator, device=x.device, dtype=wd)
         return (self.rho * x.to(wd)[:, None, :] + self.cond_std * eps).to(x.dtype)
@@ -499,7 +477,7 @@ class MultivariateNormalTask(_JointGaussianLike):
         if x.dim() != 2:
             raise ValueError(f"x must have shape [N, {self.dim_x}]; got shape {tuple(x.shape)}")
         k = require_int("k", k, 1)
-        _check_generator(generator)
+        require_generator(generator)
         mean, _ = self.conditional(x.to(_work_dtype(x.device)))
         wd = mean.dtype
         eps = torch.randn(x.shape[0], k, self.dim_y, generator=generator, device=x.device, dtype=wd)
@@ -570,7 +548,7 @@ class StudentTTask(_JointGaussianLike):
         super().__init__()
         dim_x = require_int("dim_x", dim_x, 1)
         dim_y = require_int("dim_y", dim_y, 1)
-        self.df = _check_real("df", df, minimum=0.0, strict=True)
+        self.df = require_number("df", df, 0.0, low_open=True)
         size = dim_x + dim_y
         if dispersion is None:
             disp = torch.eye(size, dtype=torch.float64)
@@ -659,7 +637,7 @@ class PowerTransform(Transform):
     `log |J| = sum log(power |t|^(power - 1))`."""
 
     def __init__(self, power: float) -> None:
-        self.power = _check_real("power", power, minimum=0.0, strict=True)
+        self.power = require_number("power", power, 0.0, low_open=True)
         self.name = f"power({self.power:g})"
 
     def forward(self, t: Tensor) -> Tensor:
@@ -729,7 +707,7 @@ class Spiral(Transform):
         if dim < 2:
             raise ValueError(f"dim must be >= 2 for a spiral (a rotation needs a plane); got {dim}")
         self.dim = dim
-        self.speed = _check_real("speed", speed)
+        self.speed = require_number("speed", speed)
         plane = tuple(plane)
         if (
             len(plane) != 2
@@ -908,7 +886,7 @@ class TransformedTask(Task):
 
 def _check_levels(levels: Sequence[float]) -> tuple[float, ...]:
     try:
-        out = tuple(_check_real("levels[i]", v, minimum=0.0) for v in levels)
+        out = tuple(require_number("levels[i]", v, 0.0) for v in levels)
     except TypeError:
         raise ValueError(f"levels must be a sequence of MI values (nats); got {levels!r}") from None
     except ValueError as e:
@@ -947,8 +925,8 @@ def student_t_with_mi(dim: int, mi: float, df: float = 3.0) -> StudentTTask:
     The returned task's `mi` is set to `mi` exactly (the formula reproduces it to ~1e-12).
     """
     dim = require_int("dim", dim, 1)
-    mi = _check_real("mi", mi, minimum=0.0)
-    df = _check_real("df", df, minimum=0.0, strict=True)
+    mi = require_number("mi", mi, 0.0)
+    df = require_number("df", df, 0.0, low_open=True)
     correction = _t_entropy_terms(df, dim) + _t_entropy_terms(df, dim) - _t_entropy_terms(df, 2 * dim)
     gaussian = mi - correction
     if gaussian < -1e-12:
@@ -1038,7 +1016,7 @@ def staircase_task(
         raise ValueError(
             f"base must be one of {list(STAIRCASE_BASES)} or a callable (dim, mi) -> task; got {base!r}"
         )
-    df = _check_real("df", df, minimum=0.0, strict=True)
+    df = require_number("df", df, 0.0, low_open=True)
     if base != "student_t":
         df = 0.0  # not used: one cache entry per (base, transform, dim, level)
     return _cached_staircase_task(base, _staircase_transform(transform), dim, level, df)

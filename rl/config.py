@@ -1,42 +1,49 @@
-"""YAML configs as dataclasses: load, save (round-trip), and command-line overrides.
+"""A training run's settings (`RunConfig`), apart from its algorithm's (`rl.agents.*Config`; together one
+`rl.agents.TrainConfig(algo=..., run=..., agent=...)`, as d3rlpy keeps `fit()`'s arguments apart from an
+algorithm's config), and the reading, checking and writing of config files. The agents see only their own config (and the seed, device, `fast` and total steps the trainer
+hands them); the trainer reads the run's.
 
-A config file is one flat YAML mapping whose `algo` key picks the dataclass (`rl.agents.config_class(algo)`);
-every other key must be a field of that dataclass, or the loader stops naming the key::
+A config file is one YAML mapping, flat (every key is a run setting or one of the algorithm's, never both; the form
+`rl.train` writes) or in two sections::
 
-    algo: mi
-    dataset: hopper-medium-v5
+    algo: mi                     algo: mi
+    dataset: hopper-medium-v5    run: {dataset: hopper-medium-v5, steps: 1000000}
+    steps: 1000000               agent: {estimator: misa}
     estimator: misa
-    steps: 1000000
 
-Overrides come from the command line as `--name value` (dashes or underscores, `--estimator nwj`,
-`--steps 5000`, `--run-dir DIR`) or, for dict fields, `--estimator-options.sampler mala`; values are parsed as
-YAML scalars (so `--hidden-q [256,256]`, `--target-entropy null` and `--normalize-observations true` work) and then
-coerced to the field's type.
+Overrides come from the command line as `--name value` (dashes or underscores, `--estimator nwj`, `--steps 5000`,
+`--run-dir DIR`) or, for dict fields, `--estimator-options.sampler mala`.
 
-Files and values are read as plain data (`yaml.SafeLoader`: no tags that build objects) with YAML 1.2's numbers:
-PyYAML follows YAML 1.1, where `3e-4` and `1e6` are strings; here they are floats, as in every other YAML reader.
+Reading, type checks and writing are OmegaConf's (structured configs over these dataclasses): values are YAML with
+YAML 1.2's numbers (`3e-4` and `1e6` are floats), ints are accepted where floats are asked, and a value of the wrong
+type, an unknown key or a syntax error raises `ConfigError` naming the key (or the line). Files are plain data: no
+tags that build objects, and no `${...}` interpolation (refused, naming the key).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 __all__ = [
     "RunConfig",
     "ConfigError",
+    "build",
+    "field_names",
     "to_dict",
     "from_dict",
     "load_yaml",
     "parse_yaml",
+    "parse_value",
     "save_yaml",
     "apply_overrides",
 ]
@@ -48,17 +55,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """What every training run has, whatever the algorithm (the agent configs extend it).
+    """What a training run is given, whatever the algorithm: data, length, seed, device, logging, checkpoints.
 
     Attributes:
-        algo: algorithm name (`mi`/`misa`, `cql`, `iql`, `td3bc`, `bc`).
         dataset: an `rl.data.load` source (`hopper-medium-v5`, a `.hdf5` path, `minari:<id>`, `d4rl:<name>`).
         dataset_size: transitions to generate for the project's own datasets (None: the collector's default).
         env: gymnasium env id for evaluation (None: taken from the dataset's metadata or name).
         steps: gradient updates in total.
-        seed: seeds network init (`torch.manual_seed`) and the agent's generator (every later draw).
+        seed: seeds network init (`torch.manual_seed`) and the agent's generator (every later draw); an algorithm may
+            change its default (`AgentConfig.RUN_DEFAULTS`: MISA's is the official code's 42).
         device: "cpu" (default) or "cuda".
-        batch_size: transitions per update.
+        batch_size: transitions sampled for each update.
         eval_every: steps between evaluations of the deterministic policy; 0 turns periodic evaluation off (the
             final one still runs, see `final_eval`).
         eval_episodes: episodes per evaluation (their mean return is the normalised score's).
@@ -88,7 +95,6 @@ class RunConfig:
     #: `from_dict` drops such a key at that value and refuses any other value, naming the new place
     RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {}
 
-    algo: str = "mi"
     dataset: str = "hopper-medium-v5"
     dataset_size: int | None = None
     env: str | None = None
@@ -110,169 +116,182 @@ class RunConfig:
     seeds: tuple[int, ...] = ()
     fast: bool = True
 
-    def resume_refusal(self, saved: Mapping[str, Any]) -> str | None:
-        """Why a run saved with the config `saved` (plain data) cannot go on under this one, beyond the field by
-        field comparison of `rl.train --resume` (None: nothing more). An algorithm whose state was laid over a run
-        setting says so here (IQL's cosine schedule over `steps`)."""
-        return None
-
-    def run_tag(self) -> str:
-        """What the default run folder's last part starts with, before `seed<k>` (the MI agent's estimator)."""
-        return ""
-
     def __post_init__(self) -> None:
         if isinstance(self.imports, str):  # tuple("my_bounds") would be its letters
-            raise ConfigError(
-                f"{type(self).__name__}.imports must be a list of module names; got {self.imports!r}"
-            )
+            raise ConfigError(f"RunConfig.imports must be a list of module names; got {self.imports!r}")
         self.imports = tuple(self.imports)
         if isinstance(self.seeds, int | str):
-            raise ConfigError(f"{type(self).__name__}.seeds must be a list of seeds; got {self.seeds!r}")
+            raise ConfigError(f"RunConfig.seeds must be a list of seeds; got {self.seeds!r}")
         self.seeds = tuple(int(s) for s in self.seeds)
         if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"{type(self).__name__}.seeds holds a seed twice: {list(self.seeds)}")
+            raise ConfigError(f"RunConfig.seeds holds a seed twice: {list(self.seeds)}")
         for name in ("steps", "batch_size", "eval_episodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{type(self).__name__}.{name} must be >= 1; got {getattr(self, name)}")
+                raise ConfigError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"{type(self).__name__}.threads must be >= 1 or null; got {self.threads}")
+            raise ConfigError(f"RunConfig.threads must be >= 1 or null; got {self.threads}")
         if self.eval_every < 0:
-            raise ConfigError(f"{type(self).__name__}.eval_every must be >= 0; got {self.eval_every}")
+            raise ConfigError(f"RunConfig.eval_every must be >= 0; got {self.eval_every}")
+
+
+def fieldfield_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls) if f.init]
+
+
+def field_names(cls: type) -> list[str]:
+    """The names of the init fields of config dataclass `cls`, in order."""
+    return [f.name for f in fields(cls) if f.init]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# YAML as plain data, with YAML 1.2 numbers
+# YAML as plain data (OmegaConf's reader: YAML 1.2 numbers, safe tags)
 # ------------------------------------------------------------------------------------------------------------
-class _PlainLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that also reads exponent floats without a dot (`3e-4`, `1E6`, `-2e+3`)."""
-
-
-class _PlainDumper(yaml.SafeDumper):
-    """`yaml.SafeDumper` that quotes the strings `_PlainLoader` would read as floats (`run_dir: '1e3'`)."""
-
-
-for _cls in (_PlainLoader, _PlainDumper):
-    _cls.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."),
-    )
-
-
-def parse_yaml(text: str, where: str = "YAML") -> Any:
-    """`text` as plain data (dicts, lists, str, int, float, bool, None); a syntax error raises `ConfigError`
-    naming `where`, the line and the column."""
-    try:
-        return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as err:
+def _yaml_error(err: Exception, where: str) -> ConfigError:
+    if isinstance(err, yaml.MarkedYAMLError):
         mark = err.problem_mark or err.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}: invalid YAML{at}: {err.problem or err.context}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: invalid YAML: {str(err).splitlines()[0]}") from None
-    except ValueError as err:  # a scalar that matched a number pattern but is not one (`._e5`)
-        raise ConfigError(f"{where}: invalid YAML: {err}") from None
+        return ConfigError(f"{where}: invalid YAML{at}: {err.problem or err.context}")
+    text = str(err).strip().splitlines()
+    return ConfigError(f"{where}: invalid YAML: {text[0] if text else type(err).__name__}")
+
+
+def parse_yaml(text: str, where: str = "YAML") -> dict[str, Any] | list[Any]:
+    """The YAML document `text` (a mapping or a list) as plain data: dicts, lists, str, int, float, bool, None.
+    A syntax error raises `ConfigError` naming `where`, the line and the column; a document that is neither a
+    mapping nor a list (or is empty: `{}`) names what it is."""
+    try:
+        node = OmegaConf.create(text)
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as err:
+        raise _yaml_error(err, where) from None
+    except AssertionError:  # OmegaConf's answer to a scalar document
+        raise ConfigError(f"{where} must hold a YAML mapping; got the scalar {text.strip()[:40]!r}") from None
+    return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
+
+
+def parse_value(text: str, where: str = "value") -> Any:
+    """One YAML value as plain data (`5000`, `3e-4`, `true`, `null`, `[256, 256]`, `{a: 1}`, a string)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as err:
+        raise _yaml_error(err, where) from None
 
 
 # ------------------------------------------------------------------------------------------------------------
 # dict <-> dataclass
 # ------------------------------------------------------------------------------------------------------------
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain dict of a config (tuples become lists, so it dumps to YAML/JSON and loads back equal)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}
+    """Plain dict of a config dataclass (tuples become lists, so it dumps to YAML/JSON and loads back equal); a
+    `TrainConfig` flat (`algo`, then the run's fields, then the algorithm's)."""
+    if hasattr(cfg, "to_dict"):  # a config with its own flat form (`rl.agents.TrainConfig`)
+        return cfg.to_dict()
+    return {f.name: _plain(getattr(cfg, f.name)) for f in fields(cfg)}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _expected(tp: Any) -> str:
+    """What a value of type hint `tp` must be, in words."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_expected(a) for a in args if a is not type(None)]
+        return " or ".join(kinds) + (" or null" if type(None) in args else "")
+    if origin is tuple or origin is list:
+        return f"a list ({_expected(args[0])} each)" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(cls: type, name: str, value: Any) -> Any:
-    """`value` converted to the declared type of field `name` (ints to floats, lists to tuples, ...)."""
-    tp = _hints(cls)[name]
-    where = f"{cls.__name__}.{name}"
-
-    def conv(tp: Any, v: Any) -> Any:
-        origin = typing.get_origin(tp)
-        if origin in (typing.Union, types.UnionType):
-            args = typing.get_args(tp)
-            if v is None and type(None) in args:
-                return None
-            errors = []
-            for a in args:
-                if a is type(None):
-                    continue
-                try:
-                    return conv(a, v)
-                except ConfigError as e:
-                    errors.append(str(e))
-            raise ConfigError(errors[0] if errors else f"{where} cannot be {v!r}")
-        if tp is Any:
-            return v
-        if origin is tuple:
-            if not isinstance(v, list | tuple):
-                raise ConfigError(f"{where} must be a list; got {v!r}")
-            (inner, *_rest) = typing.get_args(tp) or (Any,)
-            return tuple(conv(inner, x) for x in v)
-        if origin is dict or tp is dict:
-            if not isinstance(v, dict):
-                raise ConfigError(f"{where} must be a mapping; got {v!r}")
-            return dict(v)
-        if tp is bool:
-            if isinstance(v, bool):
-                return v
-            raise ConfigError(f"{where} must be true or false; got {v!r}")
-        if tp is int:
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, int | float)
-                or (isinstance(v, float) and not v.is_integer())
-            ):
-                raise ConfigError(f"{where} must be an integer; got {v!r}")
-            return int(v)
-        if tp is float:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ConfigError(f"{where} must be a number; got {v!r}")
-            return float(v)
-        if tp is str:
-            if not isinstance(v, str):
-                raise ConfigError(f"{where} must be a string; got {v!r}")
-            return v
-        return v
-
-    return conv(tp, value)
+def _refuse_interpolation(data: Any, where: str) -> None:
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            _refuse_interpolation(v, f"{where}.{k}")
+    elif isinstance(data, list | tuple):
+        for i, v in enumerate(data):
+            _refuse_interpolation(v, f"{where}[{i}]")
+    elif isinstance(data, str) and ("${" in data or data == "???"):
+        raise ConfigError(f"{where} = {data!r}: configs are plain data (no ${{...}} interpolation, no ???)")
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build `cls` from a mapping; an unknown key raises `ConfigError` naming it (and the known keys)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values; got {type(data).__name__}")
-    names = {f.name for f in fields(cls) if f.init}
-    data = drop_retired(cls, data, where)
-    unknown = [k for k in data if k not in names]
+def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """`cls(**data)` with every value checked against (and converted to) its field's type by OmegaConf."""
+    unknown = [k for k in data if k not in field_names(cls)]
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} for {cls.__name__} (algo {data.get('algo', '?')!r}); "
-            f"known keys: {', '.join(sorted(names))}"
+            f"{where}: unknown key {unknown[0]!r} for {cls.__name__}; known keys: {', '.join(sorted(field_names(cls)))}"
         )
+    _refuse_interpolation(data, f"{where}: {cls.__name__}")
+    data = _whole_floats_as_ints(cls, data)
+    schema = OmegaConf.structured(cls, flags={"allow_objects": True})  # a sampler object in estimator_options
     try:
-        return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        return OmegaConf.to_object(OmegaConf.merge(schema, dict(data)))
+    except OmegaConfBaseException as err:
+        # OmegaConf names the key for most errors, not for an element of a list; then the value is found here
+        head = re.split(r"[.\[]", str(err.full_key or ""), maxsplit=1)[0]
+        if head not in data:
+            head = next((k for k in data if not _merges(schema, k, data[k])), "")
+        if head in data:
+            tp = typing.get_type_hints(cls)[head]
+            raise ConfigError(
+                f"{where}: {cls.__name__}.{head} must be {_expected(tp)}; got {data[head]!r}"
+            ) from None
+        raise ConfigError(f"{where}: {cls.__name__}: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _whole_floats_as_ints(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with whole floats made ints where `cls` asks for ints (`steps: 1e6`), which OmegaConf refuses."""
+
+    def takes_int(tp: Any) -> bool:
+        return tp is int or (
+            typing.get_origin(tp) in (typing.Union, types.UnionType) and int in typing.get_args(tp)
+        )
+
+    def whole(v: Any) -> Any:
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    hints, out = typing.get_type_hints(cls), dict(data)
+    for key, value in data.items():
+        tp = hints[key]
+        if takes_int(tp):
+            out[key] = whole(value)
+        elif (
+            typing.get_origin(tp) is tuple
+            and takes_int(typing.get_args(tp)[0])
+            and isinstance(value, list | tuple)
+        ):
+            out[key] = [whole(v) for v in value]
+    return out
+
+
+def _merges(schema: Any, key: str, value: Any) -> bool:
+    try:
+        OmegaConf.merge(schema, {key: value})
+    except OmegaConfBaseException:
+        return False
+    return True
+
+
+def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
+    """Build the config dataclass `cls` from a mapping; an unknown key, a value of the wrong type or a retired key
+    at a new value raises `ConfigError` naming it (a `TrainConfig` has its own `TrainConfig.from_dict`)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys to values; got {type(data).__name__}")
+    return build(cls, drop_retired(cls, dict(data), where), where)
 
 
 def drop_retired(cls: type, data: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """`data` without the keys `cls.RETIRED` lists, where they hold their old default (what an earlier version
     wrote); any other value of such a key is a `ConfigError` that names where the setting lives now."""
     retired = getattr(cls, "RETIRED", {})
-    names = {f.name for f in fields(cls) if f.init}
+    names = set(field_names(cls))
     kept = {}
     for key, value in data.items():
         if key in retired and key not in names:
@@ -288,6 +307,7 @@ def drop_retired(cls: type, data: dict[str, Any], where: str = "config") -> dict
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file `path`, as plain data (`parse_yaml`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -295,43 +315,44 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from None
-    data = parse_yaml(text, str(path)) or {}
+    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping; got {type(data).__name__}")
     return data
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    """Write `cfg` as YAML (keys in field order), atomically."""
+    """Write `cfg` as YAML (flat, keys in field order; strings that would read back as another type quoted),
+    atomically."""
     from rl._atomic import atomic_write
 
-    text = yaml.dump(to_dict(cfg), Dumper=_PlainDumper, sort_keys=False)
+    text = OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, str], cls: type) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: Mapping[str, Any], known: Iterable[str]
+) -> dict[str, Any]:
     """`data` updated with command-line overrides `{"estimator": "nwj", "estimator_options.sampler": "mala"}`.
 
-    Values are YAML scalars (`5000`, `true`, `null`, `[256, 256]`); keys may use dashes. A key that is not a field
-    of `cls` (or a dotted key into a non-dict field) raises `ConfigError` naming it.
+    Values are YAML (`5000`, `true`, `null`, `[256, 256]`; `parse_value`); keys may use dashes. A key whose head
+    is not in `known` raises `ConfigError` naming it; a dotted key sets one entry of a dict field.
     """
     out = dict(data)
-    names = {f.name for f in fields(cls) if f.init}
+    known = sorted(known)
     for raw_key, raw_value in overrides.items():
         key = raw_key.replace("-", "_")
-        value = parse_yaml(raw_value, f"--{raw_key}") if isinstance(raw_value, str) else raw_value
+        value = parse_value(raw_value, f"--{raw_key}") if isinstance(raw_value, str) else raw_value
         head, _, sub = key.partition(".")
-        if head not in names:
+        if head not in known:
             raise ConfigError(
-                f"unknown option --{raw_key} for {cls.__name__}; known: "
-                + ", ".join("--" + n.replace("_", "-") for n in sorted(names))
+                f"unknown option --{raw_key}; known: " + ", ".join("--" + n.replace("_", "-") for n in known)
             )
         if sub:
-            current = dict(out.get(head) or {})
+            current = out.get(head) or {}
             if not isinstance(current, dict):
                 raise ConfigError(f"--{raw_key}: {head} is not a mapping")
-            current[sub] = value
-            out[head] = current
+            out[head] = {**current, sub: value}
         else:
             out[head] = value
     return out
@@ -364,9 +385,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return out
 
 
-def config_help(cls: type) -> str:
-    """Every field of config class `cls` as `--name TYPE (default X): meaning`, one per line (for `--help`)."""
-    hints, docs, defaults = _hints(cls), field_docs(cls), to_dict(cls())
+def config_help(cls: type, defaults: Mapping[str, Any] | None = None) -> str:
+    """Every field of config class `cls` as `--name TYPE (default X): meaning`, one per line (for `--help`);
+    `defaults` replaces some of the class's defaults (an algorithm's `RUN_DEFAULTS`)."""
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    defaults = {**to_dict(cls()), **_plain(dict(defaults or {}))}
     lines = []
     for f in fields(cls):
         if not f.init:
@@ -377,7 +400,3 @@ def config_help(cls: type) -> str:
             f"  --{f.name.replace('_', '-')} {tp} (default {value}): {docs.get(f.name, '')}".rstrip(": ")
         )
     return "\n".join(lines)
-
-
-def config_fields(cfg: Any) -> list[str]:
-    return [f.name for f in dataclasses.fields(cfg)]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mi_estimators.options import require_sizes
 from mi_estimators.proposals import TanhDiagGaussian
 from rl._activations import elu
 
@@ -51,13 +52,6 @@ def _activation(name: str):
     if name not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
-
-
-def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
-    hidden = tuple(int(h) for h in hidden)
-    if not hidden or any(h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty sequence of positive layer widths; got {hidden!r}")
-    return hidden
 
 
 def _linear_init_(weight: Tensor, bias: Tensor | None, fan_in: int) -> None:
@@ -190,7 +184,7 @@ class QEnsemble(nn.Module):
             raise ValueError(f"obs_dim and act_dim must be >= 1; got obs_dim={obs_dim}, act_dim={act_dim}")
         if hidden_init not in HIDDEN_INITS:
             raise ValueError(f"hidden_init must be one of {HIDDEN_INITS}; got {hidden_init!r}")
-        hidden = _check_hidden(hidden)
+        hidden = require_sizes("hidden", hidden, nonempty=True)
         self.obs_dim, self.act_dim, self.ensemble_size = obs_dim, act_dim, ensemble_size
         self.hidden, self.activation = hidden, activation
         self._act = _activation(activation)
@@ -342,7 +336,7 @@ class TanhGaussianPolicy(nn.Module):
         lo, hi = log_std_bounds
         if not lo < hi:
             raise ValueError(f"log_std_bounds must be (low, high) with low < high; got {log_std_bounds}")
-        hidden = _check_hidden(hidden)
+        hidden = require_sizes("hidden", hidden, nonempty=True)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.log_std_mode, self.log_std_bounds, self.mean_clip = (
             log_std_mode,

@@ -116,16 +116,12 @@ class _SeedDraws(TorchFunctionMode):
 
 
 def _config_difference(a: object, b: object) -> str:
-    """The config fields in which `a` and `b` differ, beyond those that differ per seed (seed, run folder)."""
+    """The fields in which the agent configs `a` and `b` differ (the seed is not one: the agent holds it)."""
     import dataclasses
 
     if type(a) is not type(b) or not dataclasses.is_dataclass(a):
         return f"{type(a).__name__} vs {type(b).__name__}"
-    keys = [
-        f.name
-        for f in dataclasses.fields(a)
-        if f.name not in ("seed", "run_dir") and getattr(a, f.name) != getattr(b, f.name)
-    ]
+    keys = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
     return ", ".join(f"{k}: {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in keys[:3])
 
 
@@ -198,12 +194,14 @@ class StackedAgents:
                     "one step"
                 )
             other = _config_difference(a.cfg, first.cfg)
+            if a.total_steps != first.total_steps:
+                other = f"total_steps: {a.total_steps!r} vs {first.total_steps!r}"
             if other:
                 raise ValueError(
                     f"agents[{i}] has another config than agents[0] ({other}); stacked agents differ by seed "
                     "only"
                 )
-            if getattr(a.cfg, "fast", False):
+            if a.fast:
                 raise ValueError(
                     f"agents[{i}] runs the one-seed fast paths (fast: true); a stacked run uses plain autograd "
                     "(build the agents with fast: false)"

@@ -46,9 +46,17 @@ import torch
 
 from rl._atomic import FileLock, LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
-from rl.agents import config_class, make_agent
-from rl.agents.base import AgentConfig, OfflineAgent, check_finite_logs
-from rl.config import ConfigError, apply_overrides, config_help, from_dict, load_yaml, save_yaml, to_dict
+from rl.agents import TrainConfig, config_class, config_keys, flat_config, make_agent
+from rl.agents.base import OfflineAgent, check_finite_logs
+from rl.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_help,
+    load_yaml,
+    save_yaml,
+    to_dict,
+)
 from rl.data.references import behaviour_score, first_normalized_score
 from rl.evaluation import evaluate
 from rl.plugins import import_modules
@@ -103,18 +111,16 @@ def build_config(
     overrides: dict[str, str],
     algo: str | None = None,
     base: dict[str, Any] | None = None,
-) -> AgentConfig:
-    """The config dataclass from a YAML file (or `base`, or an algorithm's defaults) and `--key value` overrides."""
-    data = load_yaml(config) if config is not None else dict(base or {})
+) -> TrainConfig:
+    """The `TrainConfig` from a YAML file (or `base`, or an algorithm's defaults) and `--key value` overrides."""
+    where = str(config) if config else "config"
+    data = flat_config(load_yaml(config) if config is not None else dict(base or {}), where)
     if algo is not None:
         data["algo"] = algo
-    name = overrides.get("algo", data.get("algo", "mi"))
-    try:
-        cls = config_class(str(name))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    data = apply_overrides(data, overrides, cls)
-    return from_dict(cls, data, where=str(config) if config else "config")
+    if "algo" in overrides:
+        data = apply_overrides(data, {"algo": overrides["algo"]}, ["algo"])
+    data = apply_overrides(data, overrides, config_keys(data.get("algo", "mi")))
+    return TrainConfig.from_dict(data, where=where)
 
 
 def _parse_overrides(rest: Sequence[str]) -> dict[str, str]:
@@ -196,13 +202,13 @@ def check_data_fits(dataset: Any, env_id: str | None, name: str = "the dataset")
             )
 
 
-def check_resume_config(saved: dict[str, Any], cfg: AgentConfig, where: Path) -> None:
+def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
     """`RunDirError` naming the first field, outside `RESUME_OVERRIDABLE`, where `cfg` differs from the config
     saved in the checkpoint (a field the checkpoint predates must be at its default)."""
     if not isinstance(saved, dict):
         raise CheckpointError(f"{where}: its 'config' is a {type(saved).__name__}, not a mapping")
     now = to_dict(cfg)
-    defaults = to_dict(type(cfg)())
+    defaults = to_dict(TrainConfig(cfg.algo))
     why = cfg.resume_refusal(saved)
     if why:
         raise RunDirError(f"--resume: {where} {why}")
@@ -217,23 +223,25 @@ def check_resume_config(saved: dict[str, Any], cfg: AgentConfig, where: Path) ->
             )
 
 
-def default_run_dir(cfg: AgentConfig) -> Path:
+def default_run_dir(cfg: TrainConfig) -> Path:
     name = re.sub(
-        r"[^A-Za-z0-9_.-]+", "_", Path(cfg.dataset).stem if cfg.dataset.endswith(".hdf5") else cfg.dataset
+        r"[^A-Za-z0-9_.-]+",
+        "_",
+        Path(cfg.run.dataset).stem if cfg.run.dataset.endswith(".hdf5") else cfg.run.dataset,
     )
-    return Path("runs") / cfg.algo / name / f"{cfg.run_tag()}seed{cfg.seed}"
+    return Path("runs") / cfg.algo / name / f"{cfg.agent.run_tag()}seed{cfg.run.seed}"
 
 
-def _env_id(cfg: AgentConfig, dataset: Any) -> str | None:
-    if cfg.env:
-        return cfg.env
+def _env_id(cfg: TrainConfig, dataset: Any) -> str | None:
+    if cfg.run.env:
+        return cfg.run.env
     env = getattr(dataset, "metadata", {}).get("env_id")
     if env:
         return str(env)
     try:
         from rl.collect.generate import parse_name
 
-        return parse_name(cfg.dataset).env_id
+        return parse_name(cfg.run.dataset).env_id
     except Exception:  # noqa: BLE001 - not one of our names
         return None
 
@@ -253,11 +261,11 @@ class _Loop:
 
 
 class Trainer:
-    """Runs `cfg.steps` updates of `cfg.algo` on `dataset` with logs and checkpoints in `run_dir`.
+    """Runs `cfg.run.steps` updates of `cfg.algo` on `dataset` with logs and checkpoints in `run_dir`.
 
     Args:
         cfg: the agent config (its `run_dir` or `default_run_dir`).
-        dataset: an `OfflineDataset` (None: `rl.data.load(cfg.dataset)`).
+        dataset: an `OfflineDataset` (None: `rl.data.load(cfg.run.dataset)`).
         resume: continue from `run_dir/checkpoint.pt` (required when it exists; an error when it does not), whose
             config must equal `cfg` outside `RESUME_OVERRIDABLE`.
         quiet: no progress bar or prints.
@@ -271,32 +279,32 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: AgentConfig,
+        cfg: TrainConfig,
         dataset: Any = None,
         resume: bool = False,
         quiet: bool = False,
         claim: bool = True,
     ) -> None:
         self.cfg, self.quiet = cfg, quiet
-        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
         self._lock: FileLock | None = None
         self._closed = False
         # First, so that the estimators the user's modules register exist when the agent looks its name up.
-        import_modules(cfg.imports)
+        import_modules(cfg.run.imports)
         # Everything is checked and built before the first write: a start that fails leaves the dir as it was.
         blob = self._check_run_dir(resume)
-        check_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        check_device(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         if dataset is None:
             from rl.data import load
 
-            kwargs = {"size": cfg.dataset_size} if cfg.dataset_size else {}
-            dataset = load(cfg.dataset, **kwargs)
+            kwargs = {"size": cfg.run.dataset_size} if cfg.run.dataset_size else {}
+            dataset = load(cfg.run.dataset, **kwargs)
         self.dataset = dataset
         self.env_id = _env_id(cfg, dataset)
-        evaluates = bool(cfg.eval_every or cfg.final_eval)
-        check_data_fits(dataset, self.env_id if evaluates else None, cfg.dataset)
+        evaluates = bool(cfg.run.eval_every or cfg.run.final_eval)
+        check_data_fits(dataset, self.env_id if evaluates else None, cfg.run.dataset)
         self.agent: OfflineAgent = make_agent(cfg, dataset.obs_dim, dataset.act_dim)
         self.agent.fit_dataset_stats(dataset)
         self.step = 0
@@ -348,10 +356,10 @@ class Trainer:
         blob = load_torch_file(self.ckpt_path, required=CHECKPOINT_KEYS, map_location="cpu")
         check_resume_config(blob["config"], self.cfg, self.ckpt_path)
         done = blob["step"]
-        if isinstance(done, int) and done > self.cfg.steps:
+        if isinstance(done, int) and done > self.cfg.run.steps:
             # training would not run, and the config saved with steps < step would misdescribe the checkpoint
             raise RunDirError(
-                f"--resume: {self.ckpt_path} is at step {done}, past --steps {self.cfg.steps}; a run cannot go "
+                f"--resume: {self.ckpt_path} is at step {done}, past --steps {self.cfg.run.steps}; a run cannot go "
                 f"back: ask for --steps {done} or more (or start a new run)"
             )
         return blob
@@ -476,13 +484,13 @@ class Trainer:
         if self.env_id is None:
             return None
         cfg = self.cfg
-        rets = evaluate(self.agent, self.env_id, cfg.eval_episodes, seed=cfg.eval_seed)
+        rets = evaluate(self.agent, self.env_id, cfg.run.eval_episodes, seed=cfg.run.eval_seed)
         mean = float(rets.mean())
         rec = {
             "step": self.step,
             "return_mean": round(mean, 3),
             "return_std": round(float(rets.std()), 3),
-            "normalized_score": first_normalized_score((cfg.dataset, self.env_id), mean),
+            "normalized_score": first_normalized_score((cfg.run.dataset, self.env_id), mean),
         }
         self.evals.append(rec)
         self._append_csv("eval.csv", rec)
@@ -510,7 +518,7 @@ class Trainer:
 
     # -- main loop -------------------------------------------------------------------------------------------------
     def train(self, until: int | None = None) -> dict[str, Any] | None:
-        """Update until `until` (default `cfg.steps`) steps; returns the last evaluation record (or None)."""
+        """Update until `until` (default `cfg.run.steps`) steps; returns the last evaluation record (or None)."""
         loop = self.start_loop(until)
         try:
             while self.step < loop.until:
@@ -523,7 +531,7 @@ class Trainer:
 
     # The loop's pieces, which `SeedGroup` drives for many trainers at once with one stacked update.
     def start_loop(self, until: int | None = None, show: bool | None = None) -> _Loop:
-        """Begin a stretch of training up to `until` (default `cfg.steps`): the progress bar and the clock."""
+        """Begin a stretch of training up to `until` (default `cfg.run.steps`): the progress bar and the clock."""
         from tqdm.auto import tqdm
 
         if self._closed:
@@ -531,20 +539,20 @@ class Trainer:
                 f"this Trainer of {self.run_dir} is closed (its lock released); make a new one"
             )
         cfg = self.cfg
-        until = cfg.steps if until is None else min(until, cfg.steps)
+        until = cfg.run.steps if until is None else min(until, cfg.run.steps)
         if show is None:
-            show = (sys.stderr.isatty() if cfg.progress is None else cfg.progress) and not self.quiet
+            show = (sys.stderr.isatty() if cfg.run.progress is None else cfg.run.progress) and not self.quiet
         bar = tqdm(total=until, initial=self.step, disable=not show, dynamic_ncols=True, desc=cfg.algo)
         return _Loop(until=until, bar=bar, t0=time.perf_counter(), s0=self.step)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """The next minibatch, drawn with the agent's generator (as every run draws it)."""
-        return self.dataset.sample(self.cfg.batch_size, self.agent.generator, self.agent.device)
+        return self.dataset.sample(self.cfg.run.batch_size, self.agent.generator, self.agent.device)
 
     def record(self, loop: _Loop, logs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """After one update: the divergence check, logs, checkpoints and evaluations that fall on this step."""
         cfg = self.cfg
-        bad = check_finite_logs(logs, cfg.max_abs_loss)
+        bad = check_finite_logs(logs, cfg.run.max_abs_loss)
         if bad is not None:
             raise self._fail(bad, logs, batch)
         for k, v in logs.items():
@@ -552,21 +560,21 @@ class Trainer:
             self._counts[k] = self._counts.get(k, 0) + 1
         self.step += 1
         loop.bar.update(1)
-        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+        if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
             rate = (self.step - loop.s0) / max(time.perf_counter() - loop.t0, 1e-9)
             means = self._log_row(rate)
             loop.bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]}, refresh=False)
-        final = self.step == cfg.steps
+        final = self.step == cfg.run.steps
         if final:  # the trained agent is on disk before the final evaluation, which may fail
             self.save_checkpoint()
-        if (cfg.eval_every and self.step % cfg.eval_every == 0) or (final and cfg.final_eval):
+        if (cfg.run.eval_every and self.step % cfg.run.eval_every == 0) or (final and cfg.run.final_eval):
             loop.last = self._evaluate_and_print(loop.bar)
-        if self.step % cfg.checkpoint_every == 0 or self.step == loop.until:
+        if self.step % cfg.run.checkpoint_every == 0 or self.step == loop.until:
             self.save_checkpoint()
 
     def finish_loop(self, loop: _Loop) -> None:
         """At the end of the stretch: the final evaluation a resume found missing."""
-        if self.step == self.cfg.steps and self._final_eval_missing():
+        if self.step == self.cfg.run.steps and self._final_eval_missing():
             # resumed after the last checkpoint but before (or during) the final evaluation
             loop.last = self._evaluate_and_print(loop.bar)
             self.save_checkpoint()
@@ -585,44 +593,42 @@ class Trainer:
     def _final_eval_missing(self) -> bool:
         """An evaluation is due at this (the last) step but is not recorded: the run stopped inside it."""
         cfg = self.cfg
-        due = cfg.final_eval or bool(cfg.eval_every and self.step % cfg.eval_every == 0)
+        due = cfg.run.final_eval or bool(cfg.run.eval_every and self.step % cfg.run.eval_every == 0)
         return due and self.env_id is not None and not (self.evals and self.evals[-1]["step"] == self.step)
 
     def behaviour_score(self) -> float | None:
         """The behaviour data's D4RL-normalised score: the mean return of the dataset's episodes, normalised as the
         agent's evaluation is (None without episodes or reference returns)."""
-        return behaviour_score(self.dataset, (self.cfg.dataset, self.env_id))
+        return behaviour_score(self.dataset, (self.cfg.run.dataset, self.env_id))
 
     def _eval_line(self, rec: dict[str, Any]) -> str:
         score = rec["normalized_score"]
         s = f"normalised score {score:.1f}" if score is not None else "no reference returns for this env yet"
-        return (
-            f"[{self.cfg.algo} {self.cfg.dataset}] step {rec['step']}: return {rec['return_mean']:.1f} ({s})"
-        )
+        return f"[{self.cfg.algo} {self.cfg.run.dataset}] step {rec['step']}: return {rec['return_mean']:.1f} ({s})"
 
 
 # ------------------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------------------
-def seed_configs(cfg: AgentConfig, run_dirs: Mapping[int, str] | None = None) -> list[AgentConfig]:
-    """One config per seed of `cfg.seeds`: that seed, its own run folder (`run_dirs[k]`, else `run_dir/seed<k>`,
+def seed_configs(cfg: TrainConfig, run_dirs: Mapping[int, str] | None = None) -> list[TrainConfig]:
+    """One config per seed of `cfg.run.seeds`: that seed, its own run folder (`run_dirs[k]`, else `run_dir/seed<k>`,
     else seed k's default folder) and plain autograd (`fast: false`, the stacked update's); each is a one-seed
     run's config."""
-    if not cfg.seeds:
+    if not cfg.run.seeds:
         raise ConfigError("seed_configs: the config has no seeds (set seeds: [0, 1, 2] or --seeds 0 1 2)")
     out = []
-    for k in cfg.seeds:
-        one = dataclasses.replace(cfg, seed=k, seeds=(), fast=False, run_dir=None)
+    for k in cfg.run.seeds:
+        one = cfg.replace(seed=k, seeds=(), fast=False, run_dir=None)
         if run_dirs is not None and k in run_dirs:
             run_dir = Path(run_dirs[k])
         else:
-            run_dir = Path(cfg.run_dir) / f"seed{k}" if cfg.run_dir else default_run_dir(one)
-        out.append(dataclasses.replace(one, run_dir=str(run_dir)))
+            run_dir = Path(cfg.run.run_dir) / f"seed{k}" if cfg.run.run_dir else default_run_dir(one)
+        out.append(one.replace(run_dir=str(run_dir)))
     return out
 
 
 class SeedGroup:
-    """The seeds of `cfg.seeds` trained in one process: one `Trainer` per seed (its run folder, lock, logs,
+    """The seeds of `cfg.run.seeds` trained in one process: one `Trainer` per seed (its run folder, lock, logs,
     checkpoints and evaluations, each exactly a one-seed run's), one stacked update for all of them
     (`rl.seeds.StackedAgents`: seed k follows its one-seed run to float rounding).
 
@@ -634,7 +640,7 @@ class SeedGroup:
 
     def __init__(
         self,
-        cfg: AgentConfig,
+        cfg: TrainConfig,
         dataset: Any = None,
         resume: bool | Mapping[int, bool] = False,
         quiet: bool = False,
@@ -648,7 +654,7 @@ class SeedGroup:
         self.failures: dict[int, TrainingError] = {}
         try:
             for one in seed_configs(cfg, run_dirs):
-                again = resume.get(one.seed, False) if isinstance(resume, Mapping) else resume
+                again = resume.get(one.run.seed, False) if isinstance(resume, Mapping) else resume
                 self.trainers.append(Trainer(one, dataset, resume=again, quiet=quiet, claim=claim))
                 dataset = self.trainers[0].dataset  # loaded once, shared
         except BaseException:
@@ -658,7 +664,7 @@ class SeedGroup:
     @property
     def step(self) -> int:
         """The step of the seeds still training (the last seed's, when all stopped)."""
-        live = [t.step for t in self.trainers if t.cfg.seed not in self.failures]
+        live = [t.step for t in self.trainers if t.cfg.run.seed not in self.failures]
         return min(live) if live else max(t.step for t in self.trainers)
 
     def close(self) -> None:
@@ -672,11 +678,11 @@ class SeedGroup:
         self.close()
 
     def train(self, until: int | None = None) -> list[dict[str, Any] | None]:
-        """Update every seed until `until` (default `cfg.steps`); each seed's latest evaluation record (its
+        """Update every seed until `until` (default `cfg.run.steps`); each seed's latest evaluation record (its
         `Trainer.evals[-1]`, whichever stretch made it; None before any)."""
-        until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        until = self.cfg.run.steps if until is None else min(until, self.cfg.run.steps)
         while True:
-            live = [t for t in self.trainers if t.cfg.seed not in self.failures]
+            live = [t for t in self.trainers if t.cfg.run.seed not in self.failures]
             if not any(t.step < until for t in live):
                 break
             behind = min(t.step for t in live if t.step < until)
@@ -688,7 +694,7 @@ class SeedGroup:
             stop = min([until, *(t.step for t in riders)])
             self._train_together(live, stop, riders)
         for t in self.trainers:  # a final evaluation that a resume found missing
-            if t.cfg.seed not in self.failures and t.step == until:
+            if t.cfg.run.seed not in self.failures and t.step == until:
                 loop = t.start_loop(until, show=False)
                 t.finish_loop(loop)
                 t.stop_loop(loop)
@@ -700,11 +706,12 @@ class SeedGroup:
         from rl.seeds import StackedAgents
 
         recorded = [t for t in group if t not in riders]
-        saved = {t.cfg.seed: copy.deepcopy(t.agent.state_dict()) for t in riders}
+        saved = {t.cfg.run.seed: copy.deepcopy(t.agent.state_dict()) for t in riders}
         for t in riders:  # at the recorded seeds' step (schedules, delayed phases); its numbers are not kept
             t.agent.load_state_dict(copy.deepcopy(recorded[0].agent.state_dict()))
         loops = {
-            t.cfg.seed: t.start_loop(until, show=None if i == 0 else False) for i, t in enumerate(recorded)
+            t.cfg.run.seed: t.start_loop(until, show=None if i == 0 else False)
+            for i, t in enumerate(recorded)
         }
         try:
             while group and recorded and recorded[0].step < until:
@@ -716,9 +723,9 @@ class SeedGroup:
                         if t in riders:
                             continue
                         try:
-                            t.record(loops[t.cfg.seed], logs, batch)
+                            t.record(loops[t.cfg.run.seed], logs, batch)
                         except TrainingError as err:
-                            self.failures[t.cfg.seed] = err
+                            self.failures[t.cfg.run.seed] = err
                             failed.append(t)
                     if failed:  # the others go on, stacked anew without the diverged seeds
                         group = [t for t in group if t not in failed]
@@ -726,10 +733,10 @@ class SeedGroup:
                         break
         finally:
             for t in riders:
-                t.agent.load_state_dict(saved[t.cfg.seed])
+                t.agent.load_state_dict(saved[t.cfg.run.seed])
             for t in self.trainers:
-                if t.cfg.seed in loops:
-                    t.stop_loop(loops[t.cfg.seed])
+                if t.cfg.run.seed in loops:
+                    t.stop_loop(loops[t.cfg.run.seed])
 
 
 def _one_line(err: BaseException) -> str:
@@ -772,9 +779,11 @@ def _fields_epilog(argv: Sequence[str] | None) -> str:
     except Exception:  # noqa: BLE001 - the help must print whatever the other arguments are
         algo, cls = "mi", config_class("mi")
     return (
-        f"config fields of {cls.__name__} (--algo {algo}; `--algo NAME --help` lists another algorithm's), each "
-        "settable in the YAML file or as --name value (values are YAML: 3e-4, true, null, [256, 256]; dict fields "
-        "also as --name.key value):\n"
+        "config fields, each settable in the YAML file (flat, or in run: and agent: sections) or as --name value "
+        "(values are YAML: 3e-4, true, null, [256, 256]; dict fields also as --name.key value)\n\n"
+        f"run settings (RunConfig; the defaults of --algo {algo}):\n"
+        + config_help(RunConfig, cls.RUN_DEFAULTS)
+        + f"\n\nsettings of --algo {algo} ({cls.__name__}; `--algo NAME --help` lists another algorithm's):\n"
         + config_help(cls)
         + "\n\n--resume --run-dir DIR continues a run with its own config; only "
         + ", ".join(RESUME_OVERRIDABLE)
@@ -789,7 +798,7 @@ def _main_seeds(group: SeedGroup, args: argparse.Namespace) -> int:
         dirs = ", ".join(str(t.run_dir) for t in group.trainers)
         if args.dry_run:
             print(
-                f"ok: {cfg.algo} on {cfg.dataset}, seeds {list(cfg.seeds)} stacked, into {dirs}; nothing written"
+                f"ok: {cfg.algo} on {cfg.run.dataset}, seeds {list(cfg.run.seeds)} stacked, into {dirs}; nothing written"
             )
             return 0
         if args.resume and not args.quiet:
@@ -810,8 +819,8 @@ def _main_seeds(group: SeedGroup, args: argparse.Namespace) -> int:
             )
             return 1
         for t, rec in zip(group.trainers, records):
-            if t.cfg.seed in group.failures:
-                print(f"error: seed {t.cfg.seed}: {group.failures[t.cfg.seed]}", file=sys.stderr)
+            if t.cfg.run.seed in group.failures:
+                print(f"error: seed {t.cfg.run.seed}: {group.failures[t.cfg.run.seed]}", file=sys.stderr)
             elif not args.quiet:
                 if rec is None:
                     score = ""
@@ -821,7 +830,7 @@ def _main_seeds(group: SeedGroup, args: argparse.Namespace) -> int:
                     score = (
                         f"; normalised score {rec['normalized_score']:.1f} (return {rec['return_mean']:.1f})"
                     )
-                print(f"done: seed {t.cfg.seed}, {t.step} steps{score}; logs: {t.run_dir}")
+                print(f"done: seed {t.cfg.run.seed}, {t.step} steps{score}; logs: {t.run_dir}")
         return 1 if group.failures else 0
     finally:
         group.close()
@@ -878,10 +887,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         cfg = build_config(args.config, overrides, args.algo, base=base)
         if args.imports:  # after the config's own, each once (a resume that repeats them asks for the same)
-            cfg = dataclasses.replace(cfg, imports=tuple(dict.fromkeys([*cfg.imports, *args.imports])))
+            cfg = cfg.replace(imports=tuple(dict.fromkeys([*cfg.run.imports, *args.imports])))
         if args.seeds is not None:
-            cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
-        runner = SeedGroup if cfg.seeds else Trainer
+            cfg = cfg.replace(seeds=tuple(args.seeds))
+        runner = SeedGroup if cfg.run.seeds else Trainer
         trainer = runner(cfg, resume=args.resume, quiet=args.quiet, claim=not args.dry_run)
     except Exception as e:  # noqa: BLE001 - every misuse ends in one line; --debug shows where
         if args.debug:
@@ -894,8 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds = trainer.dataset
         at = f", resuming at step {trainer.step}" if trainer.step else ""
         print(
-            f"ok: {cfg.algo} on {cfg.dataset} ({len(ds)} transitions, observations {ds.obs_dim}, actions "
-            f"{ds.act_dim}; evaluation env {trainer.env_id}) for {cfg.steps} steps on {cfg.device} into "
+            f"ok: {cfg.algo} on {cfg.run.dataset} ({len(ds)} transitions, observations {ds.obs_dim}, actions "
+            f"{ds.act_dim}; evaluation env {trainer.env_id}) for {cfg.run.steps} steps on {cfg.run.device} into "
             f"{trainer.run_dir}{at}; nothing written"
         )
         return 0
@@ -927,9 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"logs: {trainer.run_dir}/progress.csv, eval.csv, tb/ (tensorboard --logdir {trainer.run_dir}/tb)"
     if rec is None:
         why = (
-            f"no env for {cfg.dataset!r}"
+            f"no env for {cfg.run.dataset!r}"
             if trainer.env_id is None
-            else f"final_eval is off and no step reached eval_every ({cfg.eval_every})"
+            else f"final_eval is off and no step reached eval_every ({cfg.run.eval_every})"
         )
         print(f"done: {trainer.step} steps, no evaluation ({why}); {where}")
     elif rec["normalized_score"] is None:

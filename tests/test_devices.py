@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mi_estimators as mie
-from rl.agents import config_class, make_agent
+from rl.agents import make_agent, train_config
 from rl.seeds import StackedAgents
 from rl.train import main
 
@@ -43,7 +43,7 @@ AGENTS = {
 
 def _agent(name: str, device: str, seed: int = 0, **kw):
     algo = "mi" if name in ("misa", "nwj") else name
-    cfg = config_class(algo)(seed=seed, device=device, **SMALL, **AGENTS[name], **kw)
+    cfg = train_config(algo, seed=seed, device=device, **SMALL, **AGENTS[name], **kw)
     data = tiny_dataset(128, do=5, da=2)
     agent = make_agent(cfg, data.obs_dim, data.act_dim)
     agent.fit_dataset_stats(data)

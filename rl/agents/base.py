@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rl.common import make_adam, soft_update_
-from rl.config import RunConfig
 from rl.networks import HIDDEN_INITS, QEnsemble, TanhGaussianPolicy
+
+if TYPE_CHECKING:
+    from rl.config import RunConfig
 
 __all__ = ["AgentConfig", "OfflineAgent", "Batch", "Losses", "frozen"]
 
@@ -46,8 +48,9 @@ Losses = tuple[dict[str, Tensor | None], dict[str, Tensor]]
 
 
 @dataclass
-class AgentConfig(RunConfig):
-    """Hyperparameters every offline agent shares (the algorithm configs add theirs and change defaults).
+class AgentConfig:
+    """Hyperparameters every offline agent shares (the algorithm configs add theirs and change defaults). The run's
+    settings (data, steps, seed, device, logging) are `rl.config.RunConfig`'s, beside this in a `TrainConfig`.
 
     Attributes:
         hidden_q: hidden layer widths of each Q network (`[256, 256]`: two layers of 256).
@@ -74,6 +77,11 @@ class AgentConfig(RunConfig):
         reward_bias: added to the rewards after `reward_scale` (`r <- reward_scale * r + reward_bias`).
     """
 
+    #: run settings whose default this algorithm changes (`RunConfig` field -> default), e.g. MISA's seed 42
+    RUN_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: keys of earlier configs that moved: key -> (the value that meant the default, where the setting lives now)
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {}
+
     hidden_q: tuple[int, ...] = (256, 256)
     hidden_pi: tuple[int, ...] = (256, 256)
     q_activation: str = "relu"
@@ -96,8 +104,17 @@ class AgentConfig(RunConfig):
     reward_scale: float = 1.0
     reward_bias: float = 0.0
 
+    def resume_refusal(self, saved: Mapping[str, Any], run: RunConfig) -> str | None:
+        """Why a run saved with the flat config `saved` cannot go on as `run` with this config, beyond the field by
+        field comparison of `rl.train --resume` (None: nothing more). An algorithm whose state was laid over a run
+        setting says so here (IQL's cosine schedule over `steps`)."""
+        return None
+
+    def run_tag(self) -> str:
+        """What the default run folder's last part starts with, before `seed<k>` (the MI agent's estimator)."""
+        return ""
+
     def __post_init__(self) -> None:
-        super().__post_init__()
         self.hidden_q = tuple(int(h) for h in self.hidden_q)
         self.hidden_pi = tuple(int(h) for h in self.hidden_pi)
         if self.hidden_init not in HIDDEN_INITS:
@@ -153,11 +170,27 @@ class OfflineAgent:
     uses_alpha = True
 
     def __init__(
-        self, obs_dim: int, act_dim: int, cfg: AgentConfig, device: str | torch.device = "cpu"
+        self,
+        obs_dim: int,
+        act_dim: int,
+        cfg: AgentConfig,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        fast: bool = True,
+        total_steps: int | None = None,
     ) -> None:
+        """`seed`: network initialisation (`torch.manual_seed`) and `self.generator` (every later draw); `fast`:
+        the hand-written CPU paths of `rl._fast` (plain autograd when False); `total_steps`: the updates the run
+        will make (for schedules laid over the run, IQL's cosine)."""
+        if not isinstance(cfg, self.config_cls):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_cls.__name__}; got {type(cfg).__name__}"
+            )
         self.cfg, self.obs_dim, self.act_dim = cfg, int(obs_dim), int(act_dim)
+        self.seed, self.fast, self.total_steps = int(seed), bool(fast), total_steps
         self.device = torch.device(device)
-        torch.manual_seed(cfg.seed)  # network initialisation; every later draw uses self.generator
+        torch.manual_seed(self.seed)  # network initialisation; every later draw uses self.generator
         self.policy = TanhGaussianPolicy(
             obs_dim,
             act_dim,
@@ -178,7 +211,7 @@ class OfflineAgent:
                 activation=cfg.q_activation,
                 output_init_scale=cfg.output_init_scale,
                 hidden_init=cfg.hidden_init,
-                fast=cfg.fast,
+                fast=self.fast,
             ).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
             self.modules.update(critic=self.critic, critic_target=self.critic_target)
@@ -190,7 +223,7 @@ class OfflineAgent:
         self.obs_mean = torch.zeros(obs_dim, device=self.device)
         self.obs_std = torch.ones(obs_dim, device=self.device)
         self.reward_factor = torch.tensor(1.0, device=self.device)
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)
         self.num_updates = 0
         self.build()
         self.optimizers.setdefault("actor", make_adam(self.policy.parameters(), cfg.lr_pi))

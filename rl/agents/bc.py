@@ -23,7 +23,6 @@ class BCConfig(AgentConfig):
             under the tanh-Gaussian policy).
     """
 
-    algo: str = "bc"
     normalize_observations: bool = True
     bc_loss: str = "mse"
 

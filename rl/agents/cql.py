@@ -34,7 +34,6 @@ class CQLConfig(AgentConfig):
         temperature: the log-sum-exp's temperature T (`T logsumexp(Q / T)`).
     """
 
-    algo: str = "cql"
     log_std_mode: str = "misa"
     output_init_scale: float | None = 1e-2
     lr_pi: float = 3e-5

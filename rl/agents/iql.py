@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rl.agents.base import AgentConfig, Batch, Losses, OfflineAgent
 from rl.common import critic_loss, make_adam
 from rl.networks import mlp
+
+if TYPE_CHECKING:
+    from rl.config import RunConfig
 
 
 @dataclass
@@ -32,10 +35,9 @@ class IQLConfig(AgentConfig):
         expectile: tau of the expectile regression of V on the target Q (0.5: the mean; towards 1: the max).
         beta: inverse temperature of the advantage weights `exp(beta (Q - V))`.
         max_weight: the advantage weights are clipped at this value.
-        cosine_lr: the policy's learning rate follows a cosine decay over `steps`.
+        cosine_lr: the policy's learning rate follows a cosine decay over the run's `steps`.
     """
 
-    algo: str = "iql"
     auto_alpha: bool = False
     normalize_observations: bool = True
     normalize_rewards: bool = True
@@ -45,12 +47,12 @@ class IQLConfig(AgentConfig):
     max_weight: float = 100.0
     cosine_lr: bool = True
 
-    def resume_refusal(self, saved: Mapping[str, Any]) -> str | None:
-        if self.cosine_lr and saved.get("steps") != self.steps:
+    def resume_refusal(self, saved: Mapping[str, Any], run: RunConfig) -> str | None:
+        if self.cosine_lr and saved.get("steps") != run.steps:
             # the schedule was laid over the run's steps; a new horizon would restart it
             return (
                 f"follows a cosine learning-rate schedule over steps={saved.get('steps')!r}; it cannot be "
-                f"extended to steps={self.steps!r} (start a new run, or set cosine_lr: false when starting one)"
+                f"extended to steps={run.steps!r} (start a new run, or set cosine_lr: false when starting one)"
             )
         return None
 
@@ -66,7 +68,14 @@ class IQLAgent(OfflineAgent):
         self.modules["value"] = self.value
         self.optimizers["value"] = make_adam(self.value.parameters(), cfg.lr_v)
         self.optimizers["actor"] = make_adam(self.policy.parameters(), cfg.lr_pi)
-        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizers["actor"], cfg.steps)
+        if cfg.cosine_lr and self.total_steps is None:
+            raise ValueError(
+                "IQL's cosine schedule runs over the run's updates: pass total_steps (or cosine_lr=False)"
+            )
+        # kept (and saved) without cosine_lr too, never stepped then
+        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizers["actor"], self.total_steps or 1
+        )
 
     def losses(self, batch: Batch) -> Losses:
         cfg = self.cfg

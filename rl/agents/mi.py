@@ -72,8 +72,8 @@ class MIConfig(AgentConfig):
         "overlap_chain": (True, "fast"),
     }
 
-    algo: str = "mi"
-    seed: int = 42
+    RUN_DEFAULTS: ClassVar[dict[str, Any]] = {"seed": 42}  # the official code's
+
     q_activation: str = "elu"
     output_init_scale: float | None = 1e-2
     hidden_init: str = "lecun"
@@ -128,7 +128,7 @@ class MIAgent(OfflineAgent):
         self.partition = getattr(est, "partition", None)
         self.modules["estimator"] = est
         # The chain's own stream, so that it can run beside the critic's draws and give the same numbers.
-        self.chain_generator = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.chain_generator = torch.Generator(self.device).manual_seed(self.seed + 1)
 
     def _make_estimator(self, name: str, opts: dict[str, Any]) -> mie.Estimator:
         """`mie.make(name, **opts)`, with the official MISA chain where `opts` leave it open (see `MIConfig`)."""
@@ -178,7 +178,7 @@ class MIAgent(OfflineAgent):
         chain = None
         if policy_side and self.partition.runs_chain:
             # The chain reads the pre-update critic and policy only, so it can run while the critic learns.
-            overlap = cfg.fast and self.device.type == "cpu" and self.partition.thread_safe
+            overlap = self.fast and self.device.type == "cpu" and self.partition.thread_safe
             chain = _fast.beside(partial(self._chain, dist, obs, act), overlap)
         try:
             # Critic: TD (no entropy backup) + critic_weight x the estimator's critic term per ensemble member.

@@ -30,7 +30,6 @@ class TD3BCConfig(AgentConfig):
         policy_freq: the actor and the targets are updated every `policy_freq` critic updates.
     """
 
-    algo: str = "td3bc"
     normalize_observations: bool = True
     auto_alpha: bool = False  # no entropy temperature: the actor is deterministic
     alpha_bc: float = 2.5

@@ -15,11 +15,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rl._atomic import atomic_write
+
+if TYPE_CHECKING:
+    from rl.agents import TrainConfig
 
 # may change between reruns without invalidating a run (`imports`: where the estimators' code is, resolved paths;
 # `fast`: the hand-written CPU passes or autograd, the same numbers to float rounding, as `threads` and `device`:
@@ -50,16 +53,18 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in IGNORED_DRIFT}
 
 
-def _drift(saved: dict[str, Any], cfg: Any) -> str | None:
+def _drift(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
     """None when the saved config equals `cfg` (up to `IGNORED_DRIFT`); else which keys differ."""
-    from rl.config import ConfigError, drop_retired, to_dict
+    from rl.agents import TrainConfig
+    from rl.config import ConfigError, RunConfig, drop_retired, to_dict
 
     try:  # a key an earlier version wrote at the default of a setting since moved is no difference
-        saved = drop_retired(type(cfg), saved, "the run's config")
+        saved = drop_retired(type(cfg.agent), saved, "the run's config")
+        saved = drop_retired(RunConfig, saved, "the run's config")
     except ConfigError as e:
         return str(e)
     # a field the run predates counts at its default, as `rl.train --resume` reads it
-    a, b = _comparable({**to_dict(type(cfg)()), **saved}), _comparable(to_dict(cfg))
+    a, b = _comparable({**to_dict(TrainConfig(cfg.algo)), **saved}), _comparable(to_dict(cfg))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if not keys:
         return None

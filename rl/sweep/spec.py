@@ -300,29 +300,33 @@ def _rl_trials(spec: Spec, grid: dict[str, Any]) -> list[dict[str, Any]]:
             cfg = build_config(cfg_path, ov)
         except (ConfigError, FileNotFoundError) as e:
             raise SpecError(f"{where}: {e}") from None
-        if str(cfg.device).startswith("cuda") and spec.resources["gpu"] == 0:
+        if str(cfg.run.device).startswith("cuda") and spec.resources["gpu"] == 0:
             raise SpecError(
-                f"{where}: device {cfg.device!r} needs resources.gpu > 0 (Ray shows a trial only the GPUs it "
+                f"{where}: device {cfg.run.device!r} needs resources.gpu > 0 (Ray shows a trial only the GPUs it "
                 "asks for; a fraction such as 0.25 lets four trials share one)"
             )
-        tag = _tag(Path(cfg.dataset).stem if cfg.dataset.endswith((".hdf5", ".h5")) else cfg.dataset)
+        tag = _tag(
+            Path(cfg.run.dataset).stem if cfg.run.dataset.endswith((".hdf5", ".h5")) else cfg.run.dataset
+        )
         trials.append(
             {
                 "id": f"{vname}__{tag}__s{seed}",
                 "kind": "rl",
                 "params": {
                     "variant": vname,
-                    "dataset": cfg.dataset,
-                    "dataset_label": tag if cfg.dataset_size is None else f"{tag}-n{cfg.dataset_size}",
-                    "dataset_size": cfg.dataset_size,
+                    "dataset": cfg.run.dataset,
+                    "dataset_label": tag
+                    if cfg.run.dataset_size is None
+                    else f"{tag}-n{cfg.run.dataset_size}",
+                    "dataset_size": cfg.run.dataset_size,
                     "seed": seed,
                 },
                 "config": cfg_path,
                 # the file's content: a trial on a node without the driver's disk builds its config from this
                 "config_data": load_yaml(cfg_path) if cfg_path is not None else None,
                 "overrides": ov,
-                "steps": cfg.steps,
-                "eval_episodes": cfg.eval_episodes,
+                "steps": cfg.run.steps,
+                "eval_episodes": cfg.run.eval_episodes,
             }
         )
     return trials

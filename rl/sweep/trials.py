@@ -65,7 +65,7 @@ def _run_rl(trial: dict[str, Any], out: Path, report: Callable) -> dict[str, Any
     from rl.train import Trainer
 
     cfg = trial_config(trial, out)
-    d = Path(cfg.run_dir)
+    d = Path(cfg.run.run_dir)
     status, why = trial_status(trial, out)
     if status == "changed":
         raise RuntimeError(why)
@@ -87,12 +87,12 @@ def _train_trial(
     cfg = trainer.cfg
     start = trainer.step
     tlog = _trial_logger(out, trial["id"])
-    tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.steps)
-    every = cfg.eval_every or cfg.checkpoint_every
+    tlog.info("%s %s at step %d of %d", "resumed" if resume else "started", trial["id"], start, cfg.run.steps)
+    every = cfg.run.eval_every or cfg.run.checkpoint_every
     diverged = None
     try:
-        while trainer.step < cfg.steps:
-            trainer.train(until=min(cfg.steps, (trainer.step // every + 1) * every))
+        while trainer.step < cfg.run.steps:
+            trainer.train(until=min(cfg.run.steps, (trainer.step // every + 1) * every))
             last = trainer.evals[-1] if trainer.evals else {}
             metrics = {
                 "step": trainer.step,
@@ -111,7 +111,9 @@ def _train_trial(
         report({"step": trainer.step, "normalized_score": None, "diverged": diverged})
     result = _rl_result(trial, trainer, start, time.perf_counter() - t0, diverged)
     tlog.info("finished %s: %s", trial["id"], result["final"])
-    if start == cfg.steps:  # resumed after the last checkpoint but before result.json: nothing left to train
+    if (
+        start == cfg.run.steps
+    ):  # resumed after the last checkpoint but before result.json: nothing left to train
         report({"step": trainer.step, "normalized_score": result["final"].get("normalized_score")})
     return result
 
@@ -128,7 +130,7 @@ def _rl_result(
         "kind": "rl",
         "params": trial["params"],
         "step": trainer.step,
-        "steps": trainer.cfg.steps,
+        "steps": trainer.cfg.run.steps,
         "final": final,
         "evals": trainer.evals,
         "resumed_from": start,
@@ -145,8 +147,6 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
     """A grid cell's RL seeds as one `rl.train.SeedGroup` (one stacked update for all), each seed in its own run
     folder `<out>/runs/<id>` (resumed from its checkpoint where it has one), trained chunk by chunk up to each
     evaluation, each chunk reported; each seed's result.json as its own trial writes it."""
-    import dataclasses
-
     from rl.train import SeedGroup
 
     members = _unfinished_members(trial, out)
@@ -154,23 +154,23 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
         return {"id": trial["id"], "kind": RL_PACK, "members": []}
     cfgs = {m["id"]: trial_config(m, out) for m in members}
     first = next(iter(cfgs.values()))
-    group_cfg = dataclasses.replace(first, seeds=tuple(c.seed for c in cfgs.values()), run_dir=None)
-    run_dirs = {c.seed: c.run_dir for c in cfgs.values()}
-    resume = {c.seed: (Path(c.run_dir) / "checkpoint.pt").exists() for c in cfgs.values()}
-    by_seed = {c.seed: m for m, c in zip(members, cfgs.values(), strict=True)}
+    group_cfg = first.replace(seeds=tuple(c.run.seed for c in cfgs.values()), run_dir=None)
+    run_dirs = {c.run.seed: c.run.run_dir for c in cfgs.values()}
+    resume = {c.run.seed: (Path(c.run.run_dir) / "checkpoint.pt").exists() for c in cfgs.values()}
+    by_seed = {c.run.seed: m for m, c in zip(members, cfgs.values(), strict=True)}
     t0 = time.perf_counter()
     with SeedGroup(group_cfg, resume=resume, quiet=True, run_dirs=run_dirs) as group:
-        starts = {t.cfg.seed: t.step for t in group.trainers}
+        starts = {t.cfg.run.seed: t.step for t in group.trainers}
         for t in group.trainers:
-            _trial_logger(out, by_seed[t.cfg.seed]["id"]).info(
+            _trial_logger(out, by_seed[t.cfg.run.seed]["id"]).info(
                 "%s %s at step %d of %d in %s",
-                *("resumed" if resume[t.cfg.seed] else "started", by_seed[t.cfg.seed]["id"], t.step),
-                *(first.steps, trial["id"]),
+                *("resumed" if resume[t.cfg.run.seed] else "started", by_seed[t.cfg.run.seed]["id"], t.step),
+                *(first.run.steps, trial["id"]),
             )
-        every = first.eval_every or first.checkpoint_every
+        every = first.run.eval_every or first.run.checkpoint_every
 
         def live() -> list[Any]:
-            return [t for t in group.trainers if t.cfg.seed not in group.failures]
+            return [t for t in group.trainers if t.cfg.run.seed not in group.failures]
 
         def progress() -> dict[str, Any]:
             scores = [t.evals[-1].get("normalized_score") for t in live() if t.evals]
@@ -178,12 +178,12 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
             return {
                 "step": group.step,
                 "normalized_score": sum(scores) / len(scores) if scores else None,
-                "member_steps": {by_seed[t.cfg.seed]["id"]: t.step for t in group.trainers},
+                "member_steps": {by_seed[t.cfg.run.seed]["id"]: t.step for t in group.trainers},
             }
 
         trained = False
-        while live() and group.step < first.steps:
-            group.train(until=min(first.steps, (group.step // every + 1) * every))
+        while live() and group.step < first.run.steps:
+            group.train(until=min(first.run.steps, (group.step // every + 1) * every))
             report(progress())
             trained = True
         if live():
@@ -192,10 +192,10 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
             report(progress())
         results = []
         for t in group.trainers:
-            member = by_seed[t.cfg.seed]
-            err = group.failures.get(t.cfg.seed)
+            member = by_seed[t.cfg.run.seed]
+            err = group.failures.get(t.cfg.run.seed)
             res = _rl_result(
-                member, t, starts[t.cfg.seed], time.perf_counter() - t0, None if err is None else str(err)
+                member, t, starts[t.cfg.run.seed], time.perf_counter() - t0, None if err is None else str(err)
             )
             _trial_logger(out, member["id"]).info("finished %s: %s", member["id"], res["final"])
             results.append(res["id"])

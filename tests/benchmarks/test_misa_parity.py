@@ -56,10 +56,15 @@ def test_noise_replay_reproduces_the_agents_draws():
 
     import pytest
 
-    from rl.agents import config_class, make_agent
+    from rl.agents import make_agent, train_config
 
-    cfg = config_class("mi")(
-        hidden_q=(8, 8), hidden_pi=(8, 8), n_negatives=4, estimator_options={"n_samples": 3}, batch_size=8
+    cfg = train_config(
+        "mi",
+        hidden_q=(8, 8),
+        hidden_pi=(8, 8),
+        n_negatives=4,
+        estimator_options={"n_samples": 3},
+        batch_size=8,
     )
     agent = make_agent(cfg, 11, 3)
     g = torch.Generator().manual_seed(0)

@@ -246,7 +246,15 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
     assert "infonce-n10__hopper-medium-v5__s2" in ids
     assert [t["id"] for t in load_spec(SPECS / "hopper-medium-50k.yaml").trials] == ids  # stable
     cfg = trial_config(spec.trial("nwj-n10__hopper-medium-v5__s1"), tmp_path)
-    assert (cfg.algo, cfg.estimator, cfg.seed, cfg.steps, cfg.eval_every, cfg.eval_episodes, cfg.threads) == (
+    assert (
+        cfg.algo,
+        cfg.agent.estimator,
+        cfg.run.seed,
+        cfg.run.steps,
+        cfg.run.eval_every,
+        cfg.run.eval_episodes,
+        cfg.run.threads,
+    ) == (
         "mi",
         "nwj",
         1,
@@ -255,10 +263,14 @@ def test_shipped_specs_and_stable_unique_trial_ids(tmp_path):
         10,
         1,
     )
-    assert cfg.n_negatives == 10
-    assert cfg.run_dir == str(tmp_path.resolve() / "runs" / "nwj-n10__hopper-medium-v5__s1")
+    assert cfg.agent.n_negatives == 10
+    assert cfg.run.run_dir == str(tmp_path.resolve() / "runs" / "nwj-n10__hopper-medium-v5__s1")
     misa = trial_config(spec.trial("misa-n10-s10__hopper-medium-v5__s0"), tmp_path)
-    assert (misa.estimator, misa.n_negatives, misa.estimator_options) == ("misa", 10, {"n_samples": 10})
+    assert (misa.agent.estimator, misa.agent.n_negatives, misa.agent.estimator_options) == (
+        "misa",
+        10,
+        {"n_samples": 10},
+    )
     assert trial_config(spec.trial("iql__hopper-medium-v5__s2"), tmp_path).algo == "iql"
     for name, n in (
         ("smoke", 4),
@@ -329,7 +341,7 @@ def test_a_gpu_share_puts_trials_on_cuda_and_cuda_needs_one(tmp_path):
     spec = load_spec(write_spec(tmp_path, shared))
     assert spec.resources == {"cpu": 1, "gpu": 0.25}
     (trial,) = spec.trials
-    assert trial["overrides"]["device"] == "cuda" and trial_config(trial, tmp_path).device == "cuda"
+    assert trial["overrides"]["device"] == "cuda" and trial_config(trial, tmp_path).run.device == "cuda"
     # a variant may still name its device; one that names cuda without a GPU share is refused before Ray starts
     own = load_spec(
         write_spec(tmp_path, shared.replace("base: {steps: 10}", "base: {steps: 10, device: cpu}"))
@@ -370,7 +382,13 @@ grid:
         "bc__halfcheetah-medium-v2__s3",
     ]
     cfg = trial_config(spec.trial("misa-small__walker2d-medium-replay-v5__s3"), tmp_path)
-    assert (cfg.dataset, cfg.n_negatives, cfg.estimator_options, cfg.lr_q, cfg.seed) == (
+    assert (
+        cfg.run.dataset,
+        cfg.agent.n_negatives,
+        cfg.agent.estimator_options,
+        cfg.agent.lr_q,
+        cfg.run.seed,
+    ) == (
         "walker2d-medium-replay-v5",
         10,
         {"n_samples": 10},
@@ -378,7 +396,11 @@ grid:
         3,
     )
     bc = trial_config(spec.trial("bc__halfcheetah-medium-v2__s3"), tmp_path)
-    assert (bc.algo, bc.hidden_pi, bc.dataset) == ("bc", (64, 64), "/data/d4rl/halfcheetah-medium-v2.hdf5")
+    assert (bc.algo, bc.agent.hidden_pi, bc.run.dataset) == (
+        "bc",
+        (64, 64),
+        "/data/d4rl/halfcheetah-medium-v2.hdf5",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -400,8 +422,8 @@ def fake_run(out: Path, trial: dict, scores: list[float], finished: bool, every:
         cfg = trial_config(trial, out)
         result = {
             "id": trial["id"],
-            "step": cfg.steps,
-            "steps": cfg.steps,
+            "step": cfg.run.steps,
+            "steps": cfg.run.steps,
             "evals": evals,
             "config": to_dict(cfg),
         }
@@ -855,7 +877,7 @@ def test_trial_resumes_exactly_after_a_kill(tmp_path, hopper_file):
     # the kill: the trial's own Trainer stops at step 25 (after its checkpoint), with a half-written eval row
     cfg = trial_config(trial, killed)
     Trainer(cfg, quiet=True).train(until=25)
-    run = Path(cfg.run_dir)
+    run = Path(cfg.run.run_dir)
     first = (run / "eval.csv").read_text()
     with open(run / "eval.csv", "a") as f:
         f.write("37,12.5")
@@ -995,7 +1017,7 @@ def test_rerun_after_a_kill_skips_finished_and_resumes_the_rest(finished_sweep, 
     cfg = trial_config(spec.trial(victim), out)
     with Trainer(cfg, quiet=True) as trainer:  # closed: its lock would keep the Ray worker out of the run dir
         trainer.train(until=25)  # killed after the step-25 checkpoint
-    with open(Path(cfg.run_dir) / "eval.csv", "a") as f:
+    with open(Path(cfg.run.run_dir) / "eval.csv", "a") as f:
         f.write("30,1")  # and in the middle of writing a row
     before = {
         i: snapshot(out / "runs" / i)

@@ -161,12 +161,12 @@ def test_bad_constructor_options():
     [
         (
             lambda: mie.ConcatCritic(3, 3, hidden=(0,)),
-            r"every layer size must be a positive integer; got \[3, 3, 0, 1\]",
+            r"layer sizes must be a sequence of positive integers; got \[3, 3, 0, 1\]",
         ),
-        (lambda: mie.ConcatCritic(3, 3, hidden=(8, 2.5)), r"positive integer; got \[3, 3, 8, 2\.5, 1\]"),
+        (lambda: mie.ConcatCritic(3, 3, hidden=(8, 2.5)), r"positive integers; got \[3, 3, 8, 2\.5, 1\]"),
         (lambda: mie.ConcatCritic(3, 3, activation="gelu"), r"activation must be one of .*; got 'gelu'"),
-        (lambda: mie.SeparableCritic(3, 3, hidden=(-4,)), r"positive integer; got \[3, -4, 32\]"),
-        (lambda: mie.SeparableCritic(3, 3, embed_dim=0), r"positive integer; got \[3, 256, 0\]"),
+        (lambda: mie.SeparableCritic(3, 3, hidden=(-4,)), r"positive integers; got \[3, -4, 32\]"),
+        (lambda: mie.SeparableCritic(3, 3, embed_dim=0), r"positive integers; got \[3, 256, 0\]"),
         (lambda: mie.SeparableCritic(3, 3, hidden=(True,)), r"positive integer"),
     ],
 )

@@ -19,7 +19,7 @@ from test_train import tiny_dataset
 from torch.func import vmap
 
 from rl._safe_load import load_torch_file
-from rl.agents import config_class, make_agent
+from rl.agents import make_agent, train_config
 from rl.seeds import StackedAgents, _SeedDraws
 from rl.train import SeedGroup, TrainingError, main, seed_configs
 
@@ -36,9 +36,10 @@ ALGOS = {
 
 
 def _agents(algo: str, seeds, data, **kw):
-    cls = config_class("mi" if algo in ("misa", "mine") else algo)
+    name = "mi" if algo in ("misa", "mine") else algo
     agents = [
-        make_agent(cls(seed=s, **SMALL, **ALGOS[algo], **kw), data.obs_dim, data.act_dim) for s in seeds
+        make_agent(train_config(name, seed=s, **SMALL, **ALGOS[algo], **kw), data.obs_dim, data.act_dim)
+        for s in seeds
     ]
     for a in agents:
         a.fit_dataset_stats(data)
@@ -201,7 +202,7 @@ def test_stacking_refuses_mixed_agents():
     a, b = _agents("td3bc", [0], data)[0], _agents("iql", [1], data)[0]
     with pytest.raises(ValueError, match=r"agents\[1\] is a IQLAgent"):
         StackedAgents([a, b])
-    fast = make_agent(config_class("td3bc")(**{**SMALL, "fast": True}), data.obs_dim, data.act_dim)
+    fast = make_agent(train_config("td3bc", **{**SMALL, "fast": True}), data.obs_dim, data.act_dim)
     with pytest.raises(ValueError, match="fast: true"):
         StackedAgents([fast, a])
 
@@ -274,15 +275,16 @@ def test_a_seed_groups_done_lines_format_the_score(tmp_path, hopper_file, capsys
 
 
 def test_seed_configs_name_each_seeds_folder_and_refuse_repeats():
-    cls = config_class("td3bc")
-    cfgs = seed_configs(cls(seeds=(2, 7), run_dir="runs/x"))
-    assert [(c.seed, c.run_dir, c.seeds, c.fast) for c in cfgs] == [
+    cfgs = seed_configs(train_config("td3bc", seeds=(2, 7), run_dir="runs/x"))
+    assert [(c.run.seed, c.run.run_dir, c.run.seeds, c.run.fast) for c in cfgs] == [
         (2, str(Path("runs/x/seed2")), (), False),
         (7, str(Path("runs/x/seed7")), (), False),
     ]
-    assert seed_configs(cls(seeds=(4,)))[0].run_dir.endswith(str(Path("td3bc/hopper-medium-v5/seed4")))
+    assert seed_configs(train_config("td3bc", seeds=(4,)))[0].run.run_dir.endswith(
+        str(Path("td3bc/hopper-medium-v5/seed4"))
+    )
     with pytest.raises(ValueError, match="holds a seed twice"):
-        cls(seeds=(1, 1))
+        train_config("td3bc", seeds=(1, 1))
 
 
 def test_seeds_behind_catch_up_to_the_uninterrupted_run(tmp_path):
@@ -290,15 +292,11 @@ def test_seeds_behind_catch_up_to_the_uninterrupted_run(tmp_path):
     and 2 catch up with seed 0 riding along unrecorded, then all go on: every seed bit-identical to the straight
     run (in a group of the same seeds, each element keeps its place in the stacked tensors)."""
     data = tiny_dataset(200)
-    cfg = config_class("td3bc")(seeds=(0, 1, 2), steps=30, final_eval=False, eval_every=0, **SMALL)
-    straight = SeedGroup(
-        config_class("td3bc")(**{**vars(cfg), "run_dir": str(tmp_path / "a")}), data, quiet=True
-    )
+    cfg = train_config("td3bc", seeds=(0, 1, 2), steps=30, final_eval=False, eval_every=0, **SMALL)
+    straight = SeedGroup(cfg.replace(run_dir=str(tmp_path / "a")), data, quiet=True)
     with straight:
         straight.train()
-    group = SeedGroup(
-        config_class("td3bc")(**{**vars(cfg), "run_dir": str(tmp_path / "b")}), data, quiet=True
-    )
+    group = SeedGroup(cfg.replace(run_dir=str(tmp_path / "b")), data, quiet=True)
     with group:
         group.train(until=10)
         group._train_together(group.trainers, 20, riders=group.trainers[1:])
@@ -314,16 +312,12 @@ def test_seeds_behind_catch_up_in_chunks_with_the_ones_ahead_at_the_chunks_end(t
     a chunk's end leaves the seeds ahead exactly at that end. They still ride along while the others redo the
     chunk, so every seed stays bit-identical to the straight run."""
     data = tiny_dataset(200)
-    cfg = config_class("td3bc")(seeds=(0, 1, 2), steps=30, final_eval=False, eval_every=0, **SMALL)
-    straight = SeedGroup(
-        config_class("td3bc")(**{**vars(cfg), "run_dir": str(tmp_path / "a")}), data, quiet=True
-    )
+    cfg = train_config("td3bc", seeds=(0, 1, 2), steps=30, final_eval=False, eval_every=0, **SMALL)
+    straight = SeedGroup(cfg.replace(run_dir=str(tmp_path / "a")), data, quiet=True)
     with straight:
         for until in (10, 20, 30):
             straight.train(until=until)
-    group = SeedGroup(
-        config_class("td3bc")(**{**vars(cfg), "run_dir": str(tmp_path / "b")}), data, quiet=True
-    )
+    group = SeedGroup(cfg.replace(run_dir=str(tmp_path / "b")), data, quiet=True)
     with group:
         group.train(until=10)
         group._train_together(group.trainers, 20, riders=group.trainers[1:])
@@ -337,8 +331,8 @@ def test_seeds_behind_catch_up_in_chunks_with_the_ones_ahead_at_the_chunks_end(t
 
 def test_a_diverging_seed_stops_alone(tmp_path, monkeypatch):
     data = tiny_dataset(200)
-    cfg = config_class("td3bc")(
-        seeds=(0, 1, 2), steps=20, final_eval=False, eval_every=0, run_dir=str(tmp_path), **SMALL
+    cfg = train_config(
+        "td3bc", seeds=(0, 1, 2), steps=20, final_eval=False, eval_every=0, run_dir=str(tmp_path), **SMALL
     )
     with SeedGroup(cfg, data, quiet=True) as group:
         bad = group.trainers[1]

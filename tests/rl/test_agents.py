@@ -13,7 +13,7 @@ from torch.nn import functional as F
 import mi_estimators as mie
 from mi_estimators.samplers import SampleResult
 from rl import _fast
-from rl.agents import config_class, make_agent
+from rl.agents import config_class, make_agent, train_config
 
 B, DO, DA = 4, 3, 2
 TINY = {"hidden_q": (8, 8), "hidden_pi": (8, 8), "seed": 3}
@@ -79,7 +79,7 @@ def assert_grads_close(a, b):
 # --- MI actor-critic (MISA) ---------------------------------------------------------------------------------
 def test_misa_losses_by_hand(monkeypatch):
     n_neg, n_mc = 3, 5
-    cfg = config_class("mi")(**TINY, n_negatives=n_neg)
+    cfg = train_config("mi", **TINY, n_negatives=n_neg)
     agent = make_agent(cfg, DO, DA)
     raw = tiny_batch()
     batch = agent.prepare(raw)
@@ -143,7 +143,7 @@ def test_misa_losses_by_hand(monkeypatch):
 
 def test_misa_policy_term_gradient_is_tilted_log_likelihood(monkeypatch):
     """grad of the misa policy term = mean_{s,j} grad log pi(a_j^MC|s) (the official w_ub term)."""
-    cfg = config_class("mi")(**TINY, n_negatives=3, bc_weight=0.0)
+    cfg = train_config("mi", **TINY, n_negatives=3, bc_weight=0.0)
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     u_mc = torch.randn(B, 4, DA, generator=torch.Generator().manual_seed(1))
@@ -170,7 +170,7 @@ def test_misa_policy_term_gradient_is_tilted_log_likelihood(monkeypatch):
 @pytest.mark.parametrize("space", ["constrained", "unconstrained"])
 def test_misa_chain_runs_and_reports_acceptance(space, fast):
     opts = {"n_samples": 6, "space": space}
-    cfg = config_class("mi")(**TINY, n_negatives=4, fast=fast, estimator_options=opts)
+    cfg = train_config("mi", **TINY, n_negatives=4, fast=fast, estimator_options=opts)
     agent = make_agent(cfg, DO, DA)
     assert agent.partition.space == space
     logs = agent.update(tiny_batch())
@@ -182,7 +182,7 @@ def test_every_estimator_swaps_in():
     """`--estimator NAME` works for every registered lower bound (one tiny update each); club is refused by name."""
     for name in mie.available():
         opts = {"n_samples": 3} if name in ("misa",) else {}
-        cfg = config_class("mi")(**TINY, n_negatives=4, estimator=name, estimator_options=opts)
+        cfg = train_config("mi", **TINY, n_negatives=4, estimator=name, estimator_options=opts)
         if name == "club":
             with pytest.raises(ValueError, match="'club' is an upper bound"):
                 make_agent(cfg, DO, DA)
@@ -204,8 +204,8 @@ def test_overlapped_chain_gives_the_sequential_numbers(estimator, monkeypatch):
         opts["log_z"] = "mcmc"
     states = {}
     for threads, fast in ((1, True), (2, True), (2, False)):
-        cfg = config_class("mi")(
-            **TINY, n_negatives=4, estimator=estimator, estimator_options=opts, fast=fast
+        cfg = train_config(
+            "mi", **TINY, n_negatives=4, estimator=estimator, estimator_options=opts, fast=fast
         )
         agent = make_agent(cfg, DO, DA)
         if threads == 1 or not fast:
@@ -235,11 +235,11 @@ def test_official_chain_defaults_fill_only_what_the_options_leave_open():
     from mi_estimators.samplers import HMC
 
     def part(**opts):
-        return make_agent(config_class("mi")(**TINY, estimator_options=opts), DO, DA).partition
+        return make_agent(train_config("mi", **TINY, estimator_options=opts), DO, DA).partition
 
     official = part()  # HMC on the action, one step size for all chains
     assert official.space == "constrained" and official.sampler.per_chain is False
-    assert make_agent(config_class("mi")(**TINY), DO, DA).cfg.hidden_init == "lecun"  # flax's Dense init
+    assert make_agent(train_config("mi", **TINY), DO, DA).cfg.hidden_init == "lecun"  # flax's Dense init
     # an explicit option, or a sampler or partition function handed in as an object, is left as the user made it
     assert part(per_chain=True).sampler.per_chain is True
     assert part(space="unconstrained").space == "unconstrained"
@@ -248,7 +248,7 @@ def test_official_chain_defaults_fill_only_what_the_options_leave_open():
     own = MCMCLogZ(n_samples=3)
     assert part(log_z=own) is own and own.space == "unconstrained"
     # score-only estimators have no chain
-    assert make_agent(config_class("mi")(**TINY, estimator="nwj"), DO, DA).partition is None
+    assert make_agent(train_config("mi", **TINY, estimator="nwj"), DO, DA).partition is None
     # pyro's kernels differentiate the density themselves: they keep the unconstrained chain
     pytest.importorskip("pyro")
     assert part(sampler="pyro-hmc").space == "unconstrained"
@@ -282,7 +282,7 @@ def test_retired_keys_read_at_their_old_default_and_name_their_new_place(key, va
 
 
 def test_chain_failure_in_the_worker_surfaces_and_frees_the_threads(monkeypatch):
-    cfg = config_class("mi")(**TINY, n_negatives=4, estimator_options={"n_samples": 3})
+    cfg = train_config("mi", **TINY, n_negatives=4, estimator_options={"n_samples": 3})
     agent = make_agent(cfg, DO, DA)
 
     def broken(*args, **kwargs):
@@ -301,7 +301,7 @@ def test_chain_failure_in_the_worker_surfaces_and_frees_the_threads(monkeypatch)
 
 def test_unknown_estimator_is_named():
     with pytest.raises(ValueError, match="unknown estimator 'nope'.*misa"):
-        make_agent(config_class("mi")(**TINY, estimator="nope"), DO, DA)
+        make_agent(train_config("mi", **TINY, estimator="nope"), DO, DA)
     with pytest.raises(ValueError, match="unknown algo 'sac2'"):
         config_class("sac2")
 
@@ -309,7 +309,7 @@ def test_unknown_estimator_is_named():
 # --- baselines ----------------------------------------------------------------------------------------------
 def test_cql_losses_by_hand():
     n = 2
-    cfg = config_class("cql")(**TINY, n_actions=n, normalize_observations=False, normalize_rewards=False)
+    cfg = train_config("cql", **TINY, n_actions=n, normalize_observations=False, normalize_rewards=False)
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     g = gen_copy(agent)
@@ -357,7 +357,7 @@ def test_cql_losses_by_hand():
 
 
 def test_iql_losses_by_hand():
-    cfg = config_class("iql")(**TINY, normalize_observations=False, normalize_rewards=False)
+    cfg = train_config("iql", **TINY, normalize_observations=False, normalize_rewards=False)
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     objectives, _ = agent.losses(batch)
@@ -382,7 +382,7 @@ def test_iql_losses_by_hand():
 
 
 def test_td3bc_losses_by_hand():
-    cfg = config_class("td3bc")(**TINY, normalize_observations=False)
+    cfg = train_config("td3bc", **TINY, normalize_observations=False)
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     g = gen_copy(agent)
@@ -414,7 +414,7 @@ def test_td3bc_losses_by_hand():
 
 @pytest.mark.parametrize("kind", ["mse", "nll"])
 def test_bc_loss_by_hand(kind):
-    cfg = config_class("bc")(**TINY, normalize_observations=False, bc_loss=kind)
+    cfg = train_config("bc", **TINY, normalize_observations=False, bc_loss=kind)
     agent = make_agent(cfg, DO, DA)
     batch = agent.prepare(tiny_batch())
     objectives, _ = agent.losses(batch)
@@ -430,8 +430,8 @@ def test_bc_loss_by_hand(kind):
 
 @pytest.mark.parametrize("algo", ["mi", "cql", "iql", "td3bc", "bc"])
 def test_update_moves_only_owned_parameters_and_targets_follow(algo):
-    cfg = config_class(algo)(
-        **TINY, **({"n_negatives": 4, "estimator_options": {"n_samples": 3}} if algo == "mi" else {})
+    cfg = train_config(
+        algo, **TINY, **({"n_negatives": 4, "estimator_options": {"n_samples": 3}} if algo == "mi" else {})
     )
     agent = make_agent(cfg, DO, DA)
     before = {k: [p.detach().clone() for p in m.parameters()] for k, m in agent.modules.items()}

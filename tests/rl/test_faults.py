@@ -275,7 +275,7 @@ def test_numbers_parse_as_yaml_does(tmp_path, data_file):
     from rl.train import build_config
 
     c = build_config(cfg, {"lr-q": "2e-4"})
-    assert (c.lr_pi, c.lr_q, c.steps, c.max_abs_loss) == (3e-4, 2e-4, 10, 1e6)
+    assert (c.agent.lr_pi, c.agent.lr_q, c.run.steps, c.run.max_abs_loss) == (3e-4, 2e-4, 10, 1e6)
 
 
 def test_unusable_checkpoints_are_one_line(tmp_path, data_file):
@@ -403,9 +403,10 @@ def test_a_stale_lock_is_taken_over_and_the_lock_is_held_while_training(tmp_path
     assert rc == 0, err
     assert not (run / ".rl-run.lock").exists()
     _write_lock(run / ".rl-run.lock", dead.pid)  # a run killed by kill -9 after its checkpoint
-    from rl.agents import config_class
+    from rl.agents import train_config
 
-    cfg = config_class("bc")(
+    cfg = train_config(
+        "bc",
         dataset=str(data_file),
         hidden_pi=(8,),
         batch_size=8,
@@ -481,11 +482,11 @@ def test_out_of_range_actions_are_refused_before_training(tmp_path):
 
 # --- checkpoint before the final evaluation; temp files of killed writes ----------------------------------------
 def test_checkpoint_is_written_before_the_final_evaluation(tmp_path, monkeypatch):
-    from rl.agents import config_class
+    from rl.agents import train_config
 
     ds = tiny_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
-    cfg = config_class("bc")(
-        hidden_pi=(8,), batch_size=8, steps=3, eval_every=0, run_dir=str(tmp_path), eval_episodes=1
+    cfg = train_config(
+        "bc", hidden_pi=(8,), batch_size=8, steps=3, eval_every=0, run_dir=str(tmp_path), eval_episodes=1
     )
 
     def broken(self):
@@ -743,21 +744,27 @@ def test_resume_refuses_another_device_and_a_new_horizon_for_a_cosine_schedule(t
 
 
 def test_strings_that_look_like_numbers_survive_a_config_round_trip(tmp_path, data_file):
-    from rl.agents import config_class
-    from rl.config import from_dict, parse_yaml, save_yaml
+    from rl.agents import TrainConfig, train_config
+    from rl.config import parse_yaml, save_yaml
 
-    cfg = config_class("bc")(run_dir="1e3", dataset="2E5")
+    cfg = train_config("bc", run_dir="1e3", dataset="2E5")
     save_yaml(cfg, tmp_path / "c.yaml")
-    assert from_dict(type(cfg), load_yaml(tmp_path / "c.yaml")) == cfg
-    with pytest.raises(ConfigError, match="invalid YAML"):
-        parse_yaml("a: ._e5")
+    assert TrainConfig.from_dict(load_yaml(tmp_path / "c.yaml")) == cfg
+    # YAML 1.2 numbers (PyYAML alone reads 3e-4 as a string), a quoted number stays a string
+    assert parse_yaml("a: 3e-4\nb: '3e-4'\nc: 1E6\nd: ._e5\n") == {
+        "a": 3e-4,
+        "b": "3e-4",
+        "c": 1e6,
+        "d": "._e5",
+    }
 
 
 def test_a_last_periodic_evaluation_interrupted_is_redone_on_resume(tmp_path, monkeypatch):
-    from rl.agents import config_class
+    from rl.agents import train_config
 
     ds = tiny_dataset(do=11, da=3).replace(metadata={"env_id": "Hopper-v5"})
-    cfg = config_class("bc")(
+    cfg = train_config(
+        "bc",
         hidden_pi=(8,),
         batch_size=8,
         steps=4,

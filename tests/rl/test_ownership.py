@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from rl.agents import config_class, make_agent
+from rl.agents import make_agent, train_config
 
 B, DO, DA = 6, 3, 2
 # log_alpha away from 0: at exactly 0 a temperature loss that leaked into the policy would have a zero gradient there
@@ -134,7 +134,7 @@ def test_each_objective_reaches_only_its_own_parameters(case: str) -> None:
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        agent = make_agent(config_class(algo)(**TINY, **overrides), DO, DA)
+        agent = make_agent(train_config(algo, **TINY, **overrides), DO, DA)
         groups = owned(agent)
         # no tensor is stepped by two optimisers
         ids = [id(p) for ps in groups.values() for p in ps]
@@ -149,7 +149,7 @@ def test_each_objective_reaches_only_its_own_parameters(case: str) -> None:
 def test_a_leak_is_caught() -> None:
     """The check itself: an actor loss that also moves the critic, and a critic loss that reaches no critic weight,
     are both reported."""
-    agent = make_agent(config_class("td3bc")(**TINY), DO, DA)
+    agent = make_agent(train_config("td3bc", **TINY), DO, DA)
     actor_losses, critic_losses = agent.actor_losses, agent.critic_losses
 
     def leaky_actor(batch):

@@ -11,14 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from test_train import TINY, tiny_dataset  # noqa: E402
 
-from rl.agents import config_class  # noqa: E402
+from rl.agents import train_config  # noqa: E402
 from rl.plot import draw_curves, main, plot_runs, read_run  # noqa: E402
 from rl.train import Trainer  # noqa: E402
 
 
 def _run(tmp_path, name, seed):
-    cfg = config_class("bc")(
-        **{**TINY, "steps": 6, "log_every": 2, "seed": seed, "run_dir": str(tmp_path / name)}
+    cfg = train_config(
+        "bc", **{**TINY, "steps": 6, "log_every": 2, "seed": seed, "run_dir": str(tmp_path / name)}
     )
     Trainer(cfg, tiny_dataset(), quiet=True).train()
     return tmp_path / name

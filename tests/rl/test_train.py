@@ -12,8 +12,15 @@ import torch
 from conftest import assert_same_state
 
 from rl._safe_load import load_torch_file
-from rl.agents import ALGOS, config_class
-from rl.config import ConfigError, apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from rl.agents import ALGOS, TrainConfig, config_class, train_config
+from rl.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load_yaml,
+    save_yaml,
+    to_dict,
+)
 from rl.data import OfflineDataset
 from rl.train import RunDirError, Trainer, TrainingError, build_config, main
 
@@ -41,17 +48,17 @@ def tiny_dataset(n: int = 64, do: int = 4, da: int = 2, seed: int = 0) -> Offlin
 
 def mi_cfg(tmp: Path, **kw):
     opts = {"n_negatives": 4, "estimator_options": {"n_samples": 3}, "run_dir": str(tmp), **TINY, **kw}
-    return config_class("mi")(**opts)
+    return train_config("mi", **opts)
 
 
 # --- configs ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("algo", sorted(set(ALGOS) - {"misa"}))
 def test_config_round_trip(tmp_path, algo):
-    cfg = config_class(algo)(
-        steps=123, hidden_q=(4, 5), seed=7, imports=("my_bounds", "lib/more.py"), progress=True
+    cfg = train_config(
+        algo, steps=123, hidden_q=(4, 5), seed=7, imports=("my_bounds", "lib/more.py"), progress=True
     )
     save_yaml(cfg, tmp_path / "c.yaml")
-    back = from_dict(type(cfg), load_yaml(tmp_path / "c.yaml"))
+    back = TrainConfig.from_dict(load_yaml(tmp_path / "c.yaml"))
     assert back == cfg and to_dict(back) == to_dict(cfg)
 
 
@@ -63,16 +70,28 @@ def test_shipped_configs_load_and_state_defaults():
     assert {"misa/walker2d-medium-v5.yaml", "misa/halfcheetah-medium-v5.yaml"} <= names
     for p in files:
         cfg = build_config(p, {})
-        assert cfg.steps == 1_000_000
+        assert cfg.run.steps == 1_000_000
     misa = build_config(CONFIGS / "misa/hopper-medium-v5.yaml", {})
-    assert (misa.estimator, misa.critic_weight, misa.bc_weight, misa.ub_weight, misa.n_negatives) == (
+    assert (
+        misa.agent.estimator,
+        misa.agent.critic_weight,
+        misa.agent.bc_weight,
+        misa.agent.ub_weight,
+        misa.agent.n_negatives,
+    ) == (
         "misa",
         5.0,
         0.5,
         0.1,
         50,
     )
-    assert (misa.lr_pi, misa.lr_q, misa.lr_alpha, misa.q_activation, misa.log_std_mode) == (
+    assert (
+        misa.agent.lr_pi,
+        misa.agent.lr_q,
+        misa.agent.lr_alpha,
+        misa.agent.q_activation,
+        misa.agent.log_std_mode,
+    ) == (
         1e-4,
         3e-4,
         1e-4,
@@ -95,7 +114,14 @@ def test_overrides_and_unknown_keys(tmp_path):
             "dataset-size": "1000",
         },
     )
-    assert (cfg.estimator, cfg.steps, cfg.run_dir, cfg.hidden_q, cfg.device, cfg.dataset_size) == (
+    assert (
+        cfg.agent.estimator,
+        cfg.run.steps,
+        cfg.run.run_dir,
+        cfg.agent.hidden_q,
+        cfg.run.device,
+        cfg.run.dataset_size,
+    ) == (
         "nwj",
         5000,
         "X",
@@ -103,7 +129,7 @@ def test_overrides_and_unknown_keys(tmp_path):
         "cuda",
         1000,
     )
-    assert cfg.estimator_options == {"sampler": "mala"}
+    assert cfg.agent.estimator_options == {"sampler": "mala"}
     with pytest.raises(ConfigError, match="--stepz"):
         build_config(path, {"stepz": "3"})
     with pytest.raises(ConfigError, match="steps must be an integer"):
@@ -114,7 +140,58 @@ def test_overrides_and_unknown_keys(tmp_path):
         build_config(bad, {})
     with pytest.raises(ConfigError, match="unknown algo 'ppo'"):
         build_config(None, {}, algo="ppo")
-    assert apply_overrides({}, {"seed": "3"}, type(cfg)) == {"seed": 3}
+    assert apply_overrides({}, {"seed": "3"}, ["seed"]) == {"seed": 3}
+
+
+def test_run_settings_and_algorithm_settings_are_apart(tmp_path):
+    """Every key belongs to one part; an agent is built from its own config, seeded and placed by the run."""
+    from dataclasses import fields
+
+    from rl.agents import IQLAgent, IQLConfig, TrainConfig, config_class, make_agent
+
+    run_keys = {f.name for f in fields(RunConfig)}
+    for algo in sorted(ALGOS):
+        agent_keys = {f.name for f in fields(config_class(algo))}
+        assert not run_keys & agent_keys, (algo, run_keys & agent_keys)
+    assert TrainConfig("mi").run.seed == 42 and TrainConfig("iql").run.seed == 0  # MISA's RUN_DEFAULTS
+    flat = train_config("iql", steps=7, beta=1.5, seed=3)
+    nested = TrainConfig.from_dict({"algo": "iql", "run": {"steps": 7, "seed": 3}, "agent": {"beta": 1.5}})
+    assert flat == nested and (flat.run.steps, flat.agent.beta) == (7, 1.5)
+    assert flat.replace(beta=2.0, steps=9) == train_config("iql", steps=9, beta=2.0, seed=3)
+    save_yaml(nested, tmp_path / "c.yaml")  # written flat, read back equal
+    assert "run:" not in (tmp_path / "c.yaml").read_text()
+    assert TrainConfig.from_dict(load_yaml(tmp_path / "c.yaml")) == nested
+    one = IQLAgent(11, 3, IQLConfig(beta=1.5), seed=3, total_steps=7)
+    two = make_agent(flat, 11, 3)
+    assert_same_state(one.state_dict(), two.state_dict())
+    with pytest.raises(ValueError, match="cosine schedule runs over the run's updates: pass total_steps"):
+        IQLAgent(11, 3, IQLConfig())
+    with pytest.raises(TypeError, match="IQLAgent needs a IQLConfig; got TD3BCConfig"):
+        IQLAgent(11, 3, config_class("td3bc")(), total_steps=5)
+    for data, needle in (
+        (
+            {"algo": "iql", "run": {"beta": 1.0}},
+            r"run\.beta is not one of the run settings; it belongs in agent:",
+        ),
+        (
+            {"algo": "iql", "agent": {"steps": 1}},
+            r"agent\.steps is not one of the agent settings; it belongs in run:",
+        ),
+        ({"algo": "iql", "steps": 5, "run": {"steps": 6}}, r"steps is given twice"),
+        (
+            {"algo": "iql", "run_dir": "${oc.env:HOME}"},
+            r"RunConfig\.run_dir = .*no \$\{\.\.\.\} interpolation",
+        ),
+        (
+            {"algo": "iql", "hidden_q": [8, "x"]},
+            r"IQLConfig\.hidden_q must be a list \(an integer each\); got \[8, 'x'\]",
+        ),
+        ({"algo": "iql", "steps": 2.5}, r"RunConfig\.steps must be an integer; got 2\.5"),
+        ({"algo": "iql", "threads": "two"}, r"RunConfig\.threads must be an integer or null; got 'two'"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            TrainConfig.from_dict(data)
+    assert TrainConfig.from_dict({"algo": "iql", "steps": 1e3, "hidden_q": [8.0, 8]}).run.steps == 1000
 
 
 def test_unknown_estimator_fails_before_training(tmp_path):
@@ -133,7 +210,7 @@ def test_resume_is_exact(tmp_path, algo):
     extra = {"n_negatives": 4, "estimator_options": {"n_samples": 3}} if algo == "mi" else {}
 
     def cfg(d):
-        return config_class(algo)(**TINY, **extra, steps=6, log_every=2, checkpoint_every=3, run_dir=str(d))
+        return train_config(algo, **TINY, **extra, steps=6, log_every=2, checkpoint_every=3, run_dir=str(d))
 
     straight = Trainer(cfg(tmp_path / "a"), dataset=ds, quiet=True)
     straight.train()
@@ -258,7 +335,8 @@ def test_bc_on_expert_data_beats_random(tmp_path):
     from rl.collect.generate import load_or_make
 
     ds = load_or_make("hopper-expert-v5", size=20_000, root=tmp_path / "data", progress=False)
-    cfg = config_class("bc")(
+    cfg = train_config(
+        "bc",
         dataset="hopper-expert-v5",
         steps=3000,
         eval_every=0,
@@ -286,11 +364,11 @@ def test_behaviour_score_is_the_datasets_normalised_mean_return(tmp_path, capsys
     returns = ds.episode_returns()
     assert returns.size == 3  # episodes end at the terminals 20 and 45 and the final timeout
     trainer = Trainer(
-        config_class("bc")(**{**TINY, "run_dir": str(tmp_path / "r"), "steps": 1}), ds, quiet=True
+        train_config("bc", **{**TINY, "run_dir": str(tmp_path / "r"), "steps": 1}), ds, quiet=True
     )
     expected = normalized_score("Hopper-v5", float(returns.mean()))
     assert trainer.behaviour_score() == pytest.approx(expected)
-    cfg = config_class("bc")(**{**TINY, "run_dir": str(tmp_path / "n"), "steps": 1, "dataset": "mine.hdf5"})
+    cfg = train_config("bc", **{**TINY, "run_dir": str(tmp_path / "n"), "steps": 1, "dataset": "mine.hdf5"})
     no_env = Trainer(cfg, tiny_dataset(), quiet=True)
     assert no_env.behaviour_score() is None
 
@@ -302,8 +380,9 @@ def test_help_lists_every_config_field_with_type_default_and_meaning(capsys):
         with pytest.raises(SystemExit) as e:
             main(["--algo", algo, "--help"])
         assert e.value.code == 0
-        out = capsys.readouterr().out.split("config fields of", 1)[1]
-        for f in fields(config_class(algo)):
+        out = capsys.readouterr().out.split("config fields", 1)[1]
+        assert f"run settings (RunConfig; the defaults of --algo {algo})" in out
+        for f in [*fields(RunConfig), *fields(config_class(algo))]:
             line = next(ln for ln in out.splitlines() if ln.startswith(f"  --{f.name.replace('_', '-')} "))
             assert "(default " in line and line.split("): ", 1)[1], line  # a type, a default and a meaning
     assert "--dataset-size int | None (default null): transitions to generate" in out
@@ -313,7 +392,7 @@ def test_help_gives_each_field_its_own_meaning(capsys):
     for algo in sorted(set(ALGOS) - {"misa"}):
         with pytest.raises(SystemExit):
             main(["--algo", algo, "--help"])
-        out = capsys.readouterr().out.split("config fields of", 1)[1]
+        out = capsys.readouterr().out.split("config fields", 1)[1]
         meanings = {}
         for line in out.splitlines():
             if line.startswith("  --"):
@@ -456,7 +535,7 @@ def test_plugins_of_installed_packages_are_loaded_when_a_name_is_missing(tmp_pat
 def test_progress_bar_only_on_a_terminal_unless_asked(tmp_path, capsys, monkeypatch):
     def bar_shown(quiet: bool = False, **kw) -> bool:
         d = tmp_path / str(len(list(tmp_path.iterdir())))
-        cfg = config_class("bc")(**{**TINY, "run_dir": str(d), "steps": 3, **kw})
+        cfg = train_config("bc", **{**TINY, "run_dir": str(d), "steps": 3, **kw})
         with Trainer(cfg, tiny_dataset(), quiet=quiet) as trainer:
             trainer.train()
         return "3/3" in capsys.readouterr().err
