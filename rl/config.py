@@ -1,7 +1,7 @@
 """A training run's settings (`RunConfig`), apart from its algorithm's (`rl.agents.*Config`; together one
 `rl.agents.TrainConfig(algo=..., run=..., agent=...)`, as d3rlpy keeps `fit()`'s arguments apart from an
-algorithm's config), and the reading, checking and writing of config files. The agents see only their own config (and the seed, device, `fast` and total steps the trainer
-hands them); the trainer reads the run's.
+algorithm's config), and the reading, checking and writing of config files. The agents see only their own config
+(and the seed, device, `fast` and total steps the trainer hands them); the trainer reads the run's.
 
 A config file is one YAML mapping, flat (every key is a run setting or one of the algorithm's, never both; the form
 `rl.train` writes) or in two sections::

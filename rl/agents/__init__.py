@@ -60,16 +60,15 @@ ALGOS: dict[str, type[OfflineAgent]] = {
 
 
 def _agent_class(algo: str) -> type[OfflineAgent]:
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; available: {', '.join(sorted(ALGOS))}")
+    """The agent class of `algo` (`ConfigError`, a `ValueError`, naming the choices for an unknown name)."""
+    if not isinstance(algo, str) or algo not in ALGOS:
+        raise ConfigError(f"unknown algo {algo!r}; available: {', '.join(sorted(ALGOS))}")
     return ALGOS[algo]
 
 
 def config_class(algo: str) -> type[AgentConfig]:
-    """The config dataclass of `algo` (`ConfigError`, a `ValueError`, naming the choices for an unknown name)."""
-    if not isinstance(algo, str) or algo not in ALGOS:
-        raise ConfigError(f"unknown algo {algo!r}; available: {', '.join(sorted(ALGOS))}")
-    return ALGOS[algo].config_cls
+    """The config dataclass of `algo` (`ConfigError` for an unknown name, as `_agent_class`)."""
+    return _agent_class(algo).config_cls
 
 
 @dataclass

@@ -111,9 +111,8 @@ def _train_trial(
         report({"step": trainer.step, "normalized_score": None, "diverged": diverged})
     result = _rl_result(trial, trainer, start, time.perf_counter() - t0, diverged)
     tlog.info("finished %s: %s", trial["id"], result["final"])
-    if (
-        start == cfg.run.steps
-    ):  # resumed after the last checkpoint but before result.json: nothing left to train
+    # resumed after the last checkpoint but before result.json: nothing left to train
+    if start == cfg.run.steps:
         report({"step": trainer.step, "normalized_score": result["final"].get("normalized_score")})
     return result
 
