@@ -10,12 +10,12 @@ policy `tanh(mean)`, `eval_episodes` episodes on the dataset's gymnasium env, D4
 checkpoints (`checkpoint.pt`: networks, targets, optimisers, temperature, estimator state, generator and global RNG
 states, step, logger positions; the last one is written before the final evaluation). `--resume --run-dir DIR`
 continues a run exactly where its last checkpoint left it, with the run's own config (only `RESUME_OVERRIDABLE`
-fields such as `--steps` may change). Checkpoints are loaded weights-only (`rl._safe_load`). A run directory that
-holds files but not our marker (`.rl-run.json`) is never written to, and one run at a time writes to a run directory:
-it holds the lock file `.rl-run.lock` (its PID and host) while it runs; a second start there is refused, naming that
-PID, and the lock of a run that died (`kill -9`) is taken over by the next start. `--import MODULE` (repeatable; a
-module name or a `.py` path, added to the config's `imports`) runs the user's code that registers estimators before
-the config's estimator is looked up.
+fields such as `--steps` may change). Checkpoints are loaded weights-only (`rl._safe_load`). The run folder is
+`rl.run_dir.RunDir`'s (the one scheme the SAC trainer shares): a folder that holds files but not our marker
+(`.rl-run.json`) is never written to, and one process at a time writes to it, holding the lock `.rl-run.lock` (a
+second start is refused, naming that PID; the lock of a run that died is taken over by the next start).
+`--import MODULE` (repeatable; a module name or a `.py` path, added to the config's `imports`) runs the user's code
+that registers estimators before the config's estimator is looked up.
 
 Every check (config, device, dataset, env, run dir, checkpoint) runs before the first write: a misuse ends in one
 `error:` line and exit status 2 with the run dir as it was (`--debug` shows the traceback, `--dry-run` only checks).
@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
-import json
 import math
 import random
 import re
-import shutil
 import sys
 import time
 import traceback
@@ -44,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl._atomic import FileLock, LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
 from rl.agents import TrainConfig, config_class, config_keys, flat_config, make_agent
 from rl.agents.base import OfflineAgent, check_finite_logs
@@ -60,6 +56,7 @@ from rl.config import (
 from rl.data.references import behaviour_score, first_normalized_score
 from rl.evaluation import evaluate
 from rl.plugins import import_modules
+from rl.run_dir import RunDir, RunDirError
 
 __all__ = [
     "Trainer",
@@ -73,10 +70,16 @@ __all__ = [
     "main",
 ]
 
-MARKER = ".rl-run.json"
-LOCK = ".rl-run.lock"  # held by the process that writes the run dir (rl._atomic.acquire_lock)
-_OWN_FILES = r"checkpoint\.pt|config\.yaml|\.rl-run\.json"  # what rl.train writes atomically in a run dir
-CHECKPOINT_KEYS = ("config", "agent", "step", "evals", "offsets", "log_sums", "log_counts", "rng")
+LOGS = ("progress.csv", "eval.csv")
+CHECKPOINT_KEYS = (
+    "config",
+    "agent",
+    "step",
+    "evals",
+    "log_sums",
+    "log_counts",
+    "rng",
+)  # and RunDir's offsets
 #: the fields a resumed run may change: how long it runs, how often it logs, evaluates and checkpoints, where
 #: and on what it computes. Everything else is the run's identity and comes from its checkpoint.
 RESUME_OVERRIDABLE = (
@@ -97,10 +100,6 @@ RESUME_OVERRIDABLE = (
 
 class TrainingError(RuntimeError):
     """A NaN/inf or diverging term; the message names the step and the term."""
-
-
-class RunDirError(RuntimeError):
-    """The run directory is not ours, holds a run and `--resume` was not given, or another process runs in it."""
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -287,7 +286,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.quiet = cfg, quiet
         self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
-        self._lock: FileLock | None = None
+        self.folder = RunDir(self.run_dir, "rl.train", LOGS, own_files=r"config\.yaml", fresh_clears=("tb",))
         self._closed = False
         # First, so that the estimators the user's modules register exist when the agent looks its name up.
         import_modules(cfg.run.imports)
@@ -310,7 +309,6 @@ class Trainer:
         self.step = 0
         self.checkpoint_step: int | None = None  # the step `checkpoint.pt` holds (None: none written yet)
         self.evals: list[dict[str, Any]] = []
-        self.offsets = {"progress.csv": 0, "eval.csv": 0}
         self._sums: dict[str, torch.Tensor] = {}
         # Counted per key: some terms are logged on some steps only (TD3+BC's delayed actor).
         self._counts: dict[str, int] = {}
@@ -322,38 +320,13 @@ class Trainer:
     # -- run directory ---------------------------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.folder.checkpoint
 
     def _check_run_dir(self, resume: bool) -> dict[str, Any] | None:
-        """Refuse a directory that is not ours, a second run over a checkpoint, and a resume of nothing or of
-        another run; reads but writes nothing. Returns the checkpoint to resume (None for a fresh start)."""
-        d = self.run_dir
-        if d.exists() and not d.is_dir():
-            raise RunDirError(f"--run-dir {d} is a file, not a directory")
-        try:  # first: another run's files are in flux, and what they say is its business
-            check_lock(d / LOCK, what=f"--run-dir {d}")
-        except LockError as err:
-            raise RunDirError(str(err)) from None
-        ours = (d / MARKER).exists()
-        # a lock alone is what a start killed before it wrote the marker leaves
-        if d.exists() and any(p.name != LOCK for p in d.iterdir()) and not ours:
-            raise RunDirError(
-                f"{d} holds files that are not from rl.train (no {MARKER}); choose another --run-dir"
-            )
-        if not resume:
-            if self.ckpt_path.exists():
-                raise RunDirError(
-                    f"{d} already holds a run; pass --resume to continue it or choose another --run-dir"
-                )
+        """`RunDir.check`, then whether the checkpoint is this run's and not past its steps."""
+        blob = self.folder.check(resume, required=CHECKPOINT_KEYS)
+        if blob is None:
             return None
-        if not ours:
-            raise RunDirError(f"--resume: {d} holds no run (no {MARKER}); start one without --resume")
-        if not self.ckpt_path.exists():
-            raise RunDirError(
-                f"--resume: {d} holds a run that stopped before its first checkpoint; start it again without "
-                "--resume"
-            )
-        blob = load_torch_file(self.ckpt_path, required=CHECKPOINT_KEYS, map_location="cpu")
         check_resume_config(blob["config"], self.cfg, self.ckpt_path)
         done = blob["step"]
         if isinstance(done, int) and done > self.cfg.run.steps:
@@ -365,43 +338,17 @@ class Trainer:
         return blob
 
     def _claim_run_dir(self) -> None:
-        d = self.run_dir
-        d.mkdir(parents=True, exist_ok=True)
+        self.folder.claim(fresh=self.step == 0, about={"algo": self.cfg.algo})
         try:
-            self._lock = acquire_lock(d / LOCK, "rl.train", what=f"--run-dir {d}")
-        except LockError as err:  # another start got there between the check and now
-            raise RunDirError(str(err)) from None
-        try:
-            self._write_claim()
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
         except BaseException:
             self.close()
             raise
 
-    def _write_claim(self) -> None:
-        d = self.run_dir
-        remove_stale_temps(d, _OWN_FILES)
-        if not (d / MARKER).exists():
-            text = json.dumps({"tool": "rl.train", "algo": self.cfg.algo, "created": time.time()})
-            atomic_write(d / MARKER, lambda tmp: Path(tmp).write_text(text))
-        if self.step == 0:  # a fresh start over a run that never reached a checkpoint: its logs are void
-            for name in self.offsets:
-                (d / name).unlink(missing_ok=True)
-            if (d / "tb").is_dir():
-                shutil.rmtree(d / "tb")
-        else:  # drop rows logged after the checkpoint: they will be redone
-            for name, off in self.offsets.items():
-                p = d / name
-                if p.exists():
-                    with open(p, "r+b") as f:
-                        f.truncate(off)
-        save_yaml(self.cfg, d / "config.yaml")
-
     def close(self) -> None:
         """Release the run dir's lock (a second call does nothing); the trainer trains no more afterwards."""
         self._closed = True
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self.folder.close()
 
     def __enter__(self) -> Trainer:
         return self
@@ -416,7 +363,6 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "step": self.step,
             "evals": self.evals,
-            "offsets": dict(self.offsets),
             "log_sums": {k: v.detach().cpu() for k, v in self._sums.items()},
             "log_counts": dict(self._counts),
             "rng": {
@@ -425,13 +371,13 @@ class Trainer:
                 "python": random.getstate(),
             },
         }
-        atomic_write(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
+        self.folder.save_checkpoint(blob)
         self.checkpoint_step = self.step
 
     def _restore(self, blob: dict[str, Any]) -> None:
         try:
             self.agent.load_state_dict(blob["agent"])
-            step, evals, offsets = int(blob["step"]), list(blob["evals"]), dict(blob["offsets"])
+            step, evals = int(blob["step"]), list(blob["evals"])
             sums = {k: v.to(self.agent.device) for k, v in blob["log_sums"].items()}
             counts = dict(blob["log_counts"])
             torch.set_rng_state(blob["rng"]["torch"])
@@ -440,20 +386,10 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{self.ckpt_path} does not fit this run's agent: {msg}") from None
-        self.step, self.evals, self.offsets, self._sums, self._counts = step, evals, offsets, sums, counts
+        self.step, self.evals, self._sums, self._counts = step, evals, sums, counts
         self.checkpoint_step = step
 
     # -- logging ---------------------------------------------------------------------------------------------------
-    def _append_csv(self, name: str, row: dict[str, Any]) -> None:
-        p = self.run_dir / name
-        new = not p.exists() or p.stat().st_size == 0
-        with open(p, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        self.offsets[name] = p.stat().st_size
-
     def _tb(self):
         if not hasattr(self, "_writer"):
             try:
@@ -472,7 +408,7 @@ class Trainer:
             **{k: round(v, 6) for k, v in means.items()},
             "updates_per_s": round(rate, 3),
         }
-        self._append_csv("progress.csv", row)
+        self.folder.append_csv("progress.csv", row)
         tb = self._tb()
         if tb is not None:
             for k, v in means.items():
@@ -493,7 +429,7 @@ class Trainer:
             "normalized_score": first_normalized_score((cfg.run.dataset, self.env_id), mean),
         }
         self.evals.append(rec)
-        self._append_csv("eval.csv", rec)
+        self.folder.append_csv("eval.csv", rec)
         tb = self._tb()
         if tb is not None:
             tb.add_scalar("eval/return", mean, self.step)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import json
 import os
@@ -49,6 +48,7 @@ from rl.collect.snapshots import save_policy_snapshot
 from rl.common import actor_loss, alpha_loss, critic_loss, make_adam, soft_update_, td_target
 from rl.evaluation import evaluate, make_env, scale_action
 from rl.networks import QEnsemble, TanhGaussianPolicy
+from rl.run_dir import RunDir, RunDirError
 
 __all__ = ["SACConfig", "SAC", "ReplayBuffer", "Trainer", "main"]
 
@@ -277,10 +277,27 @@ SAC_CHECKPOINT_KEYS = (
 
 
 class Trainer:
-    """Runs SAC on one environment with checkpoints, evaluations and snapshots in `run_dir`."""
+    """Runs SAC on one environment with checkpoints, evaluations and snapshots in `run_dir`.
 
-    def __init__(self, cfg: SACConfig, run_dir: str | os.PathLike, quiet: bool = False) -> None:
+    The run folder is `rl.run_dir.RunDir`'s, as `rl.train`'s is: its marker and lock, a fresh start refused over a
+    checkpoint, `resume=True` continuing from `checkpoint.pt` (whose `env` and `seed` must be this config's), and
+    `train_log.csv` cut back on resume to the rows before the checkpoint. Every check runs before the first write;
+    the lock is held until `close()` (also a `with` block's end, or the process's exit).
+    """
+
+    def __init__(
+        self, cfg: SACConfig, run_dir: str | os.PathLike, resume: bool = False, quiet: bool = False
+    ) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.folder = RunDir(
+            self.run_dir,
+            "rl.collect.sac",
+            ("train_log.csv",),
+            own_files=r"config\.json|evals\.json|buffer_\d{8}\.npz",
+        )
+        blob = self.folder.check(resume, required=SAC_CHECKPOINT_KEYS)
+        if blob is not None:
+            self._check_resume_config(blob["config"])
         self.env = make_env(cfg.env)
         obs_dim = int(np.prod(self.env.observation_space.shape))
         act_dim = int(np.prod(self.env.action_space.shape))
@@ -292,15 +309,34 @@ class Trainer:
         self.ep_return, self.ep_len = 0.0, 0
         self.obs = self.env.reset(seed=cfg.seed)[0].astype(np.float32)
         self.evals: list[dict[str, Any]] = []
+        if blob is not None:
+            self._restore(blob)
+        self.folder.claim(fresh=blob is None)
+        try:
+            remove_stale_temps(self.run_dir / "snapshots", r"step_\d{7}\.pt")
+            cfg_json = json.dumps(dataclasses.asdict(cfg), indent=1)
+            atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (a second call does nothing)."""
+        self.folder.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- checkpointing --------------------------------------------------------------------------------------------
     @property
     def ckpt_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.folder.checkpoint
 
     def save_checkpoint(self) -> None:
         """Atomic: the buffer file (named by step) first, then the checkpoint that names it, then old buffers go."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         buf_name = f"buffer_{self.step:08d}.npz"
         buf_state = self.buffer.state()
 
@@ -309,32 +345,37 @@ class Trainer:
                 np.savez(f, **buf_state)
 
         atomic_write(self.run_dir / buf_name, write_npz)
-        blob = {
-            "config": dataclasses.asdict(self.cfg),
-            "agent": self.agent.state_dict(),
-            "step": self.step,
-            "episode": self.episode,
-            "ep_return": self.ep_return,
-            "ep_len": self.ep_len,
-            "obs": self.obs,
-            "physics": _physics_state(self.env),
-            "buffer_file": buf_name,
-            "evals": self.evals,
-        }
-        atomic_write(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
+        self.folder.save_checkpoint(
+            {
+                "config": dataclasses.asdict(self.cfg),
+                "agent": self.agent.state_dict(),
+                "step": self.step,
+                "episode": self.episode,
+                "ep_return": self.ep_return,
+                "ep_len": self.ep_len,
+                "obs": self.obs,
+                "physics": _physics_state(self.env),
+                "buffer_file": buf_name,
+                "evals": self.evals,
+            }
+        )
         for p in self.run_dir.glob("buffer_*.npz"):
             if p.name != buf_name:
                 p.unlink()
 
-    def load_checkpoint(self) -> None:
-        blob = load_torch_file(self.ckpt_path, required=SAC_CHECKPOINT_KEYS)
-        saved_cfg = blob["config"]
+    def _check_resume_config(self, saved: Any) -> None:
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"{self.ckpt_path}: its 'config' is a {type(saved).__name__}, not a mapping"
+            )
         for key in ("env", "seed"):
-            if saved_cfg[key] != getattr(self.cfg, key):
-                raise ValueError(
-                    f"--resume: checkpoint {self.ckpt_path} was made with {key}={saved_cfg[key]!r}, "
+            if saved.get(key) != getattr(self.cfg, key):
+                raise RunDirError(
+                    f"--resume: checkpoint {self.ckpt_path} was made with {key}={saved.get(key)!r}, "
                     f"but this run asks for {key}={getattr(self.cfg, key)!r}"
                 )
+
+    def _restore(self, blob: dict[str, Any]) -> None:
         name = blob["buffer_file"]
         if not isinstance(name, str) or not re.fullmatch(r"buffer_\d{8}\.npz", name):
             raise CheckpointError(f"{self.ckpt_path}: buffer_file {name!r} is not a buffer file name")
@@ -387,50 +428,43 @@ class Trainer:
         """Run until `until` (default `cfg.steps`) environment steps, checkpointing on the way and at the end."""
         cfg, agent, g = self.cfg, self.agent, self.agent.generator
         until = cfg.steps if until is None else min(until, cfg.steps)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.run_dir, r"checkpoint\.pt|config\.json|evals\.json|buffer_\d{8}\.npz")
-        remove_stale_temps(self.run_dir / "snapshots", r"step_\d{7}\.pt")
-        cfg_json = json.dumps(dataclasses.asdict(cfg), indent=1)
-        atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
         if self.step == 0 and not self.evals:
             self._evaluate_and_snapshot()  # the initial policy, step 0
-        log_path = self.run_dir / "train_log.csv"
-        new_log = not log_path.exists()
         t0, s0 = time.time(), self.step
-        with open(log_path, "a", newline="") as lf:
-            writer = csv.writer(lf)
-            if new_log:
-                writer.writerow(["step", "episode", "episode_return", "episode_length", "steps_per_s"])
-            while self.step < until:
-                if self.step < cfg.start_steps:
-                    a = (torch.rand(agent.act_dim, generator=g) * 2.0 - 1.0).numpy()
-                else:
-                    a = agent.policy.act(self.obs, deterministic=False, generator=g)
-                nobs, r, term, trunc, _ = self.env.step(scale_action(a, self.low, self.high))
-                nobs = nobs.astype(np.float32)
-                self.buffer.add(self.obs, a, float(r), nobs, bool(term))
-                self.ep_return += float(r)
-                self.ep_len += 1
-                self.step += 1
-                if term or trunc:
-                    rate = (self.step - s0) / max(time.time() - t0, 1e-9)
-                    writer.writerow(
-                        [self.step, self.episode, f"{self.ep_return:.3f}", self.ep_len, f"{rate:.1f}"]
-                    )
-                    self.episode += 1
-                    self.ep_return, self.ep_len = 0.0, 0
-                    nobs = self.env.reset()[0].astype(np.float32)
-                self.obs = nobs
-                if self.step >= cfg.start_steps:
-                    for _ in range(cfg.updates_per_step):
-                        agent.update(self.buffer.sample(cfg.batch_size, g))
-                if self.step % cfg.eval_every == 0:
-                    self._evaluate_and_snapshot()
-                if self.step % cfg.checkpoint_every == 0 or self.step == until:
-                    lf.flush()
-                    self.save_checkpoint()
-                    rate = (self.step - s0) / max(time.time() - t0, 1e-9)
-                    self._log(f"[{cfg.env}] step {self.step}/{cfg.steps} checkpoint ({rate:.0f} steps/s)")
+        while self.step < until:
+            if self.step < cfg.start_steps:
+                a = (torch.rand(agent.act_dim, generator=g) * 2.0 - 1.0).numpy()
+            else:
+                a = agent.policy.act(self.obs, deterministic=False, generator=g)
+            nobs, r, term, trunc, _ = self.env.step(scale_action(a, self.low, self.high))
+            nobs = nobs.astype(np.float32)
+            self.buffer.add(self.obs, a, float(r), nobs, bool(term))
+            self.ep_return += float(r)
+            self.ep_len += 1
+            self.step += 1
+            if term or trunc:
+                rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+                row = {
+                    "step": self.step,
+                    "episode": self.episode,
+                    "episode_return": f"{self.ep_return:.3f}",
+                    "episode_length": self.ep_len,
+                    "steps_per_s": f"{rate:.1f}",
+                }
+                self.folder.append_csv("train_log.csv", row)
+                self.episode += 1
+                self.ep_return, self.ep_len = 0.0, 0
+                nobs = self.env.reset()[0].astype(np.float32)
+            self.obs = nobs
+            if self.step >= cfg.start_steps:
+                for _ in range(cfg.updates_per_step):
+                    agent.update(self.buffer.sample(cfg.batch_size, g))
+            if self.step % cfg.eval_every == 0:
+                self._evaluate_and_snapshot()
+            if self.step % cfg.checkpoint_every == 0 or self.step == until:
+                self.save_checkpoint()
+                rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+                self._log(f"[{cfg.env}] step {self.step}/{cfg.steps} checkpoint ({rate:.0f} steps/s)")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -465,26 +499,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             start_steps=args.start_steps,
         )
-        trainer = Trainer(cfg, run_dir)
-        if (run_dir / "checkpoint.pt").exists():
-            if not args.resume:
-                raise ValueError(
-                    f"{run_dir}/checkpoint.pt exists; pass --resume to continue it or choose another --run-dir"
-                )
-            done = int(load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)["step"])
-            if (
-                done >= cfg.steps
-            ):  # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
+        resume = args.resume and (run_dir / "checkpoint.pt").exists()
+        if resume:
+            done = load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)["step"]
+            if isinstance(done, int) and done >= cfg.steps:
+                # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
                 print(f"{cfg.env}: {run_dir} is already at step {done} >= --steps {cfg.steps}; nothing to do")
                 return 0
-            trainer.load_checkpoint()
+        trainer = Trainer(cfg, run_dir, resume=resume)
+        if resume:
             print(f"resumed {cfg.env} at step {trainer.step}", flush=True)
     except Exception as e:  # noqa: BLE001 - one line per misuse; --debug shows where
         if args.debug:
             raise
         print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 2
-    trainer.train()
+    with trainer:
+        trainer.train()
     best = max(trainer.evals, key=lambda r: r["return_mean"]) if trainer.evals else None
     if best is not None:
         print(

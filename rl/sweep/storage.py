@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rl.run_dir import CHECKPOINT, LOCK, MARKER
+
 STATE = "sweep-state.json"
 RAY = "ray"
 HANDOFF = "handoff"
 INDEX = ".mirror.json"
 #: files of a run folder that are not data: the lock of the process writing it (its PID and host mean nothing on
 #: another node)
-SKIP = (".rl-run.lock",)
+SKIP = (LOCK,)
 #: files written whole and put in place by rename (so a hard link to one is a snapshot)
-REPLACED = ("checkpoint.pt", "config.yaml", ".rl-run.json", "result.json")
+REPLACED = (CHECKPOINT, "config.yaml", MARKER, "result.json")
 
 
 @dataclass(frozen=True)

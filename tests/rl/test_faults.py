@@ -664,24 +664,25 @@ def test_damaged_sac_checkpoints_and_buffers_fail_by_name(tmp_path):
     from rl.collect.sac import Trainer as SACTrainer
 
     cfg = _tiny_cfg(40)
-    SACTrainer(cfg, tmp_path, quiet=True).train()
+    with SACTrainer(cfg, tmp_path, quiet=True) as trainer:
+        trainer.train()
     ckpt, (buf,) = tmp_path / "checkpoint.pt", list(tmp_path.glob("buffer_*.npz"))
     good_ckpt, good_buf = ckpt.read_bytes(), buf.read_bytes()
     for data in (good_ckpt[:100], b"", b"PK\x03\x04" + good_ckpt[4:1000]):
         ckpt.write_bytes(data)
         with pytest.raises(CheckpointError, match="checkpoint.pt"):
-            SACTrainer(cfg, tmp_path, quiet=True).load_checkpoint()
+            SACTrainer(cfg, tmp_path, resume=True, quiet=True)
     ckpt.write_bytes(good_ckpt)
     for data in (good_buf[: len(good_buf) // 2], b"garbage"):
         buf.write_bytes(data)
         with pytest.raises(CheckpointError, match="replay buffer"):
-            SACTrainer(cfg, tmp_path, quiet=True).load_checkpoint()
+            SACTrainer(cfg, tmp_path, resume=True, quiet=True)
     buf.write_bytes(good_buf)
     blob = load_torch_file(ckpt)
     blob["buffer_file"] = "../../etc/passwd"
     torch.save(blob, ckpt)
     with pytest.raises(CheckpointError, match="not a buffer file name"):
-        SACTrainer(cfg, tmp_path, quiet=True).load_checkpoint()
+        SACTrainer(cfg, tmp_path, resume=True, quiet=True)
 
 
 def test_damaged_minari_files_fail_by_name(tmp_path):

@@ -10,6 +10,7 @@ from rl.collect.sac import SAC, ReplayBuffer, SACConfig, Trainer
 from rl.collect.sac import main as sac_main
 from rl.collect.snapshots import load_policy_snapshot
 from rl.common import actor_loss, alpha_loss, critic_loss, soft_update_, td_target
+from rl.run_dir import RunDirError
 
 
 def test_td_target_honours_terminals_and_entropy() -> None:
@@ -102,8 +103,8 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path) -> None:
     # interrupted: stop at 60 (checkpoint at 40 and at 60), then a fresh process-like trainer resumes to 100
     part = Trainer(_tiny_cfg(100), tmp_path / "part", quiet=True)
     part.train(until=60)
-    resumed = Trainer(_tiny_cfg(100), tmp_path / "part", quiet=True)
-    resumed.load_checkpoint()
+    part.close()
+    resumed = Trainer(_tiny_cfg(100), tmp_path / "part", resume=True, quiet=True)
     assert resumed.step == 60
     resumed.train()
     a, b = full.agent.state_dict(), resumed.agent.state_dict()
@@ -119,20 +120,80 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path) -> None:
 
 
 def test_resume_refuses_other_env_or_seed(tmp_path) -> None:
-    t = Trainer(_tiny_cfg(40), tmp_path, quiet=True)
-    t.train()
+    with Trainer(_tiny_cfg(40), tmp_path, quiet=True) as t:
+        t.train()
     cfg = _tiny_cfg(40)
     cfg.seed = 4
-    with pytest.raises(ValueError, match="seed"):
-        Trainer(cfg, tmp_path, quiet=True).load_checkpoint()
+    with pytest.raises(RunDirError, match="seed=3, but this run asks for seed=4"):
+        Trainer(cfg, tmp_path, resume=True, quiet=True)
 
 
 def test_cli_resume_of_a_finished_stage_is_a_no_op(tmp_path, capsys) -> None:
     # A staged script reruns earlier stages with a smaller --steps (hence a smaller default buffer): that must
     # neither fail nor touch the run.
-    Trainer(_tiny_cfg(40), tmp_path, quiet=True).train()
+    with Trainer(_tiny_cfg(40), tmp_path, quiet=True) as t:
+        t.train()
     before = (tmp_path / "checkpoint.pt").read_bytes()
     code = sac_main(["--env", "Hopper-v5", "--steps", "20", "--run-dir", str(tmp_path), "--resume"])
     assert code == 0
     assert "already at step 40 >= --steps 20" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def _log_rows(path) -> list[list[str]]:
+    """train_log.csv without its timing column (steps_per_s differs from run to run)."""
+    lines = path.read_text().splitlines()
+    return [line.split(",")[:-1] for line in lines]
+
+
+def test_a_resume_after_a_kill_redoes_the_log_rows_past_the_checkpoint_once(tmp_path, monkeypatch) -> None:
+    torch.set_num_threads(1)
+    with Trainer(_tiny_cfg(100), tmp_path / "full", quiet=True) as full:
+        full.train()
+    part = Trainer(_tiny_cfg(100), tmp_path / "part", quiet=True)
+    calls = {"n": 0}
+    real = part.agent.update
+
+    def update_then_die(batch):
+        calls["n"] += 1
+        if part.step == 75:  # past the checkpoint at 40: episodes ended since then are in the log
+            raise KeyboardInterrupt
+        return real(batch)
+
+    monkeypatch.setattr(part.agent, "update", update_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        part.train()
+    part.close()
+    logged = _log_rows(tmp_path / "part" / "train_log.csv")
+    assert int(logged[-1][0]) > 40  # rows past the checkpoint were written
+    with Trainer(_tiny_cfg(100), tmp_path / "part", resume=True, quiet=True) as resumed:
+        assert resumed.step == 40
+        resumed.train()
+    want = _log_rows(tmp_path / "full" / "train_log.csv")
+    assert _log_rows(tmp_path / "part" / "train_log.csv") == want
+    assert len({row[0] for row in want}) == len(want)  # no step twice
+
+
+def test_the_sac_run_folder_is_locked_marked_and_refuses_other_folders(tmp_path) -> None:
+    import json
+    import os
+
+    with Trainer(_tiny_cfg(40), tmp_path / "run", quiet=True) as t:
+        held = json.loads((tmp_path / "run" / ".rl-run.lock").read_text())
+        assert (held["pid"], held["tool"]) == (os.getpid(), "rl.collect.sac")
+        t.train()
+    assert not (tmp_path / "run" / ".rl-run.lock").exists()
+    assert json.loads((tmp_path / "run" / ".rl-run.json").read_text())["tool"] == "rl.collect.sac"
+    with pytest.raises(RunDirError, match="already holds a run; pass --resume"):
+        Trainer(_tiny_cfg(40), tmp_path / "run", quiet=True)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not from rl.collect.sac"):
+        Trainer(_tiny_cfg(40), foreign, quiet=True)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / ".rl-run.json").write_text(json.dumps({"tool": "rl.train", "algo": "bc"}))
+    with pytest.raises(RunDirError, match="holds a run of rl.train, not of rl.collect.sac"):
+        Trainer(_tiny_cfg(40), offline, resume=True, quiet=True)
