@@ -71,15 +71,8 @@ __all__ = [
 ]
 
 LOGS = ("progress.csv", "eval.csv")
-CHECKPOINT_KEYS = (
-    "config",
-    "agent",
-    "step",
-    "evals",
-    "log_sums",
-    "log_counts",
-    "rng",
-)  # and RunDir's offsets
+#: what a checkpoint holds besides the logs' sizes that `RunDir` adds
+CHECKPOINT_KEYS = ("config", "agent", "step", "evals", "log_sums", "log_counts", "rng")
 #: the fields a resumed run may change: how long it runs, how often it logs, evaluates and checkpoints, where
 #: and on what it computes. Everything else is the run's identity and comes from its checkpoint.
 RESUME_OVERRIDABLE = (

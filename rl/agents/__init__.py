@@ -112,7 +112,7 @@ class TrainConfig:
         algo = flat.pop("algo", "mi")
         agent_cls = config_class(algo)
         run_names, agent_names = set(field_names(RunConfig)), set(field_names(agent_cls))
-        flat = drop_retired(RunConfig, drop_retired(agent_cls, flat, where), where)
+        flat = cls.drop_retired(algo, flat, where)
         parts: dict[str, dict[str, Any]] = {"run": {}, "agent": {}}
         for key, value in flat.items():
             section = "run" if key in run_names else "agent" if key in agent_names else None
@@ -124,6 +124,12 @@ class TrainConfig:
             parts[section][key] = value
         run = build(RunConfig, {**agent_cls.RUN_DEFAULTS, **parts["run"]}, where)
         return cls(algo, run, build(agent_cls, parts["agent"], where))
+
+    @staticmethod
+    def drop_retired(algo: str, flat: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+        """The flat config `flat` of `algo` without the retired keys of its algorithm and of the run at their old
+        defaults (what an earlier version wrote); a retired key at another value is a `ConfigError`."""
+        return drop_retired(RunConfig, drop_retired(config_class(algo), dict(flat), where), where)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form: `algo`, the run's fields, the algorithm's (plain data: lists, not tuples)."""

@@ -56,11 +56,10 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 def _drift(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
     """None when the saved config equals `cfg` (up to `IGNORED_DRIFT`); else which keys differ."""
     from rl.agents import TrainConfig
-    from rl.config import ConfigError, RunConfig, drop_retired, to_dict
+    from rl.config import ConfigError, to_dict
 
     try:  # a key an earlier version wrote at the default of a setting since moved is no difference
-        saved = drop_retired(type(cfg.agent), saved, "the run's config")
-        saved = drop_retired(RunConfig, saved, "the run's config")
+        saved = TrainConfig.drop_retired(cfg.algo, saved, "the run's config")
     except ConfigError as e:
         return str(e)
     # a field the run predates counts at its default, as `rl.train --resume` reads it

@@ -18,7 +18,7 @@ import shutil
 import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,7 @@ def _train_trial(
     every = cfg.run.eval_every or cfg.run.checkpoint_every
     diverged = None
     try:
-        while trainer.step < cfg.run.steps:
-            trainer.train(until=min(cfg.run.steps, (trainer.step // every + 1) * every))
+        for _ in _stretches(trainer, cfg.run.steps, every):
             last = trainer.evals[-1] if trainer.evals else {}
             metrics = {
                 "step": trainer.step,
@@ -102,7 +101,6 @@ def _train_trial(
             }
             tlog.info("%s step %d: %s", trial["id"], trainer.step, metrics)
             report(metrics)
-        trainer.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
     except TrainingError as err:
         # A NaN or a term past `max_abs_loss` is what the algorithm does on this seed, not a fault to retry: resume
         # is exact, so a rerun from the checkpoint replays the same updates and diverges at the same step.
@@ -115,6 +113,19 @@ def _train_trial(
     if start == cfg.run.steps:
         report({"step": trainer.step, "normalized_score": result["final"].get("normalized_score")})
     return result
+
+
+def _stretches(
+    runner: Any, steps: int, every: int, going: Callable[[], bool] = lambda: True
+) -> Iterator[None]:
+    """Train `runner` (a `Trainer` or a `SeedGroup`) to `steps` in stretches that end at the multiples of `every`
+    (its evaluations, else its checkpoints), yielding after each while `going()`; then the final evaluation that a
+    run killed inside it lacks (a no-op otherwise)."""
+    while going() and runner.step < steps:
+        runner.train(until=min(steps, (runner.step // every + 1) * every))
+        yield
+    if going():
+        runner.train()
 
 
 def _rl_result(
@@ -181,12 +192,9 @@ def _run_rl_pack(trial: dict[str, Any], out: Path, report: Callable) -> dict[str
             }
 
         trained = False
-        while live() and group.step < first.run.steps:
-            group.train(until=min(first.run.steps, (group.step // every + 1) * every))
+        for _ in _stretches(group, first.run.steps, every, going=lambda: bool(live())):
             report(progress())
             trained = True
-        if live():
-            group.train()  # a no-op, unless the run was killed inside its last evaluation: then that evaluation
         if not trained:  # resumed after the last checkpoints but before the result.json files
             report(progress())
         results = []
