@@ -276,6 +276,18 @@ SAC_CHECKPOINT_KEYS = (
 )
 
 
+def check_resume_config(saved: Any, cfg: SACConfig, where: Path) -> None:
+    """`RunDirError` when the config saved in the checkpoint `where` is of another env or seed than `cfg`."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{where}: its 'config' is a {type(saved).__name__}, not a mapping")
+    for key in ("env", "seed"):
+        if saved.get(key) != getattr(cfg, key):
+            raise RunDirError(
+                f"--resume: checkpoint {where} was made with {key}={saved.get(key)!r}, "
+                f"but this run asks for {key}={getattr(cfg, key)!r}"
+            )
+
+
 class Trainer:
     """Runs SAC on one environment with checkpoints, evaluations and snapshots in `run_dir`.
 
@@ -297,7 +309,7 @@ class Trainer:
         )
         blob = self.folder.check(resume, required=SAC_CHECKPOINT_KEYS)
         if blob is not None:
-            self._check_resume_config(blob["config"])
+            check_resume_config(blob["config"], cfg, self.ckpt_path)
         self.env = make_env(cfg.env)
         obs_dim = int(np.prod(self.env.observation_space.shape))
         act_dim = int(np.prod(self.env.action_space.shape))
@@ -362,18 +374,6 @@ class Trainer:
         for p in self.run_dir.glob("buffer_*.npz"):
             if p.name != buf_name:
                 p.unlink()
-
-    def _check_resume_config(self, saved: Any) -> None:
-        if not isinstance(saved, dict):
-            raise CheckpointError(
-                f"{self.ckpt_path}: its 'config' is a {type(saved).__name__}, not a mapping"
-            )
-        for key in ("env", "seed"):
-            if saved.get(key) != getattr(self.cfg, key):
-                raise RunDirError(
-                    f"--resume: checkpoint {self.ckpt_path} was made with {key}={saved.get(key)!r}, "
-                    f"but this run asks for {key}={getattr(self.cfg, key)!r}"
-                )
 
     def _restore(self, blob: dict[str, Any]) -> None:
         name = blob["buffer_file"]
@@ -501,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         resume = args.resume and (run_dir / "checkpoint.pt").exists()
         if resume:
-            done = load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)["step"]
+            saved = load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)
+            check_resume_config(saved["config"], cfg, run_dir / "checkpoint.pt")
+            done = saved["step"]
             if isinstance(done, int) and done >= cfg.steps:
                 # a staged script reruns earlier stages: nothing to do (and a smaller buffer)
                 print(f"{cfg.env}: {run_dir} is already at step {done} >= --steps {cfg.steps}; nothing to do")

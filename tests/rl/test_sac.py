@@ -134,10 +134,17 @@ def test_cli_resume_of_a_finished_stage_is_a_no_op(tmp_path, capsys) -> None:
     with Trainer(_tiny_cfg(40), tmp_path, quiet=True) as t:
         t.train()
     before = (tmp_path / "checkpoint.pt").read_bytes()
-    code = sac_main(["--env", "Hopper-v5", "--steps", "20", "--run-dir", str(tmp_path), "--resume"])
+    code = sac_main(
+        ["--env", "Hopper-v5", "--steps", "20", "--seed", "3", "--run-dir", str(tmp_path), "--resume"]
+    )
     assert code == 0
     assert "already at step 40 >= --steps 20" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    # ... but not the resume of another seed: that is refused before the step is looked at
+    code = sac_main(
+        ["--env", "Hopper-v5", "--steps", "20", "--seed", "4", "--run-dir", str(tmp_path), "--resume"]
+    )
+    assert code == 2 and "seed=3, but this run asks for seed=4" in capsys.readouterr().err
 
 
 def _log_rows(path) -> list[list[str]]:
