@@ -7,9 +7,10 @@ tree, compared bit for bit.
 For each `configs/<algo>/hopper-medium-v5.yaml`, `python -m rl.train` runs `--steps` updates on one thread with
 no evaluation, once in a detached git worktree of `--against` and once in this tree (each with its own code on
 `PYTHONPATH`, both on the same cached dataset); `sac` is the behaviour-policy SAC (`python -m rl.collect.sac`,
-`--sac-steps` environment steps on Hopper-v5, the first half random, a dozen episodes). The two `checkpoint.pt` files must hold equal
-agent states (every tensor `torch.equal`: networks, targets, optimiser moments, temperatures, generator states,
-estimator state) and equal steps, and the two logs (`progress.csv`, SAC's `train_log.csv`) equal rows less their
+`--sac-steps` environment steps on Hopper-v5, the first half random, a dozen episodes). The two `checkpoint.pt` files must be equal (every
+tensor `torch.equal` and every array `np.array_equal`: networks, targets, optimiser moments, temperatures, the
+agent's generators and the global RNG states, estimator state, logged-loss sums, evaluations; SAC's replay position,
+observation and MuJoCo state) less their config, log sizes and wall-clock times, and the two logs (`progress.csv`, SAC's `train_log.csv`) equal rows less their
 timing column. Prints one row per algorithm and exits 1 if any differs. Not part of CI: it trains twelve short
 runs (under a minute each on this CPU, the first one generating hopper-medium-v5 if it is not cached).
 """
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +60,11 @@ def _train(tree: Path, algo: str, steps: int, run_dir: Path) -> None:
 
 
 def _differences(a: Any, b: Any, where: str = "") -> list[str]:
-    """The paths at which two checkpoint values differ (tensors by `torch.equal`, the rest by `==`)."""
+    """The paths at which two checkpoint values differ (tensors by `torch.equal`, arrays by `np.array_equal`, the
+    rest by `==`)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        same = isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+        return [] if same and np.array_equal(a, b) else [where]
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
         return [] if same and a.shape == b.shape and torch.equal(a, b) else [where]
@@ -79,7 +85,7 @@ def _log_rows(path: Path, timing: str) -> list[dict[str, str]]:
 
 
 def _count_tensors(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (torch.Tensor, np.ndarray)):
         return 1
     if isinstance(value, dict):
         return sum(_count_tensors(v) for v in value.values())
@@ -88,16 +94,25 @@ def _count_tensors(value: Any) -> int:
     return 0
 
 
+def _comparable(blob: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint less what names the run rather than states it: its config (the run folder), the logs' sizes
+    (the timing column's width) and the wall-clock time of SAC's evaluations."""
+    out = {k: v for k, v in blob.items() if k not in ("config", "offsets")}
+    if isinstance(out.get("evals"), list):
+        out["evals"] = [{k: v for k, v in e.items() if k != "time"} for e in out["evals"]]
+    return out
+
+
 def compare(ref: Path, new: Path, trainer: str) -> tuple[list[str], int]:
-    """The differences between two run folders' checkpoints and logs, and the number of tensors compared."""
+    """The differences between two run folders' checkpoints and logs, and the number of tensors and arrays compared."""
     from rl._safe_load import load_torch_file
 
-    a, b = (load_torch_file(d / "checkpoint.pt", map_location="cpu") for d in (ref, new))
-    diffs = _differences(a["agent"], b["agent"], "agent") + _differences(a["step"], b["step"], "step")
+    a, b = (_comparable(load_torch_file(d / "checkpoint.pt", map_location="cpu")) for d in (ref, new))
+    diffs = _differences(a, b, "checkpoint")
     log, timing = LOGS[trainer]
     if _log_rows(ref / log, timing) != _log_rows(new / log, timing):
         diffs.append(log)
-    return diffs, _count_tensors(a["agent"])
+    return diffs, _count_tensors(a)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from rl._atomic import FileLock, LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
-from rl._safe_load import load_torch_file
+from rl._safe_load import CheckpointError, load_torch_file
 
 __all__ = ["RunDir", "RunDirError", "MARKER", "LOCK", "CHECKPOINT"]
 
@@ -73,6 +73,7 @@ class RunDir:
         self._own = "|".join(filter(None, (r"checkpoint\.pt|\.rl-run\.json", own_files)))
         self.offsets: dict[str, int] = dict.fromkeys(self.logs, 0)
         self._lock: FileLock | None = None
+        self._checked = False  # a checkpoint was read by `check`: `offsets` are its
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, tool={self.tool!r})"
@@ -82,10 +83,14 @@ class RunDir:
         return self.path / CHECKPOINT
 
     # -- before the first write ------------------------------------------------------------------------------------
-    def check(self, resume: bool, required: Sequence[str] = ()) -> dict[str, Any] | None:
+    def check(
+        self, resume: bool, required: Sequence[str] = (), sizes_recorded: bool = True
+    ) -> dict[str, Any] | None:
         """Refuse a folder that is a file, in use, not this tool's, a fresh start over a checkpoint, and a resume of
         nothing; reads but writes nothing. Returns the checkpoint to resume (weights-only loaded, holding the keys
-        `required`; `offsets` taken from it), or None for a fresh start."""
+        `required` and, with `sizes_recorded`, the logs' `offsets`, which are taken from it), or None for a fresh
+        start. Without `sizes_recorded`, a checkpoint written before the scheme recorded them keeps its logs
+        whole."""
         d, opt = self.path, self.option
         if d.exists() and not d.is_dir():
             raise RunDirError(f"{opt} {d} is a file, not a directory")
@@ -96,8 +101,12 @@ class RunDir:
         maker = self._maker()
         # a lock alone is what a start killed before it wrote the marker leaves
         if d.exists() and any(p.name != LOCK for p in d.iterdir()) and maker is None:
+            hint = ""
+            if self.checkpoint.exists():  # a run of this tool from before the marker, perhaps
+                marker = json.dumps({"tool": self.tool})
+                hint = f" (a run of {self.tool} from before folders were marked resumes once {d / MARKER} holds {marker})"
             raise RunDirError(
-                f"{d} holds files that are not from {self.tool} (no {MARKER}); choose another {opt}"
+                f"{d} holds files that are not from {self.tool} (no {MARKER}); choose another {opt}{hint}"
             )
         if maker is not None and maker != self.tool:
             raise RunDirError(f"{d} holds a run of {maker}, not of {self.tool}; choose another {opt}")
@@ -113,8 +122,10 @@ class RunDir:
             raise RunDirError(
                 f"--resume: {d} holds a run that stopped before its first checkpoint; start it again without --resume"
             )
-        blob = load_torch_file(self.checkpoint, required=required, map_location="cpu")
+        keys = (*required, "offsets") if sizes_recorded else tuple(required)
+        blob = load_torch_file(self.checkpoint, required=keys, map_location="cpu")
         self.offsets = self._saved_offsets(blob.get("offsets"))
+        self._checked = True
         return blob
 
     def _maker(self) -> str | None:
@@ -129,19 +140,19 @@ class RunDir:
         return str(tool) if tool else self.tool  # a marker that names no tool: taken as this tool's
 
     def _saved_offsets(self, saved: Any) -> dict[str, int]:
-        if (
-            saved is None
-        ):  # a checkpoint written before the logs' sizes were recorded: the logs are kept whole
+        if saved is None:  # a checkpoint from before the logs' sizes were recorded: the logs are kept whole
             return {
                 name: (self.path / name).stat().st_size if (self.path / name).exists() else 0
                 for name in self.logs
             }
         if not isinstance(saved, Mapping):
-            raise RunDirError(f"{self.checkpoint}: its 'offsets' is a {type(saved).__name__}, not a mapping")
+            raise CheckpointError(
+                f"{self.checkpoint}: its 'offsets' is a {type(saved).__name__}, not a mapping"
+            )
         out = dict.fromkeys(self.logs, 0)
         for name, off in saved.items():
             if name not in out or not isinstance(off, int) or off < 0:
-                raise RunDirError(
+                raise CheckpointError(
                     f"{self.checkpoint}: offsets[{name!r}] = {off!r} is not a size of one of {self.logs}"
                 )
             out[name] = off
@@ -151,7 +162,9 @@ class RunDir:
     def claim(self, fresh: bool, about: Mapping[str, Any] | None = None) -> None:
         """Make the folder, take its lock, remove stale temps, write the marker (with `about`, plain data, when it is
         new), and cut the logs back to `offsets` (`fresh`: remove them, and `fresh_clears`). The lock is held until
-        `close()`."""
+        `close()`. A resume (not `fresh`) must have been `check`ed: the sizes come from its checkpoint."""
+        if not fresh and not self._checked:
+            raise RuntimeError(f"RunDir.claim(fresh=False) of {self.path}: call check(resume=True) first")
         d = self.path
         d.mkdir(parents=True, exist_ok=True)
         try:
@@ -173,7 +186,7 @@ class RunDir:
             else:  # drop rows logged after the checkpoint: they will be redone
                 for name, off in self.offsets.items():
                     p = d / name
-                    if p.exists():
+                    if p.exists() and p.stat().st_size > off:  # never padded: a shorter log stays as it is
                         with open(p, "r+b") as f:
                             f.truncate(off)
         except BaseException:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from rl._atomic import atomic_write, remove_stale_temps
-from rl._safe_load import CheckpointError, load_torch_file
+from rl._safe_load import CheckpointError
 from rl.collect.snapshots import save_policy_snapshot
 from rl.common import actor_loss, alpha_loss, critic_loss, make_adam, soft_update_, td_target
 from rl.evaluation import evaluate, make_env, scale_action
@@ -276,6 +276,17 @@ SAC_CHECKPOINT_KEYS = (
 )
 
 
+def run_folder(run_dir: str | os.PathLike) -> RunDir:
+    """SAC's run folder: its log `train_log.csv`; its snapshots are void on a fresh start, as its log is."""
+    return RunDir(
+        run_dir,
+        "rl.collect.sac",
+        ("train_log.csv",),
+        own_files=r"config\.json|evals\.json|buffer_\d{8}\.npz",
+        fresh_clears=("snapshots",),
+    )
+
+
 def check_resume_config(saved: Any, cfg: SACConfig, where: Path) -> None:
     """`RunDirError` when the config saved in the checkpoint `where` is of another env or seed than `cfg`."""
     if not isinstance(saved, dict):
@@ -301,13 +312,9 @@ class Trainer:
         self, cfg: SACConfig, run_dir: str | os.PathLike, resume: bool = False, quiet: bool = False
     ) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
-        self.folder = RunDir(
-            self.run_dir,
-            "rl.collect.sac",
-            ("train_log.csv",),
-            own_files=r"config\.json|evals\.json|buffer_\d{8}\.npz",
-        )
-        blob = self.folder.check(resume, required=SAC_CHECKPOINT_KEYS)
+        self._closed = False
+        self.folder = run_folder(self.run_dir)
+        blob = self.folder.check(resume, required=SAC_CHECKPOINT_KEYS, sizes_recorded=False)
         if blob is not None:
             check_resume_config(blob["config"], cfg, self.ckpt_path)
         self.env = make_env(cfg.env)
@@ -333,7 +340,8 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Release the run folder's lock (a second call does nothing)."""
+        """Release the run folder's lock (a second call does nothing); the trainer trains no more afterwards."""
+        self._closed = True
         self.folder.close()
 
     def __enter__(self) -> Trainer:
@@ -428,6 +436,10 @@ class Trainer:
         """Run until `until` (default `cfg.steps`) environment steps, checkpointing on the way and at the end."""
         cfg, agent, g = self.cfg, self.agent, self.agent.generator
         until = cfg.steps if until is None else min(until, cfg.steps)
+        if self._closed:
+            raise RuntimeError(
+                f"this Trainer of {self.run_dir} is closed (its lock released); make a new one"
+            )
         if self.step == 0 and not self.evals:
             self._evaluate_and_snapshot()  # the initial policy, step 0
         t0, s0 = time.time(), self.step
@@ -500,8 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_steps=args.start_steps,
         )
         resume = args.resume and (run_dir / "checkpoint.pt").exists()
-        if resume:
-            saved = load_torch_file(run_dir / "checkpoint.pt", required=SAC_CHECKPOINT_KEYS)
+        # the folder's checks (lock, marker, this run's env and seed) before the finished-stage no-op
+        saved = run_folder(run_dir).check(resume, required=SAC_CHECKPOINT_KEYS, sizes_recorded=False)
+        if saved is not None:
             check_resume_config(saved["config"], cfg, run_dir / "checkpoint.pt")
             done = saved["step"]
             if isinstance(done, int) and done >= cfg.steps:

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from rl._safe_load import CheckpointError
 from rl.run_dir import LOCK, MARKER, RunDir, RunDirError
 
 
@@ -65,7 +66,7 @@ def test_a_checkpoint_with_bad_offsets_is_refused_by_name(tmp_path, offsets, mat
     d.claim(fresh=True)
     d.close()
     torch.save({"step": 1, "offsets": offsets}, tmp_path / "checkpoint.pt")
-    with pytest.raises(RunDirError, match=match):
+    with pytest.raises(CheckpointError, match=match):
         _folder(tmp_path).check(resume=True)
 
 
@@ -90,9 +91,29 @@ def test_a_checkpoint_without_offsets_keeps_the_logs_whole(tmp_path) -> None:
     d.append_csv("log.csv", {"step": 1})
     d.close()
     torch.save({"step": 1}, tmp_path / "checkpoint.pt")  # as a SAC run from before the scheme wrote it
+    with pytest.raises(CheckpointError, match="offsets"):  # where the sizes must be there (rl.train)
+        _folder(tmp_path).check(resume=True, required=("step",))
     again = _folder(tmp_path)
-    again.check(resume=True, required=("step",))
+    again.check(resume=True, required=("step",), sizes_recorded=False)
     again.claim(fresh=False)
     again.append_csv("log.csv", {"step": 2})
     assert (tmp_path / "log.csv").read_text().splitlines() == ["step", "1", "2"]
     again.close()
+
+
+def test_a_resume_claim_without_a_check_is_refused_before_any_log_is_cut(tmp_path) -> None:
+    d = _folder(tmp_path)
+    d.claim(fresh=True)
+    d.append_csv("log.csv", {"step": 1})
+    d.save_checkpoint({"step": 1})
+    d.close()
+    with pytest.raises(RuntimeError, match=r"call check\(resume=True\) first"):
+        _folder(tmp_path).claim(fresh=False)
+    assert (tmp_path / "log.csv").read_text().splitlines() == ["step", "1"]
+    assert not (tmp_path / LOCK).exists()
+
+
+def test_a_marker_less_folder_with_a_checkpoint_is_told_how_to_mark_it(tmp_path) -> None:
+    torch.save({"step": 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunDirError, match=r'no \.rl-run\.json.*resumes once .* holds \{"tool": "tool.a"\}'):
+        _folder(tmp_path).check(resume=True)

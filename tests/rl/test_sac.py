@@ -199,6 +199,17 @@ def test_the_sac_run_folder_is_locked_marked_and_refuses_other_folders(tmp_path)
     with pytest.raises(RunDirError, match="not from rl.collect.sac"):
         Trainer(_tiny_cfg(40), foreign, quiet=True)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    with pytest.raises(RuntimeError, match="is closed"):  # its lock is gone: it writes nothing more
+        t.train()
+    # a fresh start over a run killed before its first checkpoint voids its log and snapshots
+    killed = tmp_path / "killed"
+    with Trainer(_tiny_cfg(40), killed, quiet=True):
+        pass  # nothing trained: as a run killed before its first checkpoint
+    (killed / "snapshots").mkdir()
+    (killed / "snapshots" / "step_0000010.pt").write_bytes(b"of the killed run")
+    (killed / "train_log.csv").write_text("step\n3\n")
+    with Trainer(_tiny_cfg(40), killed, quiet=True):
+        assert not (killed / "snapshots").exists() and not (killed / "train_log.csv").exists()
     offline = tmp_path / "offline"
     offline.mkdir()
     (offline / ".rl-run.json").write_text(json.dumps({"tool": "rl.train", "algo": "bc"}))

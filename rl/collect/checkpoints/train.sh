@@ -4,6 +4,8 @@
 # each line is equivalent to the manifest's `command` (rl/collect/checkpoints/<Env>.json,
 # written when the trainer was `rl.sac`, now `rl.collect.sac`) run without interruption.
 # Rerunning the script continues from runs/sac/<Env>/checkpoint.pt; a stage already reached is a no-op.
+# (A runs/sac/<Env> folder written before run folders were marked needs its marker first:
+# echo '{"tool": "rl.collect.sac"}' > runs/sac/<Env>/.rl-run.json)
 set -e
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 common="--seed 0 --eval-every 5000 --checkpoint-every 10000 --resume"
