@@ -9,7 +9,7 @@ no evaluation, once in a detached git worktree of `--against` and once in this t
 `PYTHONPATH`, both on the same cached dataset); `sac` is the behaviour-policy SAC (`python -m rl.collect.sac`,
 `--sac-steps` environment steps on Hopper-v5, the first half random, a dozen episodes). The two `checkpoint.pt` files must be equal (every
 tensor `torch.equal` and every array `np.array_equal`: networks, targets, optimiser moments, temperatures, the
-agent's generators and the global RNG states, estimator state, logged-loss sums, evaluations; SAC's replay position,
+agent's generators and torch's global RNG state, estimator state, logged-loss sums, evaluations; SAC's replay position,
 observation and MuJoCo state) less their config, log sizes and wall-clock times, and the two logs (`progress.csv`, SAC's `train_log.csv`) equal rows less their
 timing column. Prints one row per algorithm and exits 1 if any differs. Not part of CI: it trains twelve short
 runs (under a minute each on this CPU, the first one generating hopper-medium-v5 if it is not cached).
@@ -96,8 +96,14 @@ def _count_tensors(value: Any) -> int:
 
 def _comparable(blob: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint less what names the run rather than states it: its config (the run folder), the logs' sizes
-    (the timing column's width) and the wall-clock time of SAC's evaluations."""
+    (the timing column's width), the wall-clock time of SAC's evaluations, and the global numpy and Python RNG
+    states (`rl.train` saves them for a user's code to resume with; nothing of ours seeds or draws from them, so
+    they differ from process to process)."""
     out = {k: v for k, v in blob.items() if k not in ("config", "offsets")}
+    if isinstance(
+        out.get("rng"), dict
+    ):  # numpy's and Python's global states are saved, never seeded or drawn from
+        out["rng"] = {k: v for k, v in out["rng"].items() if k not in ("numpy", "python")}
     if isinstance(out.get("evals"), list):
         out["evals"] = [{k: v for k, v in e.items() if k != "time"} for e in out["evals"]]
     return out
