@@ -22,16 +22,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
 from rl._atomic import FileLock, LockError, acquire_lock, atomic_write, check_lock, remove_stale_temps
 from rl._safe_load import CheckpointError, load_torch_file
 
-__all__ = ["RunDir", "RunDirError", "MARKER", "LOCK", "CHECKPOINT"]
+__all__ = ["RunDir", "RunDirError", "RunFolderOwner", "MARKER", "LOCK", "CHECKPOINT"]
 
 MARKER = ".rl-run.json"
 LOCK = ".rl-run.lock"
@@ -223,3 +223,43 @@ class RunDir:
         """Write `blob` plus the logs' `offsets` to `checkpoint.pt`, atomically."""
         full = {**blob, "offsets": dict(self.offsets)}
         atomic_write(self.checkpoint, lambda tmp: torch.save(full, tmp))
+
+
+class RunFolderOwner:
+    """What a trainer that writes a `RunDir` (its `folder`) shares: the claim with the trainer's first writes, the
+    lock's release (`close()`, or a `with` block's end), and no training once closed."""
+
+    folder: RunDir
+    _closed: bool = False
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.folder.checkpoint
+
+    def claim_folder(
+        self, fresh: bool, write: Callable[[], None], about: Mapping[str, Any] | None = None
+    ) -> None:
+        """`RunDir.claim`, then `write()` (the trainer's config file); the lock is released if either fails."""
+        self.folder.claim(fresh, about)
+        try:
+            write()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (a second call does nothing); the trainer trains no more afterwards."""
+        self._closed = True
+        self.folder.close()
+
+    def require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"this {type(self).__name__} of {self.folder.path} is closed (its lock released); make a new one"
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

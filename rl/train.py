@@ -56,7 +56,7 @@ from rl.config import (
 from rl.data.references import behaviour_score, first_normalized_score
 from rl.evaluation import evaluate
 from rl.plugins import import_modules
-from rl.run_dir import RunDir, RunDirError
+from rl.run_dir import RunDir, RunDirError, RunFolderOwner
 
 __all__ = [
     "Trainer",
@@ -252,7 +252,7 @@ class _Loop:
     last: dict[str, Any] | None = None
 
 
-class Trainer:
+class Trainer(RunFolderOwner):
     """Runs `cfg.run.steps` updates of `cfg.algo` on `dataset` with logs and checkpoints in `run_dir`.
 
     Args:
@@ -280,7 +280,6 @@ class Trainer:
         self.cfg, self.quiet = cfg, quiet
         self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
         self.folder = RunDir(self.run_dir, "rl.train", LOGS, own_files=r"config\.yaml", fresh_clears=("tb",))
-        self._closed = False
         # First, so that the estimators the user's modules register exist when the agent looks its name up.
         import_modules(cfg.run.imports)
         # Everything is checked and built before the first write: a start that fails leaves the dir as it was.
@@ -311,10 +310,6 @@ class Trainer:
             self._claim_run_dir()
 
     # -- run directory ---------------------------------------------------------------------------------------------
-    @property
-    def ckpt_path(self) -> Path:
-        return self.folder.checkpoint
-
     def _check_run_dir(self, resume: bool) -> dict[str, Any] | None:
         """`RunDir.check`, then whether the checkpoint is this run's and not past its steps."""
         blob = self.folder.check(resume, required=CHECKPOINT_KEYS)
@@ -331,23 +326,10 @@ class Trainer:
         return blob
 
     def _claim_run_dir(self) -> None:
-        self.folder.claim(fresh=self.step == 0, about={"algo": self.cfg.algo})
-        try:
-            save_yaml(self.cfg, self.run_dir / "config.yaml")
-        except BaseException:
-            self.close()
-            raise
+        self.claim_folder(self.step == 0, self._write_config, about={"algo": self.cfg.algo})
 
-    def close(self) -> None:
-        """Release the run dir's lock (a second call does nothing); the trainer trains no more afterwards."""
-        self._closed = True
-        self.folder.close()
-
-    def __enter__(self) -> Trainer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _write_config(self) -> None:
+        save_yaml(self.cfg, self.run_dir / "config.yaml")
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -463,10 +445,7 @@ class Trainer:
         """Begin a stretch of training up to `until` (default `cfg.run.steps`): the progress bar and the clock."""
         from tqdm.auto import tqdm
 
-        if self._closed:
-            raise RuntimeError(
-                f"this Trainer of {self.run_dir} is closed (its lock released); make a new one"
-            )
+        self.require_open()
         cfg = self.cfg
         until = cfg.run.steps if until is None else min(until, cfg.run.steps)
         if show is None:

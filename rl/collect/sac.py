@@ -48,7 +48,7 @@ from rl.collect.snapshots import save_policy_snapshot
 from rl.common import actor_loss, alpha_loss, critic_loss, make_adam, soft_update_, td_target
 from rl.evaluation import evaluate, make_env, scale_action
 from rl.networks import QEnsemble, TanhGaussianPolicy
-from rl.run_dir import RunDir, RunDirError
+from rl.run_dir import RunDir, RunDirError, RunFolderOwner
 
 __all__ = ["SACConfig", "SAC", "ReplayBuffer", "Trainer", "main"]
 
@@ -299,7 +299,7 @@ def check_resume_config(saved: Any, cfg: SACConfig, where: Path) -> None:
             )
 
 
-class Trainer:
+class Trainer(RunFolderOwner):
     """Runs SAC on one environment with checkpoints, evaluations and snapshots in `run_dir`.
 
     The run folder is `rl.run_dir.RunDir`'s, as `rl.train`'s is: its marker and lock, a fresh start refused over a
@@ -312,7 +312,6 @@ class Trainer:
         self, cfg: SACConfig, run_dir: str | os.PathLike, resume: bool = False, quiet: bool = False
     ) -> None:
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
-        self._closed = False
         self.folder = run_folder(self.run_dir)
         blob = self.folder.check(resume, required=SAC_CHECKPOINT_KEYS, sizes_recorded=False)
         if blob is not None:
@@ -330,30 +329,14 @@ class Trainer:
         self.evals: list[dict[str, Any]] = []
         if blob is not None:
             self._restore(blob)
-        self.folder.claim(fresh=blob is None)
-        try:
-            remove_stale_temps(self.run_dir / "snapshots", r"step_\d{7}\.pt")
-            cfg_json = json.dumps(dataclasses.asdict(cfg), indent=1)
-            atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
-        except BaseException:
-            self.close()
-            raise
+        self.claim_folder(blob is None, self._write_config)
 
-    def close(self) -> None:
-        """Release the run folder's lock (a second call does nothing); the trainer trains no more afterwards."""
-        self._closed = True
-        self.folder.close()
-
-    def __enter__(self) -> Trainer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _write_config(self) -> None:
+        remove_stale_temps(self.run_dir / "snapshots", r"step_\d{7}\.pt")
+        cfg_json = json.dumps(dataclasses.asdict(self.cfg), indent=1)
+        atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
 
     # -- checkpointing --------------------------------------------------------------------------------------------
-    @property
-    def ckpt_path(self) -> Path:
-        return self.folder.checkpoint
 
     def save_checkpoint(self) -> None:
         """Atomic: the buffer file (named by step) first, then the checkpoint that names it, then old buffers go."""
@@ -436,10 +419,7 @@ class Trainer:
         """Run until `until` (default `cfg.steps`) environment steps, checkpointing on the way and at the end."""
         cfg, agent, g = self.cfg, self.agent, self.agent.generator
         until = cfg.steps if until is None else min(until, cfg.steps)
-        if self._closed:
-            raise RuntimeError(
-                f"this Trainer of {self.run_dir} is closed (its lock released); make a new one"
-            )
+        self.require_open()
         if self.step == 0 and not self.evals:
             self._evaluate_and_snapshot()  # the initial policy, step 0
         t0, s0 = time.time(), self.step
