@@ -296,6 +296,11 @@ class Trainer(RunFolderOwner):
         self.env_id = _env_id(cfg, dataset)
         evaluates = bool(cfg.run.eval_every or cfg.run.final_eval)
         check_data_fits(dataset, self.env_id if evaluates else None, cfg.run.dataset)
+        # Python's and numpy's global generators, which nothing of ours draws from, seeded as torch's is (by the
+        # agent), so that a user's code that draws from them (an estimator from `imports`) repeats with the seed;
+        # a resume restores their states from the checkpoint.
+        random.seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed % 2**32)  # noqa: NPY002
         self.agent: OfflineAgent = make_agent(cfg, dataset.obs_dim, dataset.act_dim)
         self.agent.fit_dataset_stats(dataset)
         self.step = 0

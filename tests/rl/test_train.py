@@ -228,6 +228,33 @@ def test_resume_is_exact(tmp_path, algo):
     assert strip(a) == strip(b)
 
 
+def test_the_global_numpy_and_python_generators_follow_the_seed_and_resume(tmp_path):
+    import random
+
+    ds = tiny_dataset()
+
+    def cfg(seed: int, name: str):
+        return train_config(
+            "bc", **TINY, steps=4, checkpoint_every=2, seed=seed, run_dir=str(tmp_path / name)
+        )
+
+    def draw() -> tuple[float, float]:
+        return np.random.rand(), random.random()  # noqa: NPY002 - what a user's code would draw
+
+    firsts = {}
+    for seed, name in ((5, "a"), (5, "b"), (6, "c")):
+        with Trainer(cfg(seed, name), dataset=ds, quiet=True) as trainer:
+            firsts[name] = draw()  # before the checkpoint at step 2: its states are one draw on
+            trainer.train(until=2)
+    assert firsts["a"] == firsts["b"] != firsts["c"]
+    np.random.seed(5)  # noqa: NPY002 - the seed's stream, two draws in
+    random.seed(5)
+    draw()
+    second = draw()
+    with Trainer(cfg(5, "a"), dataset=ds, resume=True, quiet=True):
+        assert draw() == second  # the checkpoint's states, not the seed's again
+
+
 def test_run_dir_not_ours_is_never_overwritten(tmp_path):
     (tmp_path / "notes.txt").write_text("precious")
     with pytest.raises(RunDirError, match="not from rl.train"):
