@@ -337,7 +337,6 @@ class Trainer(RunFolderOwner):
         atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(cfg_json))
 
     # -- checkpointing --------------------------------------------------------------------------------------------
-
     def save_checkpoint(self) -> None:
         """Atomic: the buffer file (named by step) first, then the checkpoint that names it, then old buffers go."""
         buf_name = f"buffer_{self.step:08d}.npz"
