@@ -176,7 +176,11 @@ def test_a_killed_driver_on_a_cluster_without_shared_output_resumes_from_storage
     assert (out / "runs" / SHORT / "result.json").read_bytes() == short_result
     log = (out / "logs" / f"{LONG}.log").read_text()
     resumed = [int(m) for m in re.findall(rf"resumed {LONG} at step (\d+) of {LONG_STEPS}", log)]
-    assert len(resumed) == 2 and resumed[0] >= killed_worker_at and resumed[1] >= killed_at, log
+    # Ray restarts a trial from the last checkpoint its controller has registered: a worker killed right after it
+    # wrote a tree (the one `killed_worker_at` read) may be restarted from the tree before, one chunk back (seen
+    # under load). After the driver's kill, our own resume reads the storage: its best tree, exactly.
+    chunk = 100  # checkpoint_every and eval_every of the spec
+    assert len(resumed) == 2 and resumed[0] >= killed_worker_at - chunk and resumed[1] >= killed_at, log
     # trials ran on the worker node, in its temp dir; the driver's folder got only the mirrored copies
     starts = re.findall(rf"working in {worker_tmp}/misa-sweep-{LONG}-\S+ on \S+, (afresh|from \S+ \S+)", log)
     assert starts == ["afresh", "from Ray's checkpoint", "from the storage's"], log
