@@ -104,7 +104,10 @@ class RunDir:
             hint = ""
             if self.checkpoint.exists():  # a run of this tool from before the marker, perhaps
                 marker = json.dumps({"tool": self.tool})
-                hint = f" (a run of {self.tool} from before folders were marked resumes once {d / MARKER} holds {marker})"
+                hint = (
+                    f" (a run of {self.tool} from before folders were marked resumes once {d / MARKER} holds "
+                    f"{marker})"
+                )
             raise RunDirError(
                 f"{d} holds files that are not from {self.tool} (no {MARKER}); choose another {opt}{hint}"
             )
@@ -194,16 +197,10 @@ class RunDir:
             raise
 
     def close(self) -> None:
-        """Release the lock (a second call does nothing)."""
+        """Release the lock (a second call does nothing); `RunFolderOwner` calls it at a trainer's close."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-
-    def __enter__(self) -> RunDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- writes ------------------------------------------------------------------------------------------------------
     def append_csv(self, name: str, row: Mapping[str, Any]) -> None:
@@ -231,6 +228,10 @@ class RunFolderOwner:
 
     folder: RunDir
     _closed: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
 
     @property
     def ckpt_path(self) -> Path:

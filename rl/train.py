@@ -278,8 +278,8 @@ class Trainer(RunFolderOwner):
         claim: bool = True,
     ) -> None:
         self.cfg, self.quiet = cfg, quiet
-        self.run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
-        self.folder = RunDir(self.run_dir, "rl.train", LOGS, own_files=r"config\.yaml", fresh_clears=("tb",))
+        run_dir = Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
+        self.folder = RunDir(run_dir, "rl.train", LOGS, own_files=r"config\.yaml", fresh_clears=("tb",))
         # First, so that the estimators the user's modules register exist when the agent looks its name up.
         import_modules(cfg.run.imports)
         # Everything is checked and built before the first write: a start that fails leaves the dir as it was.

@@ -311,8 +311,8 @@ class Trainer(RunFolderOwner):
     def __init__(
         self, cfg: SACConfig, run_dir: str | os.PathLike, resume: bool = False, quiet: bool = False
     ) -> None:
-        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
-        self.folder = run_folder(self.run_dir)
+        self.cfg, self.quiet = cfg, quiet
+        self.folder = run_folder(run_dir)
         blob = self.folder.check(resume, required=SAC_CHECKPOINT_KEYS, sizes_recorded=False)
         if blob is not None:
             check_resume_config(blob["config"], cfg, self.ckpt_path)
